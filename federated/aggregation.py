@@ -1,0 +1,67 @@
+"""Server-side aggregation of the shared tensors.
+
+An aggregator is called once per round with the uploads of the sampled clients:
+``aggregator(uploads, num_samples, previous_global) -> (new_global, info)``, where ``uploads`` is a
+list of ``{key: tensor}`` holding only shared keys, ``num_samples`` the clients' train-set sizes, and
+``info`` a JSON-able dict (at least the per-client ``weights``, which sum to 1).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from dassl.utils.registry import Registry
+
+AGGREGATOR_REGISTRY = Registry("AGGREGATOR")
+
+State = dict[str, torch.Tensor]
+
+
+def data_size_weights(num_samples: list[int]) -> torch.Tensor:
+    """FedAvg weights ``n_i / sum_j n_j`` (float64, sums to 1). Raises on empty or all-zero input."""
+    n = torch.tensor([float(x) for x in num_samples], dtype=torch.float64)
+    if n.numel() == 0 or float(n.sum()) <= 0:
+        raise ValueError(f"cannot weight clients by data size {num_samples}")
+    return n / n.sum()
+
+
+def weighted_average(uploads: list[State], weights: torch.Tensor) -> State:
+    """``sum_i w_i * upload_i`` for every key (computed in float64, returned in the upload dtype)."""
+    if len(uploads) != len(weights):
+        raise ValueError(f"{len(uploads)} uploads but {len(weights)} weights")
+    if not uploads:
+        return {}
+    keys = list(uploads[0])
+    for i, up in enumerate(uploads[1:], start=1):
+        if list(up) != keys:
+            raise ValueError(f"client upload {i} has keys {sorted(up)}, expected {sorted(keys)}")
+    out: State = {}
+    for k in keys:
+        acc = torch.zeros_like(uploads[0][k], dtype=torch.float64)
+        for w, up in zip(weights.tolist(), uploads):
+            acc += w * up[k].to(torch.float64)
+        out[k] = acc.to(uploads[0][k].dtype)
+    return out
+
+
+@AGGREGATOR_REGISTRY.register()
+class FedAvg:
+    """Weighted FedAvg (McMahan et al.): weights proportional to client train-set size."""
+
+    def __init__(self, cfg=None):
+        self.cfg = cfg
+
+    def __call__(self, uploads: list[State], num_samples: list[int], previous: State | None = None) -> tuple[State, dict]:
+        if not uploads or not uploads[0]:
+            return {}, {"weights": []}
+        weights = data_size_weights(num_samples)
+        return weighted_average(uploads, weights), {"weights": weights.tolist()}
+
+
+_ALIASES = {"fedavg": "FedAvg"}
+
+
+def build_aggregator(name: str, cfg=None) -> Callable:
+    """The aggregator registered as ``name`` (case-insensitive aliases such as ``fedavg``)."""
+    return AGGREGATOR_REGISTRY.get(_ALIASES.get(name.lower(), name))(cfg)

@@ -1,0 +1,96 @@
+"""Round checkpoints: written atomically after every round, loadable with ``weights_only=True``.
+
+Content: ``round`` (rounds finished), ``trainer``, ``num_users``, ``global`` (shared tensors),
+``personal`` (one dict of personal tensors per client), ``rng`` (python / numpy / torch states),
+``results`` (the results so far) and ``signature`` (key -> shape, to detect a mismatched model).
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from dassl.engine.trainer import atomic_torch_save
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt or does not match the model; the message says which."""
+
+
+def rng_state() -> dict:
+    """Python, numpy and torch RNG states, as tensors / lists (``weights_only``-safe)."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    return {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+
+
+def signature(trainer) -> dict[str, list[int]]:
+    """Shared and personal keys with their shapes."""
+    params = dict(trainer.model.named_parameters())
+    return {k: list(params[k].shape) for k in trainer.shared_keys() + trainer.personal_keys()}
+
+
+def save_checkpoint(path: str, *, round_done: int, trainer, global_state: dict, personal: list[dict],
+                    results: dict, num_users: int) -> None:
+    atomic_torch_save({
+        "round": round_done,
+        "trainer": type(trainer).__name__,
+        "num_users": num_users,
+        "signature": signature(trainer),
+        "global": global_state,
+        "personal": personal,
+        "rng": rng_state(),
+        "results": results,
+    }, path)
+
+
+def load_checkpoint(path: str, trainer, num_users: int) -> dict:
+    """Load and validate a checkpoint against ``trainer`` and the number of clients."""
+    if os.path.isdir(path):
+        path = os.path.join(path, CHECKPOINT_NAME)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no checkpoint at {path}: pass the OUTPUT_DIR of a run (it holds {CHECKPOINT_NAME})")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        raise CheckpointError(f"{path} is not a readable FedTV checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(ckpt, dict) or "signature" not in ckpt:
+        raise CheckpointError(f"{path} is not a FedTV checkpoint (no 'signature' entry)")
+    name = type(trainer).__name__
+    if ckpt["trainer"] != name:
+        raise CheckpointError(f"{path} was written by trainer {ckpt['trainer']}, this run uses {name}")
+    expected = signature(trainer)
+    got = ckpt["signature"]
+    if got != expected:
+        missing = sorted(set(expected) - set(got))
+        extra = sorted(set(got) - set(expected))
+        shapes = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])
+        detail = "; ".join(
+            part for part in (
+                f"missing {missing[:5]}" if missing else "",
+                f"unexpected {extra[:5]}" if extra else "",
+                "shape differs for " + ", ".join(f"{k} {got[k]} vs {expected[k]}" for k in shapes[:5]) if shapes else "",
+            ) if part
+        )
+        raise CheckpointError(f"{path} does not match the {name} model of this run ({detail}); "
+                              "use the same trainer settings (N_CTX, CSC, backbone, ranks ...) as the saved run")
+    if ckpt["num_users"] != num_users:
+        raise CheckpointError(f"{path} holds {ckpt['num_users']} clients, this run has {num_users} (--num-users)")
+    return ckpt

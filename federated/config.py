@@ -1,0 +1,117 @@
+"""The full FedTV config: Dassl's key tree plus the federated keys, every trainer's and dataset's node.
+
+Merge order (``build_cfg``): defaults -> dataset yaml -> trainer yaml -> command-line flags -> ``opts``.
+Unknown keys, in a yaml file or in ``opts``, raise ``ConfigError`` naming the key and the valid ones.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+
+from yacs.config import CfgNode as CN
+
+from dassl.config import get_cfg_default
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong: the message says what and what is valid."""
+
+
+def add_federated_keys(cfg: CN) -> None:
+    """Add the keys of federated runs (defaults follow the published FedPGP/FedTV scripts)."""
+    cfg.MODEL.BACKBONE.NAME = "tiny"
+    # "" = the backbone's default weights (open_clip tag ``openai`` for real CLIPs, the shipped
+    # toy-world weights for ``tiny``); a tag, a local file, or ``none`` (random, tests only).
+    cfg.MODEL.BACKBONE.WEIGHTS = ""
+    cfg.DATASET.NAME = "ToyWorld"
+    cfg.DATASET.ROOT = "DATA/"
+    cfg.DATASET.NUM_SHOTS = 16
+    cfg.DATASET.USERS = 10
+    cfg.DATASET.PARTITION = "pathological"
+    cfg.DATASET.BETA = 0.3
+    cfg.DATASET.SPLIT_SEED = 2023
+    cfg.DATASET.SUBSAMPLE_CLASSES = "base"
+    cfg.OPTIM.ROUND = 10
+    cfg.OPTIM.MAX_EPOCH = 2
+    cfg.OPTIM.NAME = "sgd"
+    cfg.OPTIM.LR = 0.001
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.TEST.EVAL_FREQ = 1
+    cfg.FED = CN()
+    cfg.FED.FRAC = 1.0  # fraction of clients sampled per round (round 1 trains every client)
+    cfg.FED.ALL_CLIENTS_FIRST_ROUND = True
+    cfg.FED.AGGREGATION = ""  # "" = the trainer's own aggregator; "fedavg" forces plain FedAvg
+    cfg.FED.EVAL_BASE_NOVEL = True  # evaluate Base/Novel accuracy in base-to-novel runs
+    cfg.FED.ZS_REFERENCE = True  # evaluate hand-crafted-prompt zero-shot CLIP once before training
+    cfg.FED.SHOW_PROGRESS = True
+
+
+def get_cfg() -> CN:
+    """The default config with every registered trainer's and dataset's node."""
+    import datasets  # noqa: F401  (registers the datasets)
+    import trainers  # noqa: F401  (registers the trainers)
+    from dassl.data.datasets import DATASET_REGISTRY
+    from dassl.engine import TRAINER_REGISTRY
+
+    cfg = get_cfg_default()
+    add_federated_keys(cfg)
+    cfg.TRAINER.NAME = "PromptFL"
+    for registry in (TRAINER_REGISTRY, DATASET_REGISTRY):
+        for name in registry.registered_names():
+            extend = getattr(registry.get(name), "extend_cfg", None)
+            if extend is not None:
+                extend(cfg)
+    return cfg
+
+
+def _explain_unknown_key(cfg: CN, message: str, source: str) -> ConfigError:
+    """Turn yacs' 'Non-existent config key: A.B' into a message listing the valid keys at that level."""
+    key = message.split(":", 1)[-1].strip().strip("'\"")
+    parts = key.split(".")
+    node = cfg
+    for part in parts[:-1]:
+        if isinstance(node, CN) and part in node:
+            node = node[part]
+        else:
+            break
+    valid = sorted(node.keys()) if isinstance(node, CN) else []
+    close = difflib.get_close_matches(parts[-1], valid, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return ConfigError(f"unknown config key '{key}' in {source}.{hint} Valid keys there: {', '.join(valid)}")
+
+
+def merge_file(cfg: CN, path: str) -> None:
+    """Merge a yaml file into ``cfg`` with clear errors for a missing file or unknown keys."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        cfg.merge_from_file(path)
+    except KeyError as err:
+        raise _explain_unknown_key(cfg, str(err.args[0] if err.args else err), path) from None
+    except ValueError as err:
+        raise ConfigError(f"bad value in {path}: {err}") from None
+
+
+def merge_list(cfg: CN, opts: list[str], source: str = "opts") -> None:
+    """Merge ``[KEY, VALUE, ...]`` overrides with clear errors."""
+    if len(opts) % 2:
+        raise ConfigError(f"{source} must be KEY VALUE pairs, got an odd number of items: {opts}")
+    try:
+        cfg.merge_from_list(list(opts))
+    except KeyError as err:
+        raise _explain_unknown_key(cfg, str(err.args[0] if err.args else err), source) from None
+    except ValueError as err:
+        raise ConfigError(f"bad value in {source}: {err}") from None
+
+
+def backbone_slug(name: str) -> str:
+    """``ViT-B/16`` -> ``vit_b16``, ``RN50`` -> ``rn50``, ``tiny`` -> ``tiny`` (trainer config file names)."""
+    return name.lower().replace("vit-", "vit_").replace("/", "").replace("-", "")
+
+
+def default_trainer_config(trainer: str, backbone: str) -> str | None:
+    """``configs/trainers/<trainer>/<backbone slug>.yaml`` when it exists."""
+    path = os.path.join(REPO_ROOT, "configs", "trainers", trainer, f"{backbone_slug(backbone)}.yaml")
+    return path if os.path.isfile(path) else None

@@ -1,0 +1,237 @@
+"""The federated round loop, method-agnostic.
+
+Per round: sample clients (``FED.FRAC``; every client in round 1), train each sampled client for
+``OPTIM.MAX_EPOCH`` local epochs starting from the global shared tensors plus its own personal
+tensors, aggregate the uploaded shared tensors with the trainer's aggregator, evaluate every
+client every ``TEST.EVAL_FREQ`` rounds (and at the end), write the results files and an atomic
+checkpoint. Every random choice of a round is seeded from ``(SEED, round, client)``, so a run
+resumed from a checkpoint ends exactly as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dassl.data import build_data_loader, build_transform
+from dassl.engine import NonFiniteLossError
+from federated.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, set_rng_state
+from federated.data import FederatedData
+from federated.results import ResultsWriter, format_table, harmonic_mean
+from trainers.base import ClassSpaceError, state_nbytes
+
+logger = logging.getLogger("fedtv.server")
+
+
+class TrainingDiverged(RuntimeError):
+    """A client's loss became non-finite; the last good checkpoint is kept."""
+
+
+def derive_seed(*parts: int) -> int:
+    """A 31-bit seed that depends on every part (stable across processes and platforms)."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class FederatedServer:
+    """Runs a federated experiment of ``trainer`` over ``data`` (see the module docstring)."""
+
+    def __init__(self, cfg, trainer, data: FederatedData):
+        self.cfg = cfg
+        self.trainer = trainer
+        self.data = data
+        self.num_users = data.num_users
+        self.seed = int(cfg.SEED)
+        self.output_dir = cfg.OUTPUT_DIR
+        self.checkpoint_path = os.path.join(self.output_dir, CHECKPOINT_NAME)
+        self.tfm_train = build_transform(cfg, is_train=True)
+        self.tfm_test = build_transform(cfg, is_train=False)
+        self.aggregator = trainer.build_aggregator()
+        self.show_progress = bool(cfg.FED.SHOW_PROGRESS)
+        self._test_loaders: dict[str, object] = {}
+
+    # ------------------------------------------------------------------ data
+    def train_loader(self, cid: int, round_idx: int):
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, round_idx, cid, 1))
+        return build_data_loader(self.cfg, self.data.train[cid], self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE,
+                                 is_train=True, transform=self.tfm_train, generator=generator)
+
+    def test_loader(self, key: str, items):
+        if key not in self._test_loaders:
+            self._test_loaders[key] = build_data_loader(self.cfg, items, self.cfg.DATALOADER.TEST.BATCH_SIZE,
+                                                        is_train=False, transform=self.tfm_test)
+        return self._test_loaders[key]
+
+    def sample_clients(self, round_idx: int) -> list[int]:
+        """Clients trained in round ``round_idx`` (0-based): all in round 0, then ``max(int(frac*K), 1)``."""
+        if round_idx == 0 and self.cfg.FED.ALL_CLIENTS_FIRST_ROUND:
+            return list(range(self.num_users))
+        m = max(int(float(self.cfg.FED.FRAC) * self.num_users), 1)
+        rng = np.random.default_rng(derive_seed(self.seed, round_idx, 2))
+        return sorted(int(c) for c in rng.choice(self.num_users, size=min(m, self.num_users), replace=False))
+
+    # ------------------------------------------------------------------ evaluation
+    def _mean_over_clients(self, key: str, items, classnames, states: list[dict]) -> float | None:
+        """Mean accuracy over clients of each client's model on ``items`` (labelled in ``classnames``)."""
+        if items is None or not items:
+            return None
+        loader = self.test_loader(key, items)
+        original = list(self.trainer.classnames)
+        try:
+            self.trainer.set_classnames(classnames)
+        except ClassSpaceError as err:
+            logger.warning("%s accuracy not measured: %s", key, err)
+            return None
+        try:
+            if not self.trainer.personal_keys():
+                return self.trainer.evaluate(loader, key=key)["accuracy"]
+            accs = []
+            for state in states:
+                self.trainer.load_state(state)
+                accs.append(self.trainer.evaluate(loader, key=key)["accuracy"])
+            return float(sum(accs) / len(accs))
+        finally:
+            self.trainer.set_classnames(original)
+
+    def evaluate(self, global_state: dict, personal: list[dict]) -> dict:
+        """Local accuracy per client (own test split), and Base / Novel / HM in base-to-novel runs."""
+        states = [{**global_state, **p} for p in personal]
+        local, f1 = {}, []
+        for cid, state in enumerate(states):
+            if not self.data.test[cid]:
+                continue
+            self.trainer.load_state(state)
+            metrics = self.trainer.evaluate(self.test_loader(f"local{cid}", self.data.test[cid]), key=f"local{cid}")
+            local[cid] = metrics["accuracy"]
+            f1.append(metrics["macro_f1"])
+        base = self._mean_over_clients("base", self.data.base_test, self.data.base_classnames, states)
+        novel = self._mean_over_clients("novel", self.data.novel_test, self.data.novel_classnames, states)
+        values = list(local.values())
+        return {
+            "local": float(sum(values) / len(values)) if values else None,
+            "local_std": float(statistics.pstdev(values)) if len(values) > 1 else (0.0 if values else None),
+            "local_macro_f1": float(sum(f1) / len(f1)) if f1 else None,
+            "local_per_client": {str(k): v for k, v in local.items()},
+            "base": base,
+            "novel": novel,
+            "hm": harmonic_mean(base, novel),
+        }
+
+    def evaluate_zero_shot(self) -> dict:
+        """Hand-crafted-prompt CLIP on the same evaluation sets (the reference the papers start from)."""
+        t = self.trainer
+        template = self.data.template
+        local = {}
+        for cid, items in enumerate(self.data.test):
+            if items:
+                loader = self.test_loader(f"local{cid}", items)
+                local[cid] = t.evaluate_zero_shot(loader, self.data.classnames, template, key=f"local{cid}")["accuracy"]
+        out = {"template": template, "local": float(np.mean(list(local.values()))) if local else None}
+        for split in ("base", "novel"):
+            items = getattr(self.data, f"{split}_test")
+            names = getattr(self.data, f"{split}_classnames")
+            out[split] = (t.evaluate_zero_shot(self.test_loader(split, items), names, template, key=split)["accuracy"]
+                          if items else None)
+        out["hm"] = harmonic_mean(out["base"], out["novel"])
+        return out
+
+    # ------------------------------------------------------------------ the run
+    def run(self, resume: bool = False) -> dict:
+        """Run (or resume) the experiment; returns the results dict also written to ``results.json``."""
+        t = self.trainer
+        shared_keys, personal_keys = t.shared_keys(), t.personal_keys()
+        global_state = t.get_state(shared_keys)
+        personal = [t.get_state(personal_keys) for _ in range(self.num_users)]
+        start_round, results = 0, None
+        if resume and os.path.isfile(self.checkpoint_path):
+            ckpt = load_checkpoint(self.checkpoint_path, t, self.num_users)
+            start_round, results = int(ckpt["round"]), ckpt["results"]
+            global_state, personal = ckpt["global"], ckpt["personal"]
+            set_rng_state(ckpt["rng"])
+            logger.info("resuming from %s after round %d", self.checkpoint_path, start_round)
+        elif resume:
+            logger.warning("--resume: no checkpoint in %s, starting from scratch", self.output_dir)
+        elif os.path.isfile(self.checkpoint_path):
+            logger.warning("%s holds an earlier run: it is overwritten (use --resume to continue it)", self.output_dir)
+        writer = ResultsWriter(self.output_dir, self.cfg, results)
+        if start_round == 0 and self.cfg.FED.ZS_REFERENCE:
+            writer.set_zero_shot(self.evaluate_zero_shot())
+            logger.info("zero-shot CLIP: %s", writer.results["zero_shot"])
+        rounds = int(self.cfg.OPTIM.ROUND)
+        if not t.trainable_parameters():
+            rounds, start_round = 1, 0  # nothing to train: evaluate once
+        eval_freq = max(int(self.cfg.TEST.EVAL_FREQ), 1)
+        bar = tqdm(range(start_round, rounds), desc="rounds", disable=not self.show_progress, dynamic_ncols=True)
+        for r in bar:
+            started = time.time()
+            clients = self.sample_clients(r)
+            uploads, sizes, losses, accs = [], [], [], []
+            down = state_nbytes(global_state)
+            if t.trainable_parameters():
+                for cid in tqdm(clients, desc=f"round {r + 1} clients", leave=False, disable=not self.show_progress):
+                    t.load_state({**global_state, **personal[cid]})
+                    seed_everything(derive_seed(self.seed, r, cid, 0))
+                    try:
+                        summary = t.local_train(self.train_loader(cid, r), int(self.cfg.OPTIM.MAX_EPOCH),
+                                                context={"client": cid, "round": r + 1})
+                    except NonFiniteLossError as err:
+                        writer.close()
+                        raise TrainingDiverged(
+                            f"client {cid} in round {r + 1}: {err}. The last good checkpoint "
+                            f"({self.checkpoint_path}, after round {r}) is kept; lower OPTIM.LR or use PREC fp32"
+                        ) from None
+                    uploads.append(t.get_state(shared_keys))
+                    personal[cid] = t.get_state(personal_keys)
+                    sizes.append(len(self.data.train[cid]))
+                    losses.append(summary.get("loss", float("nan")))
+                    accs.append(summary.get("acc", float("nan")))
+                global_state, agg_info = self.aggregator(uploads, sizes, global_state) if shared_keys else ({}, {})
+            else:
+                agg_info = {}
+            record = {
+                "round": r + 1,
+                "clients": clients,
+                "train_loss": float(np.average(losses, weights=sizes)) if losses else None,
+                "train_acc": float(np.average(accs, weights=sizes)) if accs else None,
+                "aggregation": agg_info,
+                "bytes_up_per_client": state_nbytes(uploads[0]) if uploads else 0,
+                "bytes_down_per_client": down if t.trainable_parameters() else 0,
+            }
+            if (r + 1) % eval_freq == 0 or r + 1 == rounds:
+                record.update(self.evaluate(global_state, personal))
+            record["seconds"] = time.time() - started
+            writer.add_round(record)
+            save_checkpoint(self.checkpoint_path, round_done=r + 1, trainer=t, global_state=global_state,
+                            personal=personal, results=writer.results, num_users=self.num_users)
+            if record.get("local") is not None:
+                bar.set_postfix(local=f"{record['local']:.1f}", base=record.get("base"), novel=record.get("novel"))
+                logger.info("round %d: local %.2f base %s novel %s hm %s (%.1fs)", r + 1, record["local"],
+                            _pct(record.get("base")), _pct(record.get("novel")), _pct(record.get("hm")),
+                            record["seconds"])
+        writer.close()
+        logger.info("\n%s", format_table(writer.results))
+        return writer.results
+
+    def evaluate_saved(self, model_dir: str) -> dict:
+        """``--eval-only``: evaluate the final states saved in ``model_dir`` on this run's data."""
+        ckpt = load_checkpoint(model_dir, self.trainer, self.num_users)
+        record = self.evaluate(ckpt["global"], ckpt["personal"])
+        record["round"] = int(ckpt["round"])
+        record["model_dir"] = model_dir
+        return record
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"

@@ -1,0 +1,247 @@
+"""``FederatedTrainer``: what every FedTV trainer shares.
+
+A federated trainer wraps ONE frozen CLIP (loaded once per process and shared by every client) and
+a small set of trainable tensors. It declares which trainable tensors are **shared** (sent to the
+server and aggregated) and which are **personal** (never leave the client); the two sets partition
+its trainable parameters. The server drives it through:
+
+* ``shared_keys()`` / ``personal_keys()``, ``get_state(keys)`` / ``load_state(state)``;
+* ``local_train(loader, epochs, context)``: fresh optimiser and scheduler per call (per client per
+  round), so no momentum leaks between clients;
+* ``evaluate(data, key)``: accuracy / error / macro-F1, with frozen image features cached per
+  evaluation set when the image path is frozen (``image_features_cacheable``);
+* ``set_classnames(names)``: switch the label space (base -> novel evaluation);
+* ``build_aggregator()``: the server-side aggregation rule (FedAvg by default).
+
+Subclasses implement ``build_model`` (set ``self.model``) and usually ``compute_loss``.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dassl.engine import TrainerX
+from dassl.optim import build_lr_scheduler, build_optimizer
+
+logger = logging.getLogger("fedtv.trainer")
+
+_CLIP_CACHE: dict[tuple[str, str, str], Any] = {}
+
+
+class ClassSpaceError(ValueError):
+    """The trainer's learned state is tied to its classes (e.g. class-specific context) and cannot
+    be evaluated on another set of classes."""
+
+
+def load_frozen_clip(cfg, device: torch.device):
+    """Load the CLIP named by ``cfg.MODEL.BACKBONE`` once per process (cached) and freeze it."""
+    from clip import load_clip
+
+    key = (cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.WEIGHTS, str(device))
+    if key not in _CLIP_CACHE:
+        loaded = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.WEIGHTS, device=device)
+        loaded.model.to(device).eval()
+        for p in loaded.model.parameters():
+            p.requires_grad_(False)
+        _CLIP_CACHE[key] = loaded
+    return _CLIP_CACHE[key]
+
+
+def state_nbytes(state: dict[str, torch.Tensor]) -> int:
+    """Bytes needed to send ``state`` (sum of numel * element size)."""
+    return int(sum(t.numel() * t.element_size() for t in state.values()))
+
+
+class FederatedTrainer(TrainerX):
+    """Base of every federated trainer (see the module docstring)."""
+
+    #: Name of the trainer's node under ``cfg.TRAINER`` (e.g. ``"PROMPTFL"``).
+    CFG_NODE: str = ""
+    #: Prefixes of trainable parameter names that are shared with the server. Everything else that
+    #: is trainable is personal.
+    SHARED_PREFIXES: tuple[str, ...] = ()
+    #: Frozen image features are a pure function of the image: evaluation caches them.
+    image_features_cacheable: bool = True
+
+    def __init__(self, cfg, classnames: list[str] | None = None, dm=None):
+        self._feature_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        super().__init__(cfg, dm=dm, classnames=classnames)
+        self.model.to(self.device)
+        self.scaler = None
+
+    # ------------------------------------------------------------------ config
+    @classmethod
+    def extend_cfg(cls, cfg) -> None:
+        """Add this trainer's ``cfg.TRAINER.<CFG_NODE>`` node (override in subclasses)."""
+
+    @property
+    def tcfg(self):
+        """This trainer's config node (``cfg.TRAINER.<CFG_NODE>``)."""
+        return self.cfg.TRAINER[self.CFG_NODE]
+
+    @property
+    def precision(self) -> str:
+        prec = str(self.tcfg.get("PREC", "fp32")) if self.CFG_NODE else "fp32"
+        return prec if self.device.type == "cuda" else "fp32"
+
+    def autocast(self):
+        """Autocast context for mixed precision on CUDA (``PREC`` fp16 / bf16); a no-op on CPU / fp32."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.precision in ("fp16", "amp") else torch.bfloat16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    # ------------------------------------------------------------------ shared / personal state
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """Trainable parameters of ``self.model`` by state-dict name."""
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def shared_keys(self) -> list[str]:
+        return [n for n in self.trainable_parameters() if n.startswith(self.SHARED_PREFIXES)]
+
+    def personal_keys(self) -> list[str]:
+        shared = set(self.shared_keys())
+        return [n for n in self.trainable_parameters() if n not in shared]
+
+    def get_state(self, keys: list[str]) -> dict[str, torch.Tensor]:
+        """Detached CPU copies of the named tensors."""
+        params = dict(self.model.named_parameters())
+        return {k: params[k].detach().to("cpu", copy=True) for k in keys}
+
+    @torch.no_grad()
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy ``state`` into the model's trainable parameters (unknown keys or shapes: ValueError)."""
+        params = dict(self.model.named_parameters())
+        for k, v in state.items():
+            if k not in params:
+                raise ValueError(f"state key '{k}' is not a parameter of {type(self).__name__}")
+            if params[k].shape != v.shape:
+                raise ValueError(f"state '{k}' has shape {tuple(v.shape)}, the model expects {tuple(params[k].shape)}")
+            params[k].copy_(v.to(params[k].device, params[k].dtype))
+
+    def build_aggregator(self):
+        """The server's aggregation rule for this trainer (``cfg.FED.AGGREGATION`` overrides)."""
+        from federated.aggregation import build_aggregator
+
+        return build_aggregator(self.cfg.FED.AGGREGATION or "fedavg", self.cfg)
+
+    # ------------------------------------------------------------------ model pieces used by subclasses
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Frozen CLIP image features ``(B, D)`` (not normalised), without gradient."""
+        with torch.no_grad(), self.autocast():
+            return self.model.encode_image(images).float()
+
+    def compute_loss(self, image_features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Loss on a batch. Returns ``(loss, logits (B, C), extra summary)``; default: cross-entropy."""
+        logits = self.model.logits(image_features, self.model.eval_context())
+        return F.cross_entropy(logits, labels), logits, {}
+
+    def forward_backward(self, batch: dict) -> dict[str, float]:
+        images, labels = self.parse_batch_train(batch)
+        features = self.encode_images(images)
+        with self.autocast():
+            loss, logits, extra = self.compute_loss(features, labels)
+        if self.scaler is not None:
+            self.model_zero_grad()
+            self.detect_anomaly(loss)
+            self.scaler.scale(loss).backward()
+            for name in self.get_model_names():
+                if self._optims[name] is not None:
+                    self.scaler.step(self._optims[name])
+            self.scaler.update()
+        else:
+            self.model_backward_and_update(loss)
+        acc = (logits.argmax(dim=1) == labels).float().mean().item() * 100.0
+        summary = {"loss": float(loss.detach()), "acc": acc}
+        summary.update({k: float(v) for k, v in extra.items()})
+        return summary
+
+    # ------------------------------------------------------------------ local training
+    def build_optimizers(self, epochs: int) -> None:
+        """A fresh optimiser and LR scheduler (over ``epochs`` local epochs) for every registered model."""
+        optim_cfg = self.cfg.OPTIM.clone()
+        optim_cfg.defrost()
+        optim_cfg.MAX_EPOCH = epochs
+        for name, module in self._models.items():
+            params = [p for p in module.parameters() if p.requires_grad]
+            if not params:
+                self.set_optimizer(name, None, None)
+                continue
+            optim = build_optimizer(params, optim_cfg)
+            self.set_optimizer(name, optim, build_lr_scheduler(optim, optim_cfg))
+        if self.device.type == "cuda" and self.precision in ("fp16", "amp"):
+            self.scaler = torch.amp.GradScaler("cuda")
+
+    def local_train(self, loader, epochs: int, context: dict | None = None) -> dict[str, float]:
+        """Train ``epochs`` epochs on ``loader`` with a fresh optimiser; returns the last epoch's means."""
+        self.anomaly_context = dict(context or {})
+        self.train_loader_x = loader
+        self.build_optimizers(epochs)
+        history = self.train(0, epochs)
+        return history[-1] if history else {}
+
+    # ------------------------------------------------------------------ evaluation
+    def set_classnames(self, classnames: list[str]) -> None:
+        """Switch the label space (e.g. to the novel classes). Subclasses rebuild class-dependent buffers."""
+        self.model.set_classnames(classnames)
+        self.classnames = list(classnames)
+        self.num_classes = len(self.classnames)
+        self.lab2cname = dict(enumerate(self.classnames))
+        self.evaluator._lab2cname = self.lab2cname
+
+    @torch.inference_mode()
+    def cached_features(self, key: str, loader) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image features ``(N, D)`` and labels ``(N,)`` of an evaluation set, computed once per ``key``."""
+        if key not in self._feature_cache:
+            feats, labels = [], []
+            for batch in loader:
+                images, y = self.parse_batch_test(batch)
+                feats.append(self.encode_images(images))
+                labels.append(y)
+            self._feature_cache[key] = (torch.cat(feats), torch.cat(labels))
+        return self._feature_cache[key]
+
+    @torch.inference_mode()
+    def evaluate(self, loader, key: str | None = None) -> dict[str, float]:
+        """Accuracy, error rate and macro-F1 (percent) on ``loader`` with the current state.
+
+        With ``key`` and ``image_features_cacheable``, the frozen image features are computed once
+        and reused by later calls with the same key (every client, every round).
+        """
+        self.set_model_mode("test")
+        self.evaluator.reset()
+        with self.autocast():
+            context = self.model.eval_context()
+            if key is not None and self.image_features_cacheable:
+                feats, labels = self.cached_features(key, loader)
+                for start in range(0, len(labels), 1024):
+                    logits = self.model.logits(feats[start : start + 1024], context)
+                    self.evaluator.process(logits.float(), labels[start : start + 1024])
+            else:
+                for batch in loader:
+                    images, labels = self.parse_batch_test(batch)
+                    logits = self.model.logits(self.encode_images(images), context)
+                    self.evaluator.process(logits.float(), labels)
+        return dict(self.evaluator.evaluate())
+
+    @torch.inference_mode()
+    def evaluate_zero_shot(self, loader, classnames: list[str], template: str, key: str | None = None) -> dict:
+        """Hand-crafted-prompt zero-shot CLIP (``template.format(name)``) on ``loader``."""
+        clip = self.model.clip
+        tokens = clip.tokenize([template.format(name) for name in classnames]).to(self.device)
+        text = F.normalize(clip.model.encode_text(tokens).float(), dim=-1)
+        scale = clip.model.logit_scale.exp().float()
+        self.evaluator.reset()
+        if key is not None and self.image_features_cacheable:
+            feats, labels = self.cached_features(key, loader)
+            self.evaluator.process(scale * F.normalize(feats, dim=-1) @ text.t(), labels)
+        else:
+            for batch in loader:
+                images, labels = self.parse_batch_test(batch)
+                self.evaluator.process(scale * F.normalize(self.encode_images(images), dim=-1) @ text.t(), labels)
+        return dict(self.evaluator.evaluate())

@@ -1,0 +1,76 @@
+"""Zero-shot CLIP with the dataset's hand-crafted template (no training, nothing to aggregate)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from yacs.config import CfgNode as CN
+
+from dassl.engine import TRAINER_REGISTRY
+from trainers.base import FederatedTrainer, load_frozen_clip
+
+
+def dataset_template(cfg) -> str:
+    """The zero-shot template of ``cfg.DATASET.NAME`` (``TRAINER.ZSCLIP.TEMPLATE`` overrides it)."""
+    from clip.templates import template_for
+    from dassl.data.datasets import DATASET_REGISTRY
+
+    override = cfg.TRAINER.ZSCLIP.TEMPLATE if "ZSCLIP" in cfg.TRAINER else ""
+    if override:
+        return override
+    name = cfg.DATASET.NAME
+    if name in DATASET_REGISTRY:
+        own = getattr(DATASET_REGISTRY.get(name), "TEMPLATE", None)
+        if own:
+            return own
+    return template_for(name)
+
+
+class TemplateCLIP(nn.Module):
+    """CLIP whose class text features are the encoded hand-crafted prompts ``template.format(name)``."""
+
+    def __init__(self, clip, classnames: list[str], template: str):
+        super().__init__()
+        self.clip = clip
+        self.template = template
+        self.image_encoder = clip.model.visual
+        self.logit_scale = clip.model.logit_scale
+        self.set_classnames(classnames)
+
+    @torch.no_grad()
+    def set_classnames(self, classnames: list[str]) -> None:
+        tokens = self.clip.tokenize([self.template.format(n.replace("_", " ")) for n in classnames])
+        device = self.logit_scale.device
+        text = F.normalize(self.clip.model.encode_text(tokens.to(device)).float(), dim=-1)
+        self.register_buffer("text_features", text, persistent=False)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(images)
+
+    def eval_context(self) -> torch.Tensor:
+        return self.text_features
+
+    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        return self.logit_scale.exp() * F.normalize(image_features, dim=-1).to(text_features.dtype) @ text_features.t()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.encode_image(images), self.text_features)
+
+
+@TRAINER_REGISTRY.register()
+class ZeroshotCLIP(FederatedTrainer):
+    """Zero-shot CLIP: every client uses the same frozen model; the server only evaluates."""
+
+    CFG_NODE = "ZSCLIP"
+
+    @classmethod
+    def extend_cfg(cls, cfg) -> None:
+        if "ZSCLIP" not in cfg.TRAINER:
+            cfg.TRAINER.ZSCLIP = CN()
+            cfg.TRAINER.ZSCLIP.TEMPLATE = ""  # "" = the dataset's own template
+            cfg.TRAINER.ZSCLIP.PREC = "fp32"
+
+    def build_model(self) -> None:
+        clip = load_frozen_clip(self.cfg, self.device)
+        self.model = TemplateCLIP(clip, self.classnames, dataset_template(self.cfg))
+        self.register_model("model", self.model)
