@@ -1,8 +1,11 @@
 """``Datum`` and ``DatasetBase``: the dataset containers every loader fills."""
 from __future__ import annotations
 
+import math
+import random
 from collections import defaultdict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 class Datum:
@@ -106,3 +109,81 @@ class DatasetBase:
         for item in data_source:
             output[item.domain].append(item)
         return output
+
+    @staticmethod
+    def _copy_datum(item: Datum, label: int | None = None) -> Datum:
+        return Datum(
+            impath=item.impath,
+            label=item.label if label is None else label,
+            domain=item.domain,
+            classname=item.classname,
+            image=item.image,
+        )
+
+    def generate_fewshot_dataset(
+        self, *data_sources: Sequence[Datum], num_shots: int = -1, repeat: bool = False, seed: int | None = None
+    ) -> Any:
+        """Sample a ``num_shots``-per-class subset of each data source (Dassl semantics).
+
+        For every label (in order of first appearance), ``num_shots`` items are drawn without
+        replacement; a label with fewer items keeps all of them, or, with ``repeat=True``, draws
+        ``num_shots`` items with replacement. ``num_shots < 1`` returns the inputs unchanged.
+
+        Args:
+            *data_sources: one or more lists of ``Datum``.
+            num_shots: items per label.
+            repeat: sample with replacement when a label has fewer than ``num_shots`` items.
+            seed: with a seed, sampling uses ``random.Random(seed)`` (deterministic, independent of
+                the global RNG); without one, the global ``random`` module (as Dassl does).
+
+        Returns:
+            One list when one source is given, else a list of lists (the ``Datum`` objects are
+            the inputs', not copies).
+        """
+        if num_shots < 1:
+            return data_sources[0] if len(data_sources) == 1 else data_sources
+        rng = random.Random(seed) if seed is not None else random
+        output = []
+        for data_source in data_sources:
+            tracker = self.split_dataset_by_label(data_source)
+            dataset: list[Datum] = []
+            for items in tracker.values():
+                if len(items) >= num_shots:
+                    sampled = rng.sample(items, num_shots)
+                elif repeat:
+                    sampled = rng.choices(items, k=num_shots)
+                else:
+                    sampled = list(items)
+                dataset.extend(sampled)
+            output.append(dataset)
+        return output[0] if len(output) == 1 else output
+
+    @staticmethod
+    def subsample_classes(*args: Sequence[Datum], subsample: str = "all") -> tuple[list[Datum], ...]:
+        """Keep the base or the new half of the classes (CoOp's base-to-novel protocol).
+
+        The labels present in ``args[0]`` are sorted; with ``n`` of them and ``m = ceil(n / 2)``,
+        ``"base"`` keeps the first ``m`` labels and ``"new"`` the remaining ``n - m``, relabelled
+        ``0, 1, ...`` in the same order (base labels keep their values when they are ``0..m-1``).
+        ``"all"`` keeps everything.
+
+        Returns:
+            A tuple with one list per input (always, even for a single input) of new ``Datum``
+            objects; the inputs are never modified.
+        """
+        if subsample not in ("all", "base", "new"):
+            raise ValueError(f"subsample must be 'all', 'base' or 'new', got {subsample!r}")
+        if subsample == "all":
+            return tuple([DatasetBase._copy_datum(item) for item in dataset] for dataset in args)
+        if not args:
+            return ()
+        labels = sorted({item.label for item in args[0]})
+        m = math.ceil(len(labels) / 2)
+        selected = labels[:m] if subsample == "base" else labels[m:]
+        relabeler = {y: y_new for y_new, y in enumerate(selected)}
+        output = []
+        for dataset in args:
+            output.append(
+                [DatasetBase._copy_datum(item, relabeler[item.label]) for item in dataset if item.label in relabeler]
+            )
+        return tuple(output)

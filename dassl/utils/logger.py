@@ -1,0 +1,107 @@
+"""Dassl-style logging: everything printed to stdout is also appended to a log file."""
+from __future__ import annotations
+
+import os.path as osp
+import sys
+import time
+from typing import IO
+
+from .tools import mkdir_if_missing
+
+__all__ = ["Logger", "reset_logger", "setup_logger"]
+
+_LOG_SUFFIXES = (".txt", ".log")
+
+
+class Logger:
+    """A stdout replacement that writes to the console and to ``fpath`` (opened for appending)."""
+
+    def __init__(self, console: IO[str], fpath: str, requested: str):
+        self.console = console
+        self.fpath = fpath
+        self.requested = requested  # the path setup_logger was asked for (before any suffix)
+        self.file = open(fpath, "a", encoding="utf-8")
+
+    def write(self, msg: str) -> int:
+        self.console.write(msg)
+        if not self.file.closed:
+            self.file.write(msg)
+            self.file.flush()
+        return len(msg)
+
+    def flush(self) -> None:
+        self.console.flush()
+        if not self.file.closed:
+            self.file.flush()
+
+    def close(self) -> None:
+        if not self.file.closed:
+            self.file.close()
+
+    def isatty(self) -> bool:
+        return bool(getattr(self.console, "isatty", lambda: False)())
+
+    def __getattr__(self, name: str):  # encoding, fileno, ... come from the console
+        return getattr(self.console, name)
+
+
+def _unique(fpath: str) -> str:
+    """Dassl never overwrites a log: an existing ``fpath`` gets a ``-YYYY-MM-DD-HH-MM-SS`` suffix."""
+    if not osp.exists(fpath):
+        return fpath
+    stamped = fpath + time.strftime("-%Y-%m-%d-%H-%M-%S")
+    candidate, i = stamped, 1
+    while osp.exists(candidate):
+        candidate = f"{stamped}-{i}"
+        i += 1
+    return candidate
+
+
+_ACTIVE: Logger | None = None  # the Logger opened by the last setup_logger call
+
+
+def setup_logger(output: str | None = None) -> str | None:
+    """Tee ``sys.stdout`` into a log file and return that file's path.
+
+    Args:
+        output: a file path ending in ``.txt``/``.log``, or a directory (the log is
+            ``<output>/log.txt``); ``None`` sets up nothing and returns ``None``.
+
+    An existing log is never overwritten: the new one gets a timestamp suffix
+    (``log.txt-2024-01-31-12-00-00``). Calling again with the same ``output`` keeps appending to the
+    current log (idempotent); calling with a different one closes it and switches to the new file.
+    """
+    global _ACTIVE
+    if output is None:
+        return None
+    output = str(output)
+    fpath = output if output.endswith(_LOG_SUFFIXES) else osp.join(output, "log.txt")
+    requested = osp.abspath(fpath)
+    current = sys.stdout
+    console = current.console if isinstance(current, Logger) else current
+    if _ACTIVE is not None and _ACTIVE.requested == requested and not _ACTIVE.file.closed:
+        if current is _ACTIVE:
+            return _ACTIVE.fpath
+        actual = _ACTIVE.fpath  # stdout was replaced meanwhile: keep appending to the same file
+    else:
+        mkdir_if_missing(osp.dirname(requested))
+        actual = _unique(fpath)
+    if _ACTIVE is not None:
+        _ACTIVE.close()
+    if isinstance(current, Logger):
+        current.close()
+    _ACTIVE = Logger(console, actual, requested=requested)
+    sys.stdout = _ACTIVE
+    return actual
+
+
+def reset_logger() -> None:
+    """Close the log file opened by ``setup_logger`` and restore the original ``sys.stdout``."""
+    global _ACTIVE
+    current = sys.stdout
+    if isinstance(current, Logger):
+        current.close()
+        sys.stdout = current.console
+    if _ACTIVE is not None:
+        _ACTIVE.close()
+        _ACTIVE = None
