@@ -59,6 +59,23 @@ def str2bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got '{value}'")
 
 
+BOOL_FLAGS = ("--eval-only", "--eval_only", "--resume")
+_BOOL_WORDS = ("1", "true", "t", "yes", "y", "on", "0", "false", "f", "no", "n", "off")
+
+
+def explicit_booleans(argv: list[str]) -> list[str]:
+    """Give every boolean flag an explicit value (``--resume`` -> ``--resume true``), so that a bare flag
+    never swallows the next argument and ``--resume False`` still works as the published scripts write it."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg in BOOL_FLAGS:
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            if nxt is None or nxt.strip().lower() not in _BOOL_WORDS:
+                out.append("true")
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 
@@ -88,13 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
     flag("lr", type=float, help="learning rate (OPTIM.LR)")
     flag("train_batch_size", type=int, help="training batch size")
     flag("test_batch_size", type=int, help="evaluation batch size")
-    p.add_argument("--eval-only", "--eval_only", dest="eval_only", type=str2bool, nargs="?", const=True,
-                   default=False, help="evaluate the checkpoint in --model-dir instead of training")
+    p.add_argument("--eval-only", "--eval_only", dest="eval_only", type=str2bool, default=False,
+                   help="evaluate the checkpoint in --model-dir instead of training")
     flag("model_dir", help="output dir of a finished run, for --eval-only")
-    p.add_argument("--resume", type=str2bool, nargs="?", const=True, default=False,
+    p.add_argument("--resume", type=str2bool, default=False,
                    help="continue the run in --output-dir from its last finished round")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides, applied last")
     return p
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    return build_parser().parse_args(explicit_booleans(list(argv)))
 
 
 def build_cfg(args: argparse.Namespace):
@@ -139,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     from federated.results import format_table
     from federated.server import FederatedServer
 
-    args = build_parser().parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.eval_only and not args.model_dir:
         raise ConfigError("--eval-only needs --model-dir DIR (the OUTPUT_DIR of a finished run)")
     cfg = build_cfg(args)

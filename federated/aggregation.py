@@ -7,7 +7,7 @@ list of ``{key: tensor}`` holding only shared keys, ``num_samples`` the clients'
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -39,7 +39,7 @@ def weighted_average(uploads: list[State], weights: torch.Tensor) -> State:
     out: State = {}
     for k in keys:
         acc = torch.zeros_like(uploads[0][k], dtype=torch.float64)
-        for w, up in zip(weights.tolist(), uploads):
+        for w, up in zip(weights.tolist(), uploads, strict=True):
             acc += w * up[k].to(torch.float64)
         out[k] = acc.to(uploads[0][k].dtype)
     return out
@@ -52,7 +52,8 @@ class FedAvg:
     def __init__(self, cfg=None):
         self.cfg = cfg
 
-    def __call__(self, uploads: list[State], num_samples: list[int], previous: State | None = None) -> tuple[State, dict]:
+    def __call__(self, uploads: list[State], num_samples: list[int],
+                 previous: State | None = None) -> tuple[State, dict]:
         if not uploads or not uploads[0]:
             return {}, {"weights": []}
         weights = data_size_weights(num_samples)

@@ -86,7 +86,8 @@ def load_checkpoint(path: str, trainer, num_users: int) -> dict:
             part for part in (
                 f"missing {missing[:5]}" if missing else "",
                 f"unexpected {extra[:5]}" if extra else "",
-                "shape differs for " + ", ".join(f"{k} {got[k]} vs {expected[k]}" for k in shapes[:5]) if shapes else "",
+                "shape differs for " + ", ".join(f"{k} {got[k]} vs {expected[k]}" for k in shapes[:5])
+                if shapes else "",
             ) if part
         )
         raise CheckpointError(f"{path} does not match the {name} model of this run ({detail}); "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 
 from yacs.config import CfgNode as CN
 
@@ -21,6 +22,8 @@ class ConfigError(ValueError):
 
 def add_federated_keys(cfg: CN) -> None:
     """Add the keys of federated runs (defaults follow the published FedPGP/FedTV scripts)."""
+    cfg.OUTPUT_DIR = ""  # "" = output/<dataset>/<trainer>/<setting>_seed<seed>
+    cfg.SEED = 1
     cfg.MODEL.BACKBONE.NAME = "tiny"
     # "" = the backbone's default weights (open_clip tag ``openai`` for real CLIPs, the shipped
     # toy-world weights for ``tiny``); a tag, a local file, or ``none`` (random, tests only).
@@ -58,11 +61,16 @@ def get_cfg() -> CN:
     cfg = get_cfg_default()
     add_federated_keys(cfg)
     cfg.TRAINER.NAME = "PromptFL"
+    # Each trainer class, and each dataset class or its module, may define ``extend_cfg(cfg)``.
+    hooks = []
     for registry in (TRAINER_REGISTRY, DATASET_REGISTRY):
         for name in registry.registered_names():
-            extend = getattr(registry.get(name), "extend_cfg", None)
-            if extend is not None:
-                extend(cfg)
+            obj = registry.get(name)
+            hook = getattr(obj, "extend_cfg", None) or getattr(sys.modules[obj.__module__], "extend_cfg", None)
+            if hook is not None and hook not in hooks:
+                hooks.append(hook)
+    for hook in hooks:
+        hook(cfg)
     return cfg
 
 
@@ -100,7 +108,7 @@ def merge_list(cfg: CN, opts: list[str], source: str = "opts") -> None:
         raise ConfigError(f"{source} must be KEY VALUE pairs, got an odd number of items: {opts}")
     try:
         cfg.merge_from_list(list(opts))
-    except KeyError as err:
+    except (KeyError, AssertionError) as err:
         raise _explain_unknown_key(cfg, str(err.args[0] if err.args else err), source) from None
     except ValueError as err:
         raise ConfigError(f"bad value in {source}: {err}") from None

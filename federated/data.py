@@ -73,7 +73,10 @@ def _partition(cfg, train: list[Datum], test: list[Datum]):
     users = int(cfg.DATASET.USERS)
     if users < 1:
         raise DataError(f"--num-users must be at least 1, got {users}")
-    kind = P.canonical_partition(cfg.DATASET.PARTITION)
+    try:
+        kind = P.canonical_partition(cfg.DATASET.PARTITION)
+    except ValueError as err:
+        raise DataError(str(err)) from None
     seed = int(cfg.DATASET.SPLIT_SEED)
     shots = int(cfg.DATASET.NUM_SHOTS)
     if kind == "pathological":
@@ -82,15 +85,19 @@ def _partition(cfg, train: list[Datum], test: list[Datum]):
         except ValueError as err:
             raise DataError(str(err)) from None
         return clients_train, P.split_by_classes(test, classes), classes
-    if kind == "dirichlet":
-        clients_train, clients_test = P.dirichlet_split(train, users, float(cfg.DATASET.BETA), seed, test=test,
-                                                        num_shots=shots)
-    elif kind == "iid":
-        clients_train, clients_test = P.iid_split(train, users, seed, num_shots=shots, test=test)
-    elif kind == "domain":
-        clients_train, clients_test = P.split_by_domain(train), P.split_by_domain(test)
-    else:
-        raise DataError(f"partition '{kind}' needs dataset-specific information: not available for {cfg.DATASET.NAME}")
+    try:
+        if kind == "dirichlet":
+            clients_train, clients_test = P.dirichlet_split(train, users, float(cfg.DATASET.BETA), seed, test=test,
+                                                            num_shots=shots)
+        elif kind == "iid":
+            clients_train, clients_test = P.iid_split(train, users, seed, num_shots=shots, test=test)
+        elif kind == "domain":
+            clients_train, clients_test = P.split_by_domain(train), P.split_by_domain(test)
+        else:
+            raise DataError(f"partition '{kind}' needs dataset-specific information, not available for "
+                            f"{cfg.DATASET.NAME}")
+    except ValueError as err:
+        raise DataError(str(err)) from None
     classes = [sorted({d.label for d in c}) for c in clients_train]
     return clients_train, clients_test, classes
 

@@ -136,7 +136,8 @@ class FederatedTrainer(TrainerX):
         with torch.no_grad(), self.autocast():
             return self.model.encode_image(images).float()
 
-    def compute_loss(self, image_features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def compute_loss(self, image_features: torch.Tensor,
+                     labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Loss on a batch. Returns ``(loss, logits (B, C), extra summary)``; default: cross-entropy."""
         logits = self.model.logits(image_features, self.model.eval_context())
         return F.cross_entropy(logits, labels), logits, {}

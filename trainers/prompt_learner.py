@@ -82,7 +82,8 @@ class PromptLearner(nn.Module):
         prompts = [f"{self.prompt_prefix} {name}." for name in names]
         tokenized = self._tokenize(prompts).to(self.device)
         eot = tokenized.argmax(dim=-1)
-        too_long = [names[i] for i in range(len(names)) if tokenized[i, eot[i]] == 0 or eot[i] == tokenized.shape[1] - 1]
+        last = tokenized.shape[1] - 1
+        too_long = [names[i] for i in range(len(names)) if tokenized[i, eot[i]] == 0 or eot[i] == last]
         if too_long:
             raise ValueError(
                 f"prompts do not fit the text tower's {tokenized.shape[1]} tokens with {self.n_ctx} context tokens "

@@ -11,7 +11,8 @@ import logging
 import math
 import os
 from collections import OrderedDict
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -175,7 +176,8 @@ class SimpleTrainer:
         self.start_epoch = start_epoch
         self.max_epoch = self.max_epoch if max_epoch is None else max_epoch
         history = []
-        for self.epoch in range(self.start_epoch, self.max_epoch):
+        for epoch in range(self.start_epoch, self.max_epoch):
+            self.epoch = epoch
             self.before_epoch()
             history.append(self.run_epoch())
             self.update_lr()

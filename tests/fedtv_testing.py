@@ -1,0 +1,20 @@
+"""Shared helpers of the test-suite: a small, fast federated setting on the toy world."""
+from __future__ import annotations
+
+import os
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: 3 clients, 2 rounds of 1 local epoch, 4 shots.
+FAST_FLAGS = ["--num-users", "3", "--rounds", "2", "--local-epochs", "1", "--num-shots", "4"]
+#: A small toy world (12 classes: 6 base / 6 novel) and quiet progress bars.
+FAST_OPTS = [
+    "DATASET.TOYWORLD.NUM_CLASSES", "12", "DATASET.TOYWORLD.TRAIN_PER_CLASS", "8",
+    "DATASET.TOYWORLD.VAL_PER_CLASS", "0", "DATASET.TOYWORLD.TEST_PER_CLASS", "6",
+    "FED.SHOW_PROGRESS", "False", "DATALOADER.TRAIN_X.BATCH_SIZE", "8",
+]
+
+
+def fast_args(tmp_path, flags: list[str] = (), opts: list[str] = (), weights: str = "none") -> list[str]:
+    """CLI arguments for a fast run writing to ``tmp_path`` (random CLIP weights unless ``weights``)."""
+    return ["--output-dir", str(tmp_path), "--clip-weights", weights, *FAST_FLAGS, *flags, *FAST_OPTS, *opts]

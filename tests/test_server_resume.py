@@ -1,0 +1,118 @@
+"""Checkpoints, resume after a kill, non-finite losses, mismatched checkpoints, --eval-only."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from federated.checkpoint import CheckpointError
+from federated.server import TrainingDiverged
+from federated_main import main
+from tests.fedtv_testing import REPO, fast_args
+
+ROUNDS = 6
+
+
+def _rounds_done(out):
+    path = os.path.join(out, "results.json")
+    try:
+        with open(path) as f:
+            return len(json.load(f)["rounds"])
+    except (OSError, ValueError):
+        return 0
+
+
+def test_killed_run_resumes_to_the_same_results(tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    args = ["--trainer", "CoOp", "--rounds", str(ROUNDS), "--frac", "0.67"]
+    reference = main(fast_args(full, args))
+
+    cmd = [sys.executable, os.path.join(REPO, "federated_main.py"), *fast_args(killed, args)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while _rounds_done(killed) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = torch.load(killed / "checkpoint.pt", weights_only=True)["round"]
+    assert 1 <= done < ROUNDS, "the run must be killed between rounds for this test to mean anything"
+
+    resumed = main(fast_args(killed, args + ["--resume"]))
+    assert len(resumed["rounds"]) == ROUNDS
+    for a, b in zip(reference["rounds"], resumed["rounds"], strict=True):
+        assert a["clients"] == b["clients"]
+        assert a["local"] == pytest.approx(b["local"], abs=1e-9)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+    assert resumed["final"]["local"] == pytest.approx(reference["final"]["local"], abs=1e-9)
+    a = torch.load(full / "checkpoint.pt", weights_only=True)
+    b = torch.load(killed / "checkpoint.pt", weights_only=True)
+    for pa, pb in zip(a["personal"], b["personal"], strict=True):
+        for k in pa:
+            assert torch.equal(pa[k], pb[k])
+
+
+def test_results_files(tmp_path):
+    results = main(fast_args(tmp_path))
+    for name in ("results.json", "metrics.csv", "log.txt", "checkpoint.pt"):
+        assert (tmp_path / name).is_file(), name
+    assert (tmp_path / "tensorboard").is_dir()
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["config"]["DATASET"]["USERS"] == 3
+    assert [r["round"] for r in saved["rounds"]] == [1, 2]
+    first = saved["rounds"][0]
+    assert first["clients"] == [0, 1, 2]
+    assert set(first["local_per_client"]) == {"0", "1", "2"}
+    assert first["bytes_up_per_client"] == first["bytes_down_per_client"] > 0
+    final = saved["final"]
+    assert set(final) >= {"local", "base", "novel", "hm"}
+    b, n = final["base"], final["novel"]
+    assert final["hm"] == pytest.approx(2 * b * n / (b + n))
+    assert results["final"] == final
+    csv_lines = (tmp_path / "metrics.csv").read_text().strip().splitlines()
+    assert len(csv_lines) == 3 and csv_lines[0].startswith("round,")
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    from trainers.coop import PromptFL
+
+    original = PromptFL.compute_loss
+    calls = {"n": 0}
+
+    def poisoned(self, feats, labels):
+        loss, logits, extra = original(self, feats, labels)
+        calls["n"] += 1
+        if self.anomaly_context.get("round") == 2 and self.anomaly_context.get("client") == 1:
+            loss = loss * float("nan")
+        return loss, logits, extra
+
+    monkeypatch.setattr(PromptFL, "compute_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match="client 1 in round 2"):
+        main(fast_args(tmp_path, ["--trainer", "PromptFL", "--rounds", "3"]))
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ckpt["round"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["global"].values())
+
+
+def test_mismatched_checkpoint_is_refused_clearly(tmp_path):
+    main(fast_args(tmp_path, ["--trainer", "PromptFL", "--rounds", "1"]))
+    with pytest.raises(CheckpointError, match="does not match.*prompt_learner.ctx"):
+        main(fast_args(tmp_path, ["--trainer", "PromptFL", "--rounds", "2", "--resume"],
+                       ["TRAINER.PROMPTFL.N_CTX", "4"]))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        main(fast_args(tmp_path / "bad", ["--eval-only", "--model-dir", str(tmp_path / "bad")]))
+
+
+def test_eval_only_on_novel_classes(tmp_path):
+    results = main(fast_args(tmp_path, ["--trainer", "CoOp"]))
+    record = main(fast_args(tmp_path, ["--trainer", "CoOp", "--eval-only", "--model-dir", str(tmp_path),
+                                       "--subsample", "new"]))
+    assert record["novel"] == pytest.approx(results["final"]["novel"])
+    assert record["local"] is None
+    assert (tmp_path / "eval_new.json").is_file()

@@ -1,0 +1,69 @@
+"""Every registered trainer: shared and personal keys partition its trainable parameters, and the
+server receives only shared tensors."""
+import pytest
+import torch
+
+from dassl.engine import TRAINER_REGISTRY, build_trainer
+from federated.data import build_federated_data
+from federated.server import FederatedServer
+from federated_main import build_cfg, parse_args
+from tests.fedtv_testing import fast_args
+
+
+def _setup(tmp_path, trainer, *opts):
+    args = parse_args(fast_args(tmp_path, ["--trainer", trainer, "--rounds", "1"], list(opts)))
+    cfg = build_cfg(args)
+    data = build_federated_data(cfg)
+    return cfg, data, build_trainer(cfg, classnames=data.classnames)
+
+
+@pytest.mark.parametrize("name", TRAINER_REGISTRY.registered_names())
+def test_shared_and_personal_keys_partition_trainable_parameters(tmp_path, name):
+    _, _, trainer = _setup(tmp_path, name)
+    shared, personal = set(trainer.shared_keys()), set(trainer.personal_keys())
+    assert not shared & personal
+    assert shared | personal == set(trainer.trainable_parameters())
+
+
+@pytest.mark.parametrize("name", TRAINER_REGISTRY.registered_names())
+def test_server_only_receives_shared_tensors(tmp_path, name):
+    cfg, data, trainer = _setup(tmp_path, name)
+    server = FederatedServer(cfg, trainer, data)
+    seen = []
+    inner = server.aggregator
+
+    def spy(uploads, sizes, previous):
+        seen.extend(uploads)
+        return inner(uploads, sizes, previous)
+
+    server.aggregator = spy
+    server.run()
+    personal = set(trainer.personal_keys())
+    for upload in seen:
+        assert set(upload) == set(trainer.shared_keys())
+        assert not set(upload) & personal
+
+
+def test_coop_clients_keep_their_own_prompts(tmp_path):
+    """CoOp is local: after a round every client has its own context, and evaluating a client
+    restores exactly its own tensors (nothing leaks through the one shared model)."""
+    cfg, data, trainer = _setup(tmp_path, "CoOp")
+    server = FederatedServer(cfg, trainer, data)
+    server.run()
+    ckpt = torch.load(server.checkpoint_path, weights_only=True)
+    ctx = [p["prompt_learner.ctx"] for p in ckpt["personal"]]
+    assert ckpt["global"] == {}
+    assert not torch.equal(ctx[0], ctx[1]) and not torch.equal(ctx[1], ctx[2])
+    trainer.load_state(ckpt["personal"][1])
+    assert torch.equal(trainer.get_state(["prompt_learner.ctx"])["prompt_learner.ctx"], ctx[1])
+
+
+def test_promptfl_clients_share_the_averaged_context(tmp_path):
+    cfg, data, trainer = _setup(tmp_path, "PromptFL")
+    server = FederatedServer(cfg, trainer, data)
+    server.run()
+    ckpt = torch.load(server.checkpoint_path, weights_only=True)
+    assert set(ckpt["global"]) == {"prompt_learner.ctx"}
+    assert all(p == {} for p in ckpt["personal"])
+    weights = ckpt["results"]["rounds"][0]["aggregation"]["weights"]
+    assert sum(weights) == pytest.approx(1.0)
