@@ -1,9 +1,12 @@
 """Server-side aggregation of the shared tensors.
 
 An aggregator is called once per round with the uploads of the sampled clients:
-``aggregator(uploads, num_samples, previous_global) -> (new_global, info)``, where ``uploads`` is a
-list of ``{key: tensor}`` holding only shared keys, ``num_samples`` the clients' train-set sizes, and
-``info`` a JSON-able dict (at least the per-client ``weights``, which sum to 1).
+``aggregator(uploads, num_samples, previous_global, client_ids) -> (new_global, info)``, where
+``uploads`` is a list of ``{key: tensor}`` holding only shared keys, ``num_samples`` the clients'
+train-set sizes, ``client_ids`` who uploaded, and ``info`` a dict with at least the per-client
+``weights`` (JSON-able; they sum to 1). A personalised aggregator (each client downloads its own
+mix, e.g. CE-LoRA) also puts ``info["per_client"] = {client_id: state}``: the server then sends
+that state instead of ``new_global`` to those clients (and does not write it to results.json).
 """
 from __future__ import annotations
 
@@ -52,8 +55,8 @@ class FedAvg:
     def __init__(self, cfg=None):
         self.cfg = cfg
 
-    def __call__(self, uploads: list[State], num_samples: list[int],
-                 previous: State | None = None) -> tuple[State, dict]:
+    def __call__(self, uploads: list[State], num_samples: list[int], previous: State | None = None,
+                 client_ids: list[int] | None = None) -> tuple[State, dict]:
         if not uploads or not uploads[0]:
             return {}, {"weights": []}
         weights = data_size_weights(num_samples)

@@ -1,7 +1,8 @@
 """Round checkpoints: written atomically after every round, loadable with ``weights_only=True``.
 
 Content: ``round`` (rounds finished), ``trainer``, ``num_users``, ``global`` (shared tensors),
-``personal`` (one dict of personal tensors per client), ``rng`` (python / numpy / torch states),
+``personal`` (one dict of personal tensors per client), ``client_global`` (personalised
+aggregation: the shared tensors a client downloads instead of ``global``), ``rng`` (python / numpy / torch states),
 ``results`` (the results so far) and ``signature`` (key -> shape, to detect a mismatched model).
 """
 from __future__ import annotations
@@ -48,7 +49,7 @@ def signature(trainer) -> dict[str, list[int]]:
 
 
 def save_checkpoint(path: str, *, round_done: int, trainer, global_state: dict, personal: list[dict],
-                    results: dict, num_users: int) -> None:
+                    results: dict, num_users: int, client_global: dict[int, dict] | None = None) -> None:
     atomic_torch_save({
         "round": round_done,
         "trainer": type(trainer).__name__,
@@ -56,6 +57,7 @@ def save_checkpoint(path: str, *, round_done: int, trainer, global_state: dict, 
         "signature": signature(trainer),
         "global": global_state,
         "personal": personal,
+        "client_global": {str(k): v for k, v in (client_global or {}).items()},
         "rng": rng_state(),
         "results": results,
     }, path)

@@ -105,9 +105,16 @@ class FederatedServer:
         finally:
             self.trainer.set_classnames(original)
 
-    def evaluate(self, global_state: dict, personal: list[dict]) -> dict:
-        """Local accuracy per client (own test split), and Base / Novel / HM in base-to-novel runs."""
-        states = [{**global_state, **p} for p in personal]
+    def _downloads(self, global_state: dict, client_global: dict[int, dict]) -> list[dict]:
+        """The shared state each client holds: the global one, or its personalised mix."""
+        return [client_global.get(cid, global_state) for cid in range(self.num_users)]
+
+    def evaluate(self, shared: list[dict], personal: list[dict]) -> dict:
+        """Local accuracy per client (own test split), and Base / Novel / HM in base-to-novel runs.
+
+        ``shared[i]`` / ``personal[i]``: client i's shared (downloaded) and personal tensors.
+        """
+        states = [{**s, **p} for s, p in zip(shared, personal, strict=True)]
         local, f1 = {}, []
         for cid, state in enumerate(states):
             if not self.data.test[cid]:
@@ -154,11 +161,13 @@ class FederatedServer:
         shared_keys, personal_keys = t.shared_keys(), t.personal_keys()
         global_state = t.get_state(shared_keys)
         personal = [t.get_state(personal_keys) for _ in range(self.num_users)]
+        client_global: dict[int, dict] = {}  # personalised aggregation: what each client downloads
         start_round, results = 0, None
         if resume and os.path.isfile(self.checkpoint_path):
             ckpt = load_checkpoint(self.checkpoint_path, t, self.num_users)
             start_round, results = int(ckpt["round"]), ckpt["results"]
             global_state, personal = ckpt["global"], ckpt["personal"]
+            client_global = {int(k): v for k, v in ckpt.get("client_global", {}).items()}
             set_rng_state(ckpt["rng"])
             logger.info("resuming from %s after round %d", self.checkpoint_path, start_round)
         elif resume:
@@ -181,7 +190,7 @@ class FederatedServer:
             down = state_nbytes(global_state)
             if t.trainable_parameters():
                 for cid in tqdm(clients, desc=f"round {r + 1} clients", leave=False, disable=not self.show_progress):
-                    t.load_state({**global_state, **personal[cid]})
+                    t.load_state({**client_global.get(cid, global_state), **personal[cid]})
                     seed_everything(derive_seed(self.seed, r, cid, 0))
                     try:
                         summary = t.local_train(self.train_loader(cid, r), int(self.cfg.OPTIM.MAX_EPOCH),
@@ -197,7 +206,10 @@ class FederatedServer:
                     sizes.append(len(self.data.train[cid]))
                     losses.append(summary.get("loss", float("nan")))
                     accs.append(summary.get("acc", float("nan")))
-                global_state, agg_info = self.aggregator(uploads, sizes, global_state) if shared_keys else ({}, {})
+                agg_info = {}
+                if shared_keys:
+                    global_state, agg_info = self.aggregator(uploads, sizes, global_state, clients)
+                    client_global.update(agg_info.pop("per_client", {}))
             else:
                 agg_info = {}
             record = {
@@ -210,11 +222,12 @@ class FederatedServer:
                 "bytes_down_per_client": down if t.trainable_parameters() else 0,
             }
             if (r + 1) % eval_freq == 0 or r + 1 == rounds:
-                record.update(self.evaluate(global_state, personal))
+                record.update(self.evaluate(self._downloads(global_state, client_global), personal))
             record["seconds"] = time.time() - started
             writer.add_round(record)
             save_checkpoint(self.checkpoint_path, round_done=r + 1, trainer=t, global_state=global_state,
-                            personal=personal, results=writer.results, num_users=self.num_users)
+                            personal=personal, results=writer.results, num_users=self.num_users,
+                            client_global=client_global)
             if record.get("local") is not None:
                 bar.set_postfix(local=f"{record['local']:.1f}", base=record.get("base"), novel=record.get("novel"))
                 logger.info("round %d: local %.2f base %s novel %s hm %s (%.1fs)", r + 1, record["local"],
@@ -227,7 +240,8 @@ class FederatedServer:
     def evaluate_saved(self, model_dir: str) -> dict:
         """``--eval-only``: evaluate the final states saved in ``model_dir`` on this run's data."""
         ckpt = load_checkpoint(model_dir, self.trainer, self.num_users)
-        record = self.evaluate(ckpt["global"], ckpt["personal"])
+        client_global = {int(k): v for k, v in ckpt.get("client_global", {}).items()}
+        record = self.evaluate(self._downloads(ckpt["global"], client_global), ckpt["personal"])
         record["round"] = int(ckpt["round"])
         record["model_dir"] = model_dir
         return record

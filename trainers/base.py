@@ -182,6 +182,10 @@ class FederatedTrainer(TrainerX):
         """Train ``epochs`` epochs on ``loader`` with a fresh optimiser; returns the last epoch's means."""
         self.anomaly_context = dict(context or {})
         self.train_loader_x = loader
+        # What the client downloaded this round (for proximal terms such as FedProx): detached copies
+        # of the shared parameters, on the device.
+        params = self.trainable_parameters()
+        self.round_start_shared = {k: params[k].detach().clone() for k in self.shared_keys()}
         self.build_optimizers(epochs)
         history = self.train(0, epochs)
         return history[-1] if history else {}
