@@ -32,9 +32,9 @@ def test_server_only_receives_shared_tensors(tmp_path, name):
     seen = []
     inner = server.aggregator
 
-    def spy(uploads, sizes, previous):
+    def spy(uploads, sizes, previous, client_ids=None):
         seen.extend(uploads)
-        return inner(uploads, sizes, previous)
+        return inner(uploads, sizes, previous, client_ids)
 
     server.aggregator = spy
     server.run()
