@@ -49,6 +49,12 @@ def add_federated_keys(cfg: CN) -> None:
     cfg.FED.EVAL_BASE_NOVEL = True  # evaluate Base/Novel accuracy in base-to-novel runs
     cfg.FED.ZS_REFERENCE = True  # evaluate hand-crafted-prompt zero-shot CLIP once before training
     cfg.FED.SHOW_PROGRESS = True
+    # Frozen image features of training images: V augmented views per image, encoded once and cached
+    # on disk (federated/feature_cache.py). Off: every step encodes freshly augmented images.
+    cfg.FED.FEATURE_CACHE = True
+    cfg.FED.CACHE_VIEWS = 8
+    cfg.FED.CACHE_DIR = ""  # "" = $FEDTV_CACHE/features or ~/.cache/fedtv/features
+    cfg.FED.CACHE_SEED = 0
 
 
 def get_cfg() -> CN:

@@ -22,6 +22,7 @@ from dassl.data import build_data_loader, build_transform
 from dassl.engine import NonFiniteLossError
 from federated.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, set_rng_state
 from federated.data import FederatedData
+from federated.feature_cache import TrainFeatureCache
 from federated.results import ResultsWriter, format_table, harmonic_mean
 from trainers.base import ClassSpaceError, state_nbytes
 
@@ -61,10 +62,17 @@ class FederatedServer:
         self.aggregator = trainer.build_aggregator()
         self.show_progress = bool(cfg.FED.SHOW_PROGRESS)
         self._test_loaders: dict[str, object] = {}
+        self.feature_cache = None
+        if cfg.FED.FEATURE_CACHE and trainer.image_features_cacheable and trainer.trainable_parameters():
+            union = list({id(item): item for client in data.train for item in client}.values())
+            if union:
+                self.feature_cache = TrainFeatureCache(cfg, trainer, union, self.tfm_train)
 
     # ------------------------------------------------------------------ data
     def train_loader(self, cid: int, round_idx: int):
         generator = torch.Generator().manual_seed(derive_seed(self.seed, round_idx, cid, 1))
+        if self.feature_cache is not None:
+            return self.feature_cache.loader(self.data.train[cid], self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE, generator)
         return build_data_loader(self.cfg, self.data.train[cid], self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE,
                                  is_train=True, transform=self.tfm_train, generator=generator)
 

@@ -1,9 +1,12 @@
 """Test-wide settings: offline hub, deterministic CPU threads, the repository on sys.path."""
 import os
 import sys
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# image-feature caches of the tests go to a fresh folder, never to the user's cache
+os.environ.setdefault("FEDTV_CACHE", tempfile.mkdtemp(prefix="fedtv-test-cache-"))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402

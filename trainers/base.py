@@ -143,8 +143,12 @@ class FederatedTrainer(TrainerX):
         return F.cross_entropy(logits, labels), logits, {}
 
     def forward_backward(self, batch: dict) -> dict[str, float]:
-        images, labels = self.parse_batch_train(batch)
-        features = self.encode_images(images)
+        """One step. ``batch`` holds images (``img``) or cached frozen image features (``feat``)."""
+        if "feat" in batch:
+            features, labels = batch["feat"].to(self.device), batch["label"].to(self.device)
+        else:
+            images, labels = self.parse_batch_train(batch)
+            features = self.encode_images(images)
         with self.autocast():
             loss, logits, extra = self.compute_loss(features, labels)
         if self.scaler is not None:

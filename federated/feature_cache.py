@@ -1,0 +1,129 @@
+"""Frozen image features computed once and reused by every client, round and later run.
+
+For a method whose image encoder is frozen and not prompted, an image feature is a pure function of
+the image and its augmentation. Training images are therefore encoded as ``V`` augmented views
+(``FED.CACHE_VIEWS``) once; every epoch draws one view per image. The features live on disk as
+``.npy`` files (memory-mapped when read) under ``FED.CACHE_DIR`` (default ``$FEDTV_CACHE`` or
+``~/.cache/fedtv``), keyed by everything they depend on: the items (ids and labels), the backbone and
+its weights, the transform, the number of views and the cache seed. Any change gives a new key.
+
+Trade-off (documented for comparisons with the published code): the published implementations draw
+a fresh augmentation at every step; the cache draws from ``V`` fixed views per image. With
+``FED.FEATURE_CACHE False`` every step encodes freshly augmented images again.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dassl.data import DatasetWrapper
+
+logger = logging.getLogger("fedtv.cache")
+
+
+def default_cache_dir() -> str:
+    return os.path.join(os.environ.get("FEDTV_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "fedtv")),
+                        "features")
+
+
+def cache_key(items, backbone: str, weights: str, transform, views: int, seed: int) -> str:
+    """A hash of everything the features depend on."""
+    h = hashlib.sha256()
+    for text in (backbone, weights, repr(transform), str(views), str(seed), str(len(items))):
+        h.update(text.encode())
+        h.update(b"\0")
+    for item in items:
+        h.update(f"{item.impath}|{item.label}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def _atomic_save(path: str, array: np.ndarray) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}.npy"
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+@torch.inference_mode()
+def encode_views(trainer, items, transform, views: int, seed: int, batch_size: int = 128,
+                 show_progress: bool = True) -> np.ndarray:
+    """Features ``(N, V, *F)`` (float16) of ``V`` augmented views of every item (``F`` = the trainer's
+    image-feature shape, e.g. ``(D,)`` or ``(1 + P, D)`` with patch tokens).
+
+    View ``v`` of item ``i`` is produced with the torch RNG seeded from ``(seed, i, v)``, so the cache
+    is reproducible in any process.
+    """
+    wrapper = DatasetWrapper(items, transform)
+    out: np.ndarray | None = None
+    total = len(items) * views
+    order = [(i, v) for v in range(views) for i in range(len(items))]
+    bar = tqdm(total=total, desc="caching image features", disable=not show_progress, leave=False)
+    for start in range(0, total, batch_size):
+        chunk = order[start : start + batch_size]
+        images = []
+        for i, v in chunk:
+            torch.manual_seed((seed * 1_000_003 + i * 9_176 + v * 7_919) & 0x7FFFFFFF)
+            images.append(wrapper[i]["img"])
+        feats = trainer.encode_images(torch.stack(images).to(trainer.device)).float().cpu().numpy()
+        if out is None:
+            out = np.zeros((len(items), views, *feats.shape[1:]), dtype=np.float16)
+        for (i, v), f in zip(chunk, feats, strict=True):
+            out[i, v] = f
+        bar.update(len(chunk))
+    bar.close()
+    return out
+
+
+class TrainFeatureCache:
+    """On-disk cache of augmented training-view features for one set of items."""
+
+    def __init__(self, cfg, trainer, items, transform):
+        self.items = list(items)
+        self.views = max(int(cfg.FED.CACHE_VIEWS), 1)
+        self.seed = int(cfg.FED.CACHE_SEED)
+        directory = cfg.FED.CACHE_DIR or default_cache_dir()
+        os.makedirs(directory, exist_ok=True)
+        clip = trainer.model.clip
+        key = cache_key(self.items, clip.name, clip.weights_source, transform, self.views, self.seed)
+        self.path = os.path.join(directory, f"train-{key}.npy")
+        if os.path.isfile(self.path):
+            logger.info("image features from cache %s", self.path)
+        else:
+            array = encode_views(trainer, self.items, transform, self.views, self.seed,
+                                 show_progress=bool(cfg.FED.SHOW_PROGRESS))
+            _atomic_save(self.path, array)
+            logger.info("cached %d x %d image features in %s", len(self.items), self.views, self.path)
+        self.features = np.load(self.path, mmap_mode="r")
+        self.index = {id(item): n for n, item in enumerate(self.items)}
+
+    def loader(self, items, batch_size: int, generator: torch.Generator) -> CachedFeatureLoader:
+        """An epoch iterator over ``items`` (a subset of the cached items) yielding feature batches."""
+        rows = np.array([self.index[id(item)] for item in items], dtype=np.int64)
+        labels = torch.tensor([item.label for item in items], dtype=torch.long)
+        return CachedFeatureLoader(self.features, rows, labels, batch_size, generator)
+
+
+class CachedFeatureLoader:
+    """Yields ``{"feat": (B, *F) float32, "label": (B,)}`` batches; each epoch shuffles the items and draws
+    one cached view per item from ``generator``. Same number of batches as a DataLoader without drop_last."""
+
+    def __init__(self, features: np.ndarray, rows: np.ndarray, labels: torch.Tensor, batch_size: int,
+                 generator: torch.Generator):
+        self.features, self.rows, self.labels = features, rows, labels
+        self.batch_size, self.generator = int(batch_size), generator
+
+    def __len__(self) -> int:
+        return (len(self.rows) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        n, views = len(self.rows), self.features.shape[1]
+        order = torch.randperm(n, generator=self.generator)
+        view = torch.randint(views, (n,), generator=self.generator)
+        for start in range(0, n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            feats = self.features[self.rows[idx.numpy()], view[idx].numpy()]
+            yield {"feat": torch.from_numpy(np.asarray(feats, dtype=np.float32)), "label": self.labels[idx]}
