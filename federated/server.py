@@ -25,6 +25,7 @@ from federated.data import FederatedData
 from federated.feature_cache import TrainFeatureCache
 from federated.results import ResultsWriter, format_table, harmonic_mean
 from trainers.base import ClassSpaceError, state_nbytes
+from utils.plots import plot_accuracy
 
 logger = logging.getLogger("fedtv.server")
 
@@ -242,6 +243,7 @@ class FederatedServer:
                             _pct(record.get("base")), _pct(record.get("novel")), _pct(record.get("hm")),
                             record["seconds"])
         writer.close()
+        plot_accuracy(writer.results, os.path.join(self.output_dir, "accuracy.png"))
         logger.info("\n%s", format_table(writer.results))
         return writer.results
 

@@ -58,7 +58,7 @@ def test_killed_run_resumes_to_the_same_results(tmp_path):
 
 def test_results_files(tmp_path):
     results = main(fast_args(tmp_path))
-    for name in ("results.json", "metrics.csv", "log.txt", "checkpoint.pt"):
+    for name in ("results.json", "metrics.csv", "log.txt", "checkpoint.pt", "accuracy.png"):
         assert (tmp_path / name).is_file(), name
     assert (tmp_path / "tensorboard").is_dir()
     saved = json.loads((tmp_path / "results.json").read_text())

@@ -1,0 +1,1 @@
+"""Project utilities outside the Dassl core: plots of results."""
