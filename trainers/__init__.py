@@ -1,2 +1,2 @@
 """Every trainer module; importing this package registers them in ``TRAINER_REGISTRY``."""
-from trainers import coop, zsclip  # noqa: F401
+from trainers import coop, fedpgp, zsclip  # noqa: F401
