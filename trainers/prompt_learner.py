@@ -36,8 +36,7 @@ class PromptLearner(nn.Module):
         super().__init__()
         if class_token_position not in ("end", "middle", "front"):
             raise ValueError(f"CLASS_TOKEN_POSITION must be end, middle or front, got '{class_token_position}'")
-        self.clip = clip
-        self.token_embedding = clip.model.token_embedding
+        self.clip = clip  # not a submodule: the frozen CLIP is shared, never part of a client's state
         self.ctx_dim = int(self.token_embedding.weight.shape[1])
         self.csc = bool(csc)
         self.class_token_position = class_token_position
@@ -55,6 +54,11 @@ class PromptLearner(nn.Module):
         if learn_ctx:
             self.ctx = nn.Parameter(self.init_context(init_vectors, len(classnames)))
         self.set_classnames(classnames)
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        """The frozen CLIP's token embedding (deliberately not registered as a submodule)."""
+        return self.clip.model.token_embedding
 
     @property
     def device(self) -> torch.device:
