@@ -136,6 +136,14 @@ class FederatedTrainer(TrainerX):
         with torch.no_grad(), self.autocast():
             return self.model.encode_image(images).float()
 
+    def pooled_image_features(self, features: torch.Tensor) -> torch.Tensor:
+        """The frozen CLIP's pooled image features ``(B, D)`` from what ``encode_images`` returned.
+
+        Used by the zero-shot reference on cached features. Identity here; a trainer whose
+        ``encode_images`` returns tokens ``(B, 1 + P, D)`` (FedOTP) returns the pooled token.
+        """
+        return features
+
     def compute_loss(self, image_features: torch.Tensor,
                      labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Loss on a batch. Returns ``(loss, logits (B, C), extra summary)``; default: cross-entropy."""
@@ -248,9 +256,13 @@ class FederatedTrainer(TrainerX):
         self.evaluator.reset()
         if key is not None and self.image_features_cacheable:
             feats, labels = self.cached_features(key, loader)
+            feats = self.pooled_image_features(feats)
             self.evaluator.process(scale * F.normalize(feats, dim=-1) @ text.t(), labels)
         else:
+            # The frozen CLIP itself, not the trainer's (possibly prompted or adapted) image path.
             for batch in loader:
                 images, labels = self.parse_batch_test(batch)
-                self.evaluator.process(scale * F.normalize(self.encode_images(images), dim=-1) @ text.t(), labels)
+                with self.autocast():
+                    feats = clip.model.encode_image(images).float()
+                self.evaluator.process(scale * F.normalize(feats, dim=-1) @ text.t(), labels)
         return dict(self.evaluator.evaluate())
