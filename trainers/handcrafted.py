@@ -1,0 +1,46 @@
+"""Hand-crafted text features of a class set: frozen CLIP's zero-shot class embeddings.
+
+Methods that regularise a learned prompt towards CLIP's own knowledge (KgCoOp's ``w_c^clip``,
+FedPGP's ``z_C``, ...) need the normalised text features of ``template.format(classname)`` for the
+current class set. They do not depend on any trainable tensor, so they are computed once per class
+set (``HandcraftedText.set_classnames``) and kept as a non-persistent buffer: never part of a
+client's state, rebuilt when the label space changes (base -> novel evaluation).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@torch.no_grad()
+def handcrafted_text_features(clip, classnames: list[str], template: str) -> torch.Tensor:
+    """Normalised text features ``(C, D)`` (fp32) of ``template.format(name)`` for each class name.
+
+    ``clip`` is a ``clip.LoadedCLIP``; underscores in class names become spaces (CoOp convention).
+    """
+    if "{}" not in template:
+        raise ValueError(f"hand-crafted template must contain '{{}}' for the class name, got '{template}'")
+    if not classnames:
+        raise ValueError("hand-crafted text features need at least one class name")
+    device = clip.model.logit_scale.device
+    tokens = clip.tokenize([template.format(name.replace("_", " ")) for name in classnames]).to(device)
+    with torch.autocast(device_type=device.type, enabled=False):  # a constant target: full precision
+        return F.normalize(clip.model.encode_text(tokens).float(), dim=-1)
+
+
+class HandcraftedText(nn.Module):
+    """Holds ``features``: the hand-crafted text features ``(C, D)`` of the current class set."""
+
+    def __init__(self, clip, classnames: list[str], template: str):
+        super().__init__()
+        self.clip = clip
+        self.template = template
+        self.set_classnames(classnames)
+
+    def set_classnames(self, classnames: list[str]) -> None:
+        self.register_buffer("features", handcrafted_text_features(self.clip, classnames, self.template),
+                             persistent=False)
+
+    def forward(self) -> torch.Tensor:
+        return self.features
