@@ -88,7 +88,11 @@ class TrainFeatureCache:
         directory = cfg.FED.CACHE_DIR or default_cache_dir()
         os.makedirs(directory, exist_ok=True)
         clip = trainer.model.clip
-        key = cache_key(self.items, clip.name, clip.weights_source, transform, self.views, self.seed)
+        # Trainers whose frozen image path returns something else than the pooled feature (e.g. patch
+        # tokens) name it in ``image_feature_kind``; it is part of the key.
+        kind = getattr(trainer, "image_feature_kind", "")
+        backbone = f"{clip.name}|{kind}" if kind else clip.name
+        key = cache_key(self.items, backbone, clip.weights_source, transform, self.views, self.seed)
         self.path = os.path.join(directory, f"train-{key}.npy")
         if os.path.isfile(self.path):
             logger.info("image features from cache %s", self.path)
