@@ -103,6 +103,5 @@ def test_registered_and_reads_temperature_from_cfg():
 
     cfg = get_cfg()
     assert isinstance(build_aggregator("saa", cfg), SAA)
-    if "FEDTV" in cfg.TRAINER:
-        cfg.TRAINER.FEDTV.SAA_TEMP = 0.25
-        assert build_aggregator("SAA", cfg).temperature == 0.25
+    cfg.TRAINER.FEDTV.SAA_TEMP = 0.25
+    assert build_aggregator("SAA", cfg).temperature == 0.25
