@@ -114,6 +114,9 @@ class GlobalPersonalPromptLearner(PromptLearner):
     prompt embeddings ``(C, L, d)``, ``global_prompts()`` the global ones ``(C, L, d)``.
     """
 
+    #: Whether the constructor takes ``rank=`` (the trainer passes ``BOTTLENECK``).
+    TAKES_RANK: bool = False
+
     def __init__(self, clip, classnames: list[str], n_ctx: int = 16, ctx_init: str = "", csc: bool = False,
                  class_token_position: str = "end"):
         super().__init__(clip, classnames, n_ctx=n_ctx, ctx_init=ctx_init, csc=csc,
