@@ -38,6 +38,7 @@ from torch.utils.checkpoint import checkpoint
 from yacs.config import CfgNode as CN
 
 from dassl.engine import TRAINER_REGISTRY
+from federated.config import ConfigError
 from trainers.prompt_learner import PromptCLIP, PromptLearner
 from trainers.prompt_trainer import PromptTrainer
 
@@ -84,8 +85,6 @@ class ConditionalCLIP(PromptCLIP):
 
     def __init__(self, clip, prompt_learner: ConditionalPromptLearner, prompt_chunk: int = 0):
         super().__init__(clip, prompt_learner)
-        if prompt_chunk < 0:
-            raise ValueError(f"PROMPT_CHUNK must be >= 0 (0 = no bound), got {prompt_chunk}")
         self.prompt_chunk = int(prompt_chunk)
 
     def encode_conditional(self, bias: torch.Tensor) -> torch.Tensor:
@@ -141,4 +140,7 @@ class FedCoCoOp(PromptTrainer):
         return ConditionalPromptLearner(clip, self.classnames, n_ctx=self.tcfg.N_CTX, ctx_init=self.tcfg.CTX_INIT)
 
     def build_clip_model(self, clip, prompt_learner: ConditionalPromptLearner) -> ConditionalCLIP:
-        return ConditionalCLIP(clip, prompt_learner, prompt_chunk=self.tcfg.PROMPT_CHUNK)
+        chunk = self.tcfg.PROMPT_CHUNK
+        if chunk < 0:
+            raise ConfigError(f"TRAINER.FEDCOCOOP.PROMPT_CHUNK must be >= 0 (0 = no bound), got {chunk}")
+        return ConditionalCLIP(clip, prompt_learner, prompt_chunk=chunk)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from dassl.engine import TRAINER_REGISTRY
+from federated.config import ConfigError
 from trainers.handcrafted import HandcraftedText
 from trainers.prompt_learner import PromptCLIP, PromptLearner
 from trainers.prompt_trainer import PromptTrainer, prompt_cfg_node
@@ -83,9 +84,9 @@ class KgCoOp(PromptTrainer):
 
         t = self.tcfg
         if t.DISTANCE not in DISTANCES:
-            raise ValueError(f"TRAINER.KGCOOP.DISTANCE must be one of {DISTANCES}, got '{t.DISTANCE}'")
+            raise ConfigError(f"TRAINER.KGCOOP.DISTANCE must be one of {DISTANCES}, got '{t.DISTANCE}'")
         if t.W < 0:
-            raise ValueError(f"TRAINER.KGCOOP.W must be >= 0, got {t.W}")
+            raise ConfigError(f"TRAINER.KGCOOP.W must be >= 0, got {t.W}")
         return KgCoOpCLIP(clip, prompt_learner, t.TEMPLATE or dataset_template(self.cfg))
 
     def compute_loss(self, image_features: torch.Tensor,

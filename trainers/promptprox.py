@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from dassl.engine import TRAINER_REGISTRY
+from federated.config import ConfigError
 from trainers.coop import PromptFL
 from trainers.prompt_trainer import prompt_cfg_node
 
@@ -64,7 +65,7 @@ class PromptProx(PromptFL):
 
     def build_model(self) -> None:
         if self.tcfg.MU < 0:
-            raise ValueError(f"TRAINER.PROMPTPROX.MU must be >= 0, got {self.tcfg.MU}")
+            raise ConfigError(f"TRAINER.PROMPTPROX.MU must be >= 0, got {self.tcfg.MU}")
         super().build_model()
 
     def compute_loss(self, image_features: torch.Tensor,
