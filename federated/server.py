@@ -184,6 +184,11 @@ class FederatedServer:
         elif os.path.isfile(self.checkpoint_path):
             logger.warning("%s holds an earlier run: it is overwritten (use --resume to continue it)", self.output_dir)
         writer = ResultsWriter(self.output_dir, self.cfg, results)
+        # Cost accounting: trainable parameter counts (shared = what is uploaded each round).
+        params = t.trainable_parameters()
+        writer.results["params"] = {"shared": sum(params[k].numel() for k in shared_keys),
+                                    "personal": sum(params[k].numel() for k in personal_keys),
+                                    "total": sum(p.numel() for p in params.values())}
         if start_round == 0 and self.cfg.FED.ZS_REFERENCE:
             writer.set_zero_shot(self.evaluate_zero_shot())
             logger.info("zero-shot CLIP: %s", writer.results["zero_shot"])
