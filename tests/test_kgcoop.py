@@ -60,14 +60,18 @@ def test_handcrafted_features_are_frozen_clip_text_features_per_class_set(tmp_pa
     got = model.handcrafted()
     assert got.shape == (len(names), expected.shape[1]) and not got.requires_grad
     assert torch.allclose(got, expected, atol=1e-5)
-    trainer.set_classnames(names[:4])  # base -> another class set: rebuilt for those classes
+    assert model.handcrafted() is got  # encoded once per class set
+    trainer.set_classnames(names[:4])  # another class set: encoded on first use, for those classes
+    assert model.handcrafted.features is None
     assert torch.allclose(model.handcrafted(), expected[:4], atol=1e-5)
     assert "handcrafted.features" not in model.state_dict()  # never part of a client's state
 
 
-def test_handcrafted_template_errors():
+def test_handcrafted_template_errors(tmp_path):
     with pytest.raises(ValueError, match="must contain"):
         handcrafted_text_features(None, ["a"], "a photo")
+    with pytest.raises(ConfigError, match="must contain"):
+        _trainer(tmp_path, "TRAINER.KGCOOP.TEMPLATE", "a photo")
 
 
 # ------------------------------------------------------------------ the trainer's loss

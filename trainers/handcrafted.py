@@ -3,8 +3,8 @@
 Methods that regularise a learned prompt towards CLIP's own knowledge (KgCoOp's ``w_c^clip``,
 FedPGP's ``z_C``, ...) need the normalised text features of ``template.format(classname)`` for the
 current class set. They do not depend on any trainable tensor, so they are computed once per class
-set (``HandcraftedText.set_classnames``) and kept as a non-persistent buffer: never part of a
-client's state, rebuilt when the label space changes (base -> novel evaluation).
+set (on first use after ``HandcraftedText.set_classnames``) and kept as a non-persistent buffer:
+never part of a client's state, rebuilt for a new label space (base -> novel) only when used.
 """
 from __future__ import annotations
 
@@ -30,17 +30,26 @@ def handcrafted_text_features(clip, classnames: list[str], template: str) -> tor
 
 
 class HandcraftedText(nn.Module):
-    """Holds ``features``: the hand-crafted text features ``(C, D)`` of the current class set."""
+    """``forward() -> (C, D)``: the hand-crafted text features of the current class set.
+
+    Encoded on first use after ``set_classnames`` (a label-space switch for evaluation only costs
+    nothing) and kept as a non-persistent buffer.
+    """
 
     def __init__(self, clip, classnames: list[str], template: str):
         super().__init__()
+        if "{}" not in template:
+            raise ValueError(f"hand-crafted template must contain '{{}}' for the class name, got '{template}'")
         self.clip = clip
         self.template = template
+        self.register_buffer("features", None, persistent=False)
         self.set_classnames(classnames)
 
     def set_classnames(self, classnames: list[str]) -> None:
-        self.register_buffer("features", handcrafted_text_features(self.clip, classnames, self.template),
-                             persistent=False)
+        self.classnames = list(classnames)
+        self.features = None
 
     def forward(self) -> torch.Tensor:
+        if self.features is None:
+            self.features = handcrafted_text_features(self.clip, self.classnames, self.template)
         return self.features

@@ -29,6 +29,7 @@ from federated.config import ConfigError
 from trainers.handcrafted import HandcraftedText
 from trainers.prompt_learner import PromptCLIP, PromptLearner
 from trainers.prompt_trainer import PromptTrainer, prompt_cfg_node
+from trainers.zsclip import dataset_template
 
 DISTANCES = ("l2", "cosine")
 
@@ -80,14 +81,15 @@ class KgCoOp(PromptTrainer):
             cfg.TRAINER[cls.CFG_NODE] = node
 
     def build_clip_model(self, clip, prompt_learner):
-        from trainers.zsclip import dataset_template
-
         t = self.tcfg
         if t.DISTANCE not in DISTANCES:
             raise ConfigError(f"TRAINER.KGCOOP.DISTANCE must be one of {DISTANCES}, got '{t.DISTANCE}'")
         if t.W < 0:
             raise ConfigError(f"TRAINER.KGCOOP.W must be >= 0, got {t.W}")
-        return KgCoOpCLIP(clip, prompt_learner, t.TEMPLATE or dataset_template(self.cfg))
+        template = t.TEMPLATE or dataset_template(self.cfg)
+        if "{}" not in template:
+            raise ConfigError(f"TRAINER.KGCOOP.TEMPLATE must contain '{{}}' for the class name, got '{template}'")
+        return KgCoOpCLIP(clip, prompt_learner, template)
 
     def compute_loss(self, image_features: torch.Tensor,
                      labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
