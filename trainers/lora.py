@@ -58,9 +58,9 @@ class LoRAFactors(nn.Module):
         self.C = nn.Parameter(torch.zeros(rank, rank)) if tri else None
 
     def delta(self) -> torch.Tensor:
-        """``(out, in)`` weight update."""
+        """``(out, in)`` weight update, contiguous (the frozen weight's layout: same GEMM kernels)."""
         inner = self.A @ self.C if self.C is not None else self.A
-        return self.scaling * (inner @ self.B).t()
+        return self.scaling * (self.B.t() @ inner.t())
 
 
 class LoRAWeight(nn.Module):
