@@ -1,0 +1,22 @@
+from . import (  # noqa: F401  (register the real datasets)
+    caltech101,
+    cifar10,
+    cifar100,
+    domainnet,
+    dtd,
+    eurosat,
+    fashion_mnist,
+    fgvc_aircraft,
+    food101,
+    imagenet,
+    office,
+    officehome,
+    oxford_flowers,
+    oxford_pets,
+    pacs,
+    stanford_cars,
+    sun397,
+    tiny_imagenet,
+    toyworld,  # noqa: F401  (registers ToyWorld)
+    ucf101,
+)
