@@ -1,0 +1,163 @@
+"""FedOTP: OT plans checked by hand and against an independent solver, patch tokens, the model's
+logits, the global/local split, and a short toy-world run that learns."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from open_clip.modified_resnet import ModifiedResNet
+from scipy.optimize import brentq, minimize
+
+from clip import make_random_clip
+from federated_main import build_cfg, parse_args
+from tests.fedtv_testing import fast_args
+from trainers.fedotp import MultiPromptLearner, OTPromptCLIP
+from trainers.image_tokens import image_tokens
+from trainers.optimal_transport import partial_sinkhorn, sinkhorn, uniform_plan
+
+COST = torch.tensor([[0.2, 0.7], [0.5, 0.4], [0.9, 0.1]])  # 3 patches x 2 prompts
+EPS = 0.1
+
+
+def test_sinkhorn_3x2_matches_the_hand_solution():
+    """With 2 columns, row i of the plan is (1/3) * (s_i, 1 - s_i) with s_i = sigmoid(d_i + t),
+    d_i = (C_i2 - C_i1) / eps; t solves sum_i s_i / 3 = 1/2 (one scalar equation)."""
+    mu, nu = torch.full((3,), 1 / 3), torch.full((2,), 0.5)
+    plan = sinkhorn(COST, mu, nu, EPS, thresh=1e-9, max_iter=1000)
+    d = ((COST[:, 1] - COST[:, 0]) / EPS).double().numpy()
+
+    def sig(z):
+        return 1 / (1 + np.exp(-z))
+
+    t = brentq(lambda t: sig(d + t).sum() / 3 - 0.5, -50, 50)
+    s = sig(d + t)
+    expected = np.stack([s / 3, (1 - s) / 3], axis=1)
+    np.testing.assert_allclose(plan.double().numpy(), expected, atol=1e-6)
+    torch.testing.assert_close(plan.sum(1), mu, atol=1e-6, rtol=0)
+    torch.testing.assert_close(plan.sum(0), nu, atol=1e-6, rtol=0)
+
+
+def _primal_partial(cost: np.ndarray, mu: np.ndarray, nu: np.ndarray, eps: float) -> np.ndarray:
+    """min <T, C> + eps * sum T (log T - 1)  s.t.  T 1 <= mu, T^T 1 = nu (SLSQP, independent of ours)."""
+    m, n = cost.shape
+
+    def objective(x):
+        return float((x * cost.ravel()).sum() + eps * (x * (np.log(x) - 1)).sum())
+
+    cons = [{"type": "ineq", "fun": lambda x: mu - x.reshape(m, n).sum(1)},
+            {"type": "eq", "fun": lambda x: x.reshape(m, n).sum(0) - nu}]
+    res = minimize(objective, np.full(m * n, nu.sum() / (m * n)), constraints=cons, bounds=[(1e-12, 1)] * (m * n),
+                   method="SLSQP", options={"ftol": 1e-15, "maxiter": 1000})
+    return res.x.reshape(m, n)
+
+
+def test_partial_plan_moves_top_percent_and_solves_the_relaxed_problem():
+    gamma = 0.8
+    mu, nu = torch.full((3,), 1 / 3), torch.full((2,), gamma / 2)
+    plan = partial_sinkhorn(COST, mu, nu, EPS, thresh=1e-10, max_iter=5000)
+    assert plan.sum().item() == pytest.approx(gamma, abs=1e-6)
+    torch.testing.assert_close(plan.sum(0), nu, atol=1e-6, rtol=0)
+    assert (plan.sum(1) <= mu + 1e-6).all()
+    assert plan.sum(1)[1] < 1 / 3 - 0.1  # the patch far from both prompts gives up mass
+    np.testing.assert_allclose(plan.numpy(), _primal_partial(COST.numpy(), mu.numpy(), nu.numpy(), EPS), atol=2e-5)
+    # Full mass: the relaxed problem is the balanced one.
+    full = partial_sinkhorn(COST, mu, torch.full((2,), 0.5), EPS, thresh=1e-10, max_iter=5000)
+    torch.testing.assert_close(full, sinkhorn(COST, mu, torch.full((2,), 0.5), EPS, 1e-10, 5000), atol=1e-6, rtol=0)
+
+
+def test_batched_uniform_plans_and_small_eps():
+    torch.manual_seed(0)
+    sim = torch.rand(4, 5, 16, 2) * 2 - 1  # (B, C, P, N)
+    for eps in (0.1, 0.05):
+        plan = uniform_plan(1 - sim, "Sinkhorn", eps=eps, thresh=1e-4, max_iter=5000)
+        assert plan.shape == (4, 5, 16, 2)
+        torch.testing.assert_close(plan.sum(-2), torch.full((4, 5, 2), 0.5), atol=1e-6, rtol=0)
+        # the stopping rule bounds the mean L1 error of the patch marginals (up to float32 rounding)
+        assert (plan.sum(-1) - 1 / 16).abs().sum(-1).mean() < 1.1e-4
+        cot = uniform_plan(1 - sim, "COT", top_percent=0.8, eps=eps, thresh=1e-4, max_iter=5000)
+        torch.testing.assert_close(cot.sum(-2), torch.full((4, 5, 2), 0.4), atol=1e-5, rtol=0)
+        assert (cot.sum(-1) - 1 / 16).clamp(min=0).sum(-1).mean() < 1.1e-4
+    # exp(-2 / 0.001) underflows a plain kernel to 0 (NaN plans); the log-domain one stays finite
+    for method in ("Sinkhorn", "COT"):
+        plan = uniform_plan(1 - sim, method, eps=0.001, max_iter=20)
+        assert torch.isfinite(plan).all() and plan.sum(-2).min() > 0.39  # prompt marginals exact
+
+
+def test_plan_errors_are_clear():
+    with pytest.raises(FloatingPointError, match="NaN"):
+        uniform_plan(torch.full((1, 3, 2), float("nan")), "Sinkhorn")
+    with pytest.raises(ValueError, match="Sinkhorn, COT"):
+        uniform_plan(COST, "emd")
+    with pytest.raises(ValueError, match="TOP_PERCENT"):
+        uniform_plan(COST, "COT", top_percent=1.5)
+    with pytest.raises(ValueError, match="eps"):
+        sinkhorn(COST, torch.full((3,), 1 / 3), torch.full((2,), 0.5), eps=0.0)
+
+
+def test_image_tokens_vit_and_resnet():
+    model = make_random_clip("tiny", seed=1).model
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        tokens = image_tokens(model.visual, images)
+        assert tokens.shape == (2, 1 + 64, model.visual.output_dim)
+        torch.testing.assert_close(tokens[:, 0], model.visual(images), atol=1e-5, rtol=0)
+        model.visual.output_tokens = True  # open_clip's own patch tokens: after ln_post, before proj
+        _, patches = model.visual(images)
+        torch.testing.assert_close(tokens[:, 1:], patches @ model.visual.proj, atol=1e-5, rtol=0)
+        torch.manual_seed(0)
+        resnet = ModifiedResNet(layers=(1, 1, 1, 1), output_dim=16, heads=2, image_size=64, width=8).eval()
+        images = torch.randn(3, 3, 64, 64)
+        rn = image_tokens(resnet, images)
+        assert rn.shape == (3, 1 + 2 * 2, 16)  # 64 px / 32 = 2 x 2 positions
+        torch.testing.assert_close(rn[:, 0], resnet(images), atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return make_random_clip("tiny", seed=2)
+
+
+def test_logits_by_hand(tiny):
+    """One prompt: Sinkhorn puts 1/P on every patch, so logit = scale * mean cosine; COT with
+    gamma = 1/2 and a tiny eps puts 1/P on the best half of the patches."""
+    torch.manual_seed(0)
+    tokens = torch.randn(3, 1 + 4, 8)  # (B, 1 + P, D), P = 4
+    text = F.normalize(torch.randn(1, 5, 8), dim=-1)  # (N = 1, C, D)
+    learner = MultiPromptLearner(tiny, ["red circle", "blue square"], n_prompts=1, n_global=1, n_ctx=2)
+    model = OTPromptCLIP(tiny, learner, method="Sinkhorn", thresh=1e-9, max_iter=1000)
+    scale = tiny.model.logit_scale.exp()
+    cos = F.normalize(tokens[:, 1:], dim=-1) @ text[0].t()  # (B, P, C)
+    torch.testing.assert_close(model.logits(tokens, text), scale * cos.mean(1), atol=1e-4, rtol=1e-5)
+    cot = OTPromptCLIP(tiny, learner, method="COT", top_percent=0.5, eps=1e-3, thresh=1e-9, max_iter=5000)
+    top2 = cos.topk(2, dim=1).values.sum(1) / 4
+    torch.testing.assert_close(cot.logits(tokens, text), scale * top2, atol=1e-3, rtol=1e-4)
+
+
+def test_global_local_split_shapes_and_gradients(tmp_path):
+    from dassl.engine import build_trainer
+    from federated.data import build_federated_data
+
+    cfg = build_cfg(parse_args(fast_args(tmp_path, ["--trainer", "FedOTP"])))
+    trainer = build_trainer(cfg, classnames=build_federated_data(cfg).classnames)
+    t = cfg.TRAINER.FEDOTP
+    assert trainer.shared_keys() == ["prompt_learner.ctx_global"]
+    assert trainer.personal_keys() == ["prompt_learner.ctx_local"]
+    params = trainer.trainable_parameters()
+    d = params["prompt_learner.ctx_global"].shape[-1]
+    assert params["prompt_learner.ctx_global"].shape == (1, t.N_CTX, d)
+    assert params["prompt_learner.ctx_local"].shape == (1, t.N_CTX, d)
+    assert not torch.equal(params["prompt_learner.ctx_global"], params["prompt_learner.ctx_local"])
+    model, n_cls = trainer.model, trainer.num_classes
+    embed_dim = model.clip.embed_dim
+    text = model.eval_context()
+    assert text.shape == (2, n_cls, embed_dim)
+    torch.testing.assert_close(text.norm(dim=-1), torch.ones(2, n_cls))
+    images = torch.randn(4, 3, 32, 32)
+    tokens = trainer.encode_images(images)
+    assert tokens.shape == (4, 1 + 64, embed_dim)
+    pooled = trainer.pooled_image_features(tokens)  # what the zero-shot reference uses
+    torch.testing.assert_close(pooled, model.clip.model.encode_image(images), atol=1e-5, rtol=0)
+    loss, logits, _ = trainer.compute_loss(tokens, torch.tensor([0, 1, 0, 1]))
+    assert logits.shape == (4, n_cls)
+    loss.backward()
+    assert params["prompt_learner.ctx_global"].grad.abs().sum() > 0
+    assert params["prompt_learner.ctx_local"].grad.abs().sum() > 0

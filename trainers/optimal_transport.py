@@ -1,0 +1,102 @@
+"""Entropic optimal transport between image patches and prompts (FedOTP / PLOT), batched.
+
+For a cost ``C`` (M x N) between M patch tokens and N prompts, masses ``mu`` (M,) and ``nu`` (N,) and
+a regularisation ``eps``, the kernel is ``K = exp(-C / eps)`` and the plan has the form
+``T = diag(u) K diag(v)``:
+
+* ``sinkhorn`` (balanced OT, FedOTP "Sinkhorn"): ``T 1 = mu`` and ``T^T 1 = nu``; alternate
+  ``u = mu / (K v)`` and ``v = nu / (K^T u)``.
+* ``partial_sinkhorn`` (FedOTP's unbalanced "COT"): the patch-side equality is relaxed to
+  ``T 1 <= mu`` while ``T^T 1 = nu``; with ``sum(nu) = gamma <= sum(mu)`` the plan moves mass
+  ``gamma`` (``TOP_PERCENT``) and may leave the least relevant patches out. The updates are
+  ``u = min(mu / (K v), 1)`` and ``v = nu / (K^T u)``: block coordinate ascent on the dual, whose fixed
+  point satisfies the KKT conditions of ``min <T, C> - eps H(T)`` under these constraints (``u_i < 1``
+  only where the row constraint is active).
+
+Both iterate at most ``max_iter`` times (after each, the prompt marginals are exact) and stop early
+once the next iteration would move less than ``thresh`` of mass on the patch side (L1 distance of the
+patch marginals, mean over the batch); at that point the plan satisfies its constraints to ``thresh``.
+(The published rule, the mean change of ``u`` below ``thresh``, depends on the scale of ``u``, about
+``exp(cost / eps)``: it never fires for small ``eps`` and fires at once in the partial solver, whose
+``u`` starts and may stay at 1.) The iterations run in the log
+domain (``log K = -C / eps``), so a small ``eps`` (e.g. 0.01 in FedOTP's few-shot script) cannot
+underflow the kernel to zero and produce NaN; they always run in float32 without autograd: the plan is
+treated as a constant, as in the published code (the gradient reaches the prompts through the
+similarities, ``d<T*, C>/dC = T*`` at the optimum of the entropic problem).
+"""
+from __future__ import annotations
+
+import torch
+
+OT_METHODS = ("sinkhorn", "cot")
+
+
+def _check(cost: torch.Tensor, mu: torch.Tensor, nu: torch.Tensor, eps: float, max_iter: int) -> None:
+    if cost.dim() < 2 or mu.shape != cost.shape[:-1] or nu.shape != cost.shape[:-2] + cost.shape[-1:]:
+        raise ValueError(f"optimal transport expects cost (..., M, N), mu (..., M), nu (..., N); got "
+                         f"{tuple(cost.shape)}, {tuple(mu.shape)}, {tuple(nu.shape)}")
+    if not eps > 0:
+        raise ValueError(f"the entropic regularisation eps must be > 0, got {eps}")
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+
+
+@torch.no_grad()
+def _scaling(cost: torch.Tensor, mu: torch.Tensor, nu: torch.Tensor, eps: float, thresh: float,
+             max_iter: int, partial: bool) -> torch.Tensor:
+    """The plan ``diag(u) K diag(v)`` ``(..., M, N)`` after the (partial) Sinkhorn iterations."""
+    _check(cost, mu, nu, eps, max_iter)
+    with torch.autocast(device_type=cost.device.type, enabled=False):
+        log_k = -cost.float() / eps  # (..., M, N)
+        log_mu, log_nu = mu.float().log(), nu.float().log()
+        log_v = torch.zeros_like(log_nu)
+        log_kv = torch.logsumexp(log_k + log_v.unsqueeze(-2), dim=-1)  # log (K v), (..., M)
+        for _ in range(max_iter):
+            log_u = log_mu - log_kv
+            if partial:
+                log_u = log_u.clamp(max=0.0)
+            log_v = log_nu - torch.logsumexp(log_k + log_u.unsqueeze(-1), dim=-2)
+            log_kv = torch.logsumexp(log_k + log_v.unsqueeze(-2), dim=-1)
+            # Patch marginals now, and after the next u-update (mu, or min(mu, K v) when partial).
+            rows = (log_u + log_kv).exp()
+            target = torch.minimum(log_mu, log_kv).exp() if partial else log_mu.exp()
+            if bool((rows - target).abs().sum(-1).mean() < thresh):
+                break
+        plan = (log_u.unsqueeze(-1) + log_k + log_v.unsqueeze(-2)).exp()
+    if not torch.isfinite(plan).all():
+        raise FloatingPointError(
+            "the optimal-transport plan has NaN/inf entries (non-finite similarities?); check the "
+            "inputs, or raise EPS"
+        )
+    return plan
+
+
+def sinkhorn(cost: torch.Tensor, mu: torch.Tensor, nu: torch.Tensor, eps: float = 0.1,
+             thresh: float = 1e-3, max_iter: int = 100) -> torch.Tensor:
+    """Balanced entropic OT plan ``(..., M, N)`` with ``T 1 = mu`` and ``T^T 1 = nu`` (at convergence)."""
+    return _scaling(cost, mu, nu, eps, thresh, max_iter, partial=False)
+
+
+def partial_sinkhorn(cost: torch.Tensor, mu: torch.Tensor, nu: torch.Tensor, eps: float = 0.1,
+                     thresh: float = 1e-3, max_iter: int = 100) -> torch.Tensor:
+    """Unbalanced ("COT") plan ``(..., M, N)`` with ``T 1 <= mu`` and ``T^T 1 = nu``: total mass ``sum(nu)``."""
+    if bool((nu.sum(-1) > mu.sum(-1) * (1 + 1e-6)).any()):
+        raise ValueError("partial transport needs sum(nu) <= sum(mu) (TOP_PERCENT <= 1)")
+    return _scaling(cost, mu, nu, eps, thresh, max_iter, partial=True)
+
+
+def uniform_plan(cost: torch.Tensor, method: str, top_percent: float = 1.0, eps: float = 0.1,
+                 thresh: float = 1e-3, max_iter: int = 100) -> torch.Tensor:
+    """FedOTP's plan for cost ``(..., M, N)``: uniform mass ``1/M`` on the patches and ``1/N`` (Sinkhorn)
+    or ``top_percent/N`` (COT) on the prompts."""
+    method = method.lower()
+    if method not in OT_METHODS:
+        raise ValueError(f"OT must be one of Sinkhorn, COT; got '{method}'")
+    m, n = cost.shape[-2:]
+    mu = cost.new_full(cost.shape[:-1], 1.0 / m)
+    if method == "sinkhorn":
+        return sinkhorn(cost, mu, cost.new_full(cost.shape[:-2] + (n,), 1.0 / n), eps, thresh, max_iter)
+    if not 0 < top_percent <= 1:
+        raise ValueError(f"TOP_PERCENT must be in (0, 1], got {top_percent}")
+    nu = cost.new_full(cost.shape[:-2] + (n,), top_percent / n)
+    return partial_sinkhorn(cost, mu, nu, eps, thresh, max_iter)
