@@ -1,5 +1,7 @@
 """FedOTP: OT plans checked by hand and against an independent solver, patch tokens, the model's
 logits, the global/local split, and a short toy-world run that learns."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -8,14 +10,16 @@ from open_clip.modified_resnet import ModifiedResNet
 from scipy.optimize import brentq, minimize
 
 from clip import make_random_clip
-from federated_main import build_cfg, parse_args
-from tests.fedtv_testing import fast_args
+from federated_main import build_cfg, main, parse_args
+from tests.fedtv_testing import REPO, fast_args
 from trainers.fedotp import MultiPromptLearner, OTPromptCLIP
 from trainers.image_tokens import image_tokens
 from trainers.optimal_transport import partial_sinkhorn, sinkhorn, uniform_plan
 
 COST = torch.tensor([[0.2, 0.7], [0.5, 0.4], [0.9, 0.1]])  # 3 patches x 2 prompts
 EPS = 0.1
+
+WEIGHTS = os.path.join(REPO, "clip", "weights", "tiny_toyworld.safetensors")
 
 
 def test_sinkhorn_3x2_matches_the_hand_solution():
@@ -161,3 +165,16 @@ def test_global_local_split_shapes_and_gradients(tmp_path):
     loss.backward()
     assert params["prompt_learner.ctx_global"].grad.abs().sum() > 0
     assert params["prompt_learner.ctx_local"].grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------ a toy-world run that learns
+@pytest.mark.skipif(not os.path.isfile(WEIGHTS), reason="shipped tiny toy-world CLIP weights not built yet")
+def test_toyworld_run_learns(tmp_path):
+    results = main(fast_args(tmp_path, ["--trainer", "FedOTP", "--rounds", "3"], weights=""))
+    local = [r["local"] for r in results["rounds"]]
+    assert local[-1] > results["zero_shot"]["local"] + 5.0
+    # every client's local prompt is its own; the global one is the same for all
+    ckpt = torch.load(os.path.join(str(tmp_path), "checkpoint.pt"), weights_only=True)
+    assert set(ckpt["global"]) == {"prompt_learner.ctx_global"}
+    locals_ = [p["prompt_learner.ctx_local"] for p in ckpt["personal"]]
+    assert not torch.equal(locals_[0], locals_[1])
