@@ -59,6 +59,7 @@ def str2bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got '{value}'")
 
 
+ENGINES = ("inprocess", "flower-sim")
 BOOL_FLAGS = ("--eval-only", "--eval_only", "--resume")
 _BOOL_WORDS = ("1", "true", "t", "yes", "y", "on", "0", "false", "f", "no", "n", "off")
 
@@ -110,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     flag("model_dir", help="output dir of a finished run, for --eval-only")
     p.add_argument("--resume", type=str2bool, default=False,
                    help="continue the run in --output-dir from its last finished round")
+    p.add_argument("--engine", choices=ENGINES, default="inprocess",
+                   help="inprocess (default) or flower-sim: the same run through Flower's simulation "
+                        "(pip install -r requirements-flower.txt; see docs/FLOWER_USAGE.md)")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides, applied last")
     return p
 
@@ -169,6 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
     log = logging.getLogger("fedtv")
     log.info("config:\n%s", cfg.dump())
     set_random_seed(int(cfg.SEED))
+    if args.engine == "flower-sim":
+        return _run_flower_simulation(args, cfg)
     data = build_federated_data(cfg, partition=not (args.eval_only and cfg.DATASET.SUBSAMPLE_CLASSES == "new"))
     log.info(data.summary())
     trainer = build_trainer(cfg, classnames=data.classnames)
@@ -185,6 +191,21 @@ def main(argv: list[str] | None = None) -> dict:
                  record["local"], record["base"], record["novel"], record["hm"], path)
         return record
     results = server.run(resume=bool(args.resume))
+    print(format_table(results))
+    return results
+
+
+def _run_flower_simulation(args: argparse.Namespace, cfg) -> dict:
+    if args.eval_only or args.resume:
+        raise ConfigError("--engine flower-sim runs a new experiment: --eval-only and --resume use --engine inprocess")
+    import importlib.util
+
+    if importlib.util.find_spec("flwr") is None:
+        raise ConfigError("--engine flower-sim needs Flower: pip install -r requirements-flower.txt")
+    from federated.flower.simulation import run_flower_simulation
+    from federated.results import format_table
+
+    results = run_flower_simulation(cfg)
     print(format_table(results))
     return results
 

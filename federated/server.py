@@ -92,8 +92,8 @@ class FederatedServer:
         return sorted(int(c) for c in rng.choice(self.num_users, size=min(m, self.num_users), replace=False))
 
     # ------------------------------------------------------------------ evaluation
-    def _mean_over_clients(self, key: str, items, classnames, states: list[dict]) -> float | None:
-        """Mean accuracy over clients of each client's model on ``items`` (labelled in ``classnames``)."""
+    def _accuracy_on(self, key: str, items, classnames) -> float | None:
+        """Accuracy of the loaded state on ``items`` (labelled in ``classnames``); None when not measurable."""
         if items is None or not items:
             return None
         loader = self.test_loader(key, items)
@@ -104,13 +104,7 @@ class FederatedServer:
             logger.warning("%s accuracy not measured: %s", key, err)
             return None
         try:
-            if not self.trainer.personal_keys():
-                return self.trainer.evaluate(loader, key=key)["accuracy"]
-            accs = []
-            for state in states:
-                self.trainer.load_state(state)
-                accs.append(self.trainer.evaluate(loader, key=key)["accuracy"])
-            return float(sum(accs) / len(accs))
+            return self.trainer.evaluate(loader, key=key)["accuracy"]
         finally:
             self.trainer.set_classnames(original)
 
@@ -118,23 +112,33 @@ class FederatedServer:
         """The shared state each client holds: the global one, or its personalised mix."""
         return [client_global.get(cid, global_state) for cid in range(self.num_users)]
 
-    def evaluate(self, shared: list[dict], personal: list[dict]) -> dict:
-        """Local accuracy per client (own test split), and Base / Novel / HM in base-to-novel runs.
-
-        ``shared[i]`` / ``personal[i]``: client i's shared (downloaded) and personal tensors.
-        """
-        states = [{**s, **p} for s, p in zip(shared, personal, strict=True)]
-        local, f1 = {}, []
-        for cid, state in enumerate(states):
-            if not self.data.test[cid]:
-                continue
-            self.trainer.load_state(state)
+    def evaluate_client(self, cid: int, state: dict, base_novel: bool = True) -> dict:
+        """Client ``cid``'s model (``state``: its shared + personal tensors) on its own test split
+        (``local``, ``macro_f1``; None without test items) and, with ``base_novel``, on all base / novel
+        test images. Used by ``evaluate`` and, on each node, by the Flower ClientApp."""
+        self.trainer.load_state(state)
+        out: dict = {"local": None, "macro_f1": None, "base": None, "novel": None}
+        if self.data.test[cid]:
             metrics = self.trainer.evaluate(self.test_loader(f"local{cid}", self.data.test[cid]), key=f"local{cid}")
-            local[cid] = metrics["accuracy"]
-            f1.append(metrics["macro_f1"])
-        base = self._mean_over_clients("base", self.data.base_test, self.data.base_classnames, states)
-        novel = self._mean_over_clients("novel", self.data.novel_test, self.data.novel_classnames, states)
+            out["local"], out["macro_f1"] = metrics["accuracy"], metrics["macro_f1"]
+        if base_novel:
+            out["base"] = self._accuracy_on("base", self.data.base_test, self.data.base_classnames)
+            out["novel"] = self._accuracy_on("novel", self.data.novel_test, self.data.novel_classnames)
+        return out
+
+    def combine_evaluations(self, per_client: dict[int, dict]) -> dict:
+        """The round's evaluation record from ``evaluate_client`` results (client id -> metrics):
+        Local = mean over clients with a test split (and its population std), Base / Novel = mean over
+        clients, HM = 2BN/(B+N)."""
+        local = {cid: m["local"] for cid, m in sorted(per_client.items()) if m["local"] is not None}
+        f1 = [m["macro_f1"] for _, m in sorted(per_client.items()) if m["macro_f1"] is not None]
         values = list(local.values())
+
+        def mean_of(name: str) -> float | None:
+            vals = [m[name] for _, m in sorted(per_client.items()) if m[name] is not None]
+            return float(sum(vals) / len(vals)) if vals else None
+
+        base, novel = mean_of("base"), mean_of("novel")
         return {
             "local": float(sum(values) / len(values)) if values else None,
             "local_std": float(statistics.pstdev(values)) if len(values) > 1 else (0.0 if values else None),
@@ -144,6 +148,21 @@ class FederatedServer:
             "novel": novel,
             "hm": harmonic_mean(base, novel),
         }
+
+    def evaluate(self, shared: list[dict], personal: list[dict]) -> dict:
+        """Local accuracy per client (own test split), and Base / Novel / HM in base-to-novel runs.
+
+        ``shared[i]`` / ``personal[i]``: client i's shared (downloaded) and personal tensors. When every
+        client holds the same model (no personal tensors, one shared state), Base / Novel are measured
+        once and count for every client.
+        """
+        same_model = not self.trainer.personal_keys() and all(s is shared[0] for s in shared)
+        per_client: dict[int, dict] = {}
+        for cid, (s, p) in enumerate(zip(shared, personal, strict=True)):
+            per_client[cid] = self.evaluate_client(cid, {**s, **p}, base_novel=not (same_model and cid > 0))
+            if same_model and cid > 0:
+                per_client[cid].update(base=per_client[0]["base"], novel=per_client[0]["novel"])
+        return self.combine_evaluations(per_client)
 
     def evaluate_zero_shot(self) -> dict:
         """Hand-crafted-prompt CLIP on the same evaluation sets (the reference the papers start from)."""
@@ -204,11 +223,8 @@ class FederatedServer:
             down = state_nbytes(global_state)
             if t.trainable_parameters():
                 for cid in tqdm(clients, desc=f"round {r + 1} clients", leave=False, disable=not self.show_progress):
-                    t.load_state({**client_global.get(cid, global_state), **personal[cid]})
-                    seed_everything(derive_seed(self.seed, r, cid, 0))
                     try:
-                        summary = t.local_train(self.train_loader(cid, r), int(self.cfg.OPTIM.MAX_EPOCH),
-                                                context={"client": cid, "round": r + 1})
+                        summary = self.train_client(cid, r, {**client_global.get(cid, global_state), **personal[cid]})
                     except NonFiniteLossError as err:
                         writer.close()
                         raise TrainingDiverged(
@@ -226,15 +242,9 @@ class FederatedServer:
                     client_global.update(agg_info.pop("per_client", {}))
             else:
                 agg_info = {}
-            record = {
-                "round": r + 1,
-                "clients": clients,
-                "train_loss": float(np.average(losses, weights=sizes)) if losses else None,
-                "train_acc": float(np.average(accs, weights=sizes)) if accs else None,
-                "aggregation": agg_info,
-                "bytes_up_per_client": state_nbytes(uploads[0]) if uploads else 0,
-                "bytes_down_per_client": down if t.trainable_parameters() else 0,
-            }
+            record = round_record(r, clients, sizes, losses, accs, agg_info,
+                                  up=state_nbytes(uploads[0]) if uploads else 0,
+                                  down=down if t.trainable_parameters() else 0)
             if (r + 1) % eval_freq == 0 or r + 1 == rounds:
                 record.update(self.evaluate(self._downloads(global_state, client_global), personal))
             record["seconds"] = time.time() - started
@@ -247,6 +257,19 @@ class FederatedServer:
                 logger.info("round %d: local %.2f base %s novel %s hm %s (%.1fs)", r + 1, record["local"],
                             _pct(record.get("base")), _pct(record.get("novel")), _pct(record.get("hm")),
                             record["seconds"])
+        return self.finish(writer)
+
+    def train_client(self, cid: int, round_idx: int, state: dict) -> dict[str, float]:
+        """Client ``cid``'s local training in round ``round_idx`` (0-based) from ``state`` (its downloaded
+        shared + personal tensors), seeded from ``(SEED, round, client)``; returns the trainer's summary.
+        The in-process loop and the Flower ClientApp both train through here."""
+        self.trainer.load_state(state)
+        seed_everything(derive_seed(self.seed, round_idx, cid, 0))
+        return self.trainer.local_train(self.train_loader(cid, round_idx), int(self.cfg.OPTIM.MAX_EPOCH),
+                                        context={"client": cid, "round": round_idx + 1})
+
+    def finish(self, writer: ResultsWriter) -> dict:
+        """Close the results files, plot the accuracy curves, log the table; returns the results."""
         writer.close()
         plot_accuracy(writer.results, os.path.join(self.output_dir, "accuracy.png"))
         logger.info("\n%s", format_table(writer.results))
@@ -260,6 +283,21 @@ class FederatedServer:
         record["round"] = int(ckpt["round"])
         record["model_dir"] = model_dir
         return record
+
+
+def round_record(round_idx: int, clients: list[int], sizes: list[int], losses: list[float], accs: list[float],
+                 agg_info: dict, up: int, down: int) -> dict:
+    """The training part of a round's results record (``round`` is 1-based; losses / accuracies are
+    averaged with the clients' train-set sizes as weights)."""
+    return {
+        "round": round_idx + 1,
+        "clients": clients,
+        "train_loss": float(np.average(losses, weights=sizes)) if losses else None,
+        "train_acc": float(np.average(accs, weights=sizes)) if accs else None,
+        "aggregation": agg_info,
+        "bytes_up_per_client": up,
+        "bytes_down_per_client": down,
+    }
 
 
 def _pct(x: float | None) -> str:

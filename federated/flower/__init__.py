@@ -1,0 +1,16 @@
+"""FedTV on Flower (``flwr`` 1.41, Message API): the same registered trainers and aggregators as
+``federated_main.py``, run through Flower's simulation or a real SuperLink + SuperNodes deployment.
+
+* ``client_app.py``: the ClientApp. Each node is one FedTV client (``client-id`` in its
+  ``--node-config``; ``partition-id`` in the simulation). It trains and evaluates through the same
+  ``FederatedServer.train_client`` / ``evaluate_client`` as the in-process loop, sends only the
+  trainer's shared tensors, and keeps its personal tensors in ``context.state`` and on its disk.
+* ``strategy.py``: ``FedTVStrategy``, a Flower ``Strategy`` around the trainer's aggregator, the
+  in-process client sampling, the evaluation record and the results / checkpoint files.
+* ``server_app.py``: the ServerApp (reads the run config, runs the strategy).
+* ``settings.py``: yacs config from the run config and the node config; the node's identity.
+* ``node.py``: the per-process experiment cache and the node's personal-state store.
+* ``simulation.py``: ``federated_main.py --engine flower-sim``.
+
+The Flower dependency is optional (``requirements-flower.txt``); nothing else in FedTV imports it.
+"""

@@ -1,0 +1,104 @@
+"""The FedTV ClientApp: one Flower node = one FedTV client.
+
+Messages (``content`` keys):
+
+* ``query``: reply ``config["client-id"]`` and ``config["num-examples"]`` so the server can map its
+  node ids to client ids (the node's client id comes from its ``--node-config``).
+* ``train``: ``arrays`` = the shared tensors this client downloads, ``config`` = ``round`` (0-based)
+  and ``seed``. The node adds its own personal tensors, trains through
+  ``FederatedServer.train_client`` (seeded from ``(SEED, round, client)``, the same loader as the
+  in-process loop), keeps the new personal tensors, and replies ``arrays`` = **only the shared
+  tensors** and ``metrics`` = ``num-examples``, ``loss``, ``acc``, ``client-id``.
+* ``evaluate``: ``arrays`` as in ``train``; replies ``metrics`` with this client's Local accuracy and
+  macro-F1 on its own test split and its Base / Novel accuracy (``FederatedServer.evaluate_client``);
+  a value that is not measured is absent.
+
+``make_client_app(cfg_text)`` fixes the config (simulation from the command line); the module-level
+``app`` (``flwr run``) builds it from the run config and the node config.
+"""
+from __future__ import annotations
+
+import os
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from federated.flower.node import Experiment, PersonalStore, experiment
+from federated.flower.settings import NodeIdentity, cfg_from_run_config, cfg_from_text, node_identity
+
+EVAL_KEYS = ("local", "macro_f1", "base", "novel")
+
+
+def _setup(context: Context, cfg_text: str | None) -> tuple[Experiment, NodeIdentity]:
+    ident = node_identity(dict(context.node_config))
+    if cfg_text is not None:
+        cfg = cfg_from_text(cfg_text)
+    else:
+        cfg = cfg_from_run_config(dict(context.run_config), ident.data_root, ident.clip_weights)
+    exp = experiment(cfg)
+    if not 0 <= ident.client_id < exp.server.num_users:
+        raise ValueError(f"node client-id {ident.client_id} is outside 0..{exp.server.num_users - 1} "
+                         f"(the run has {exp.server.num_users} clients)")
+    return exp, ident
+
+
+def _store(context: Context, exp: Experiment, ident: NodeIdentity) -> PersonalStore:
+    return PersonalStore(context, ident.client_id, ident.state_dir or os.path.join(exp.cfg.OUTPUT_DIR, "flower_nodes"))
+
+
+def _download(msg: Message) -> dict:
+    return dict(msg.content["arrays"].to_torch_state_dict())
+
+
+def _query(msg: Message, context: Context, cfg_text: str | None) -> Message:
+    exp, ident = _setup(context, cfg_text)
+    reply = ConfigRecord({"client-id": ident.client_id, "num-examples": len(exp.server.data.train[ident.client_id])})
+    return Message(RecordDict({"config": reply}), reply_to=msg)
+
+
+def _train(msg: Message, context: Context, cfg_text: str | None) -> Message:
+    exp, ident = _setup(context, cfg_text)
+    config = msg.content["config"]
+    round_idx, seed = int(config["round"]), int(config["seed"])
+    if seed != exp.server.seed:
+        raise ValueError(f"the server trains with SEED {seed}, this node's config has SEED {exp.server.seed}")
+    t, cid = exp.trainer, ident.client_id
+    store = _store(context, exp, ident)
+    summary = exp.server.train_client(cid, round_idx, {**_download(msg), **store.load(exp.initial_personal)})
+    store.save(t.get_state(t.personal_keys()), round_idx)
+    metrics = MetricRecord({"num-examples": len(exp.server.data.train[cid]), "client-id": cid,
+                            "loss": float(summary.get("loss", float("nan"))),
+                            "acc": float(summary.get("acc", float("nan")))})
+    return Message(RecordDict({"arrays": ArrayRecord(t.get_state(t.shared_keys())), "metrics": metrics}),
+                   reply_to=msg)
+
+
+def _evaluate(msg: Message, context: Context, cfg_text: str | None) -> Message:
+    exp, ident = _setup(context, cfg_text)
+    cid = ident.client_id
+    personal = _store(context, exp, ident).load(exp.initial_personal)
+    result = exp.server.evaluate_client(cid, {**_download(msg), **personal})
+    metrics = MetricRecord({"client-id": cid, **{k: float(result[k]) for k in EVAL_KEYS if result[k] is not None}})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+def make_client_app(cfg_text: str | None = None) -> ClientApp:
+    """A ClientApp for the config ``cfg_text`` (YAML), or, with None, for the run config of ``flwr run``."""
+    client = ClientApp()
+
+    @client.query()
+    def query(msg: Message, context: Context) -> Message:
+        return _query(msg, context, cfg_text)
+
+    @client.train()
+    def train(msg: Message, context: Context) -> Message:
+        return _train(msg, context, cfg_text)
+
+    @client.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        return _evaluate(msg, context, cfg_text)
+
+    return client
+
+
+app = make_client_app()

@@ -1,0 +1,52 @@
+"""``federated_main.py --engine flower-sim``: the experiment through Flower's simulation runtime.
+
+One virtual SuperNode per client (``partition-id`` = client id), one CPU per ClientApp actor, no GPU
+share unless ``USE_CUDA`` and a GPU is present. The config travels to the apps as YAML text, so the
+nodes use exactly the command line's config. Returns the ``results.json`` the ServerApp wrote.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from federated.flower.settings import RUN_CONFIG_DEFAULTS, cfg_to_text
+
+#: Environment for offline runs: no telemetry, no update check, no dependency installation.
+OFFLINE_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+               "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "RAY_DEDUP_LOGS": "0"}
+
+
+def run_flower_simulation(cfg, num_cpus_per_client: float = 1.0) -> dict:
+    """Run ``cfg`` (frozen yacs config) on Flower's simulation; returns the results dict."""
+    import torch
+
+    for k, v in OFFLINE_ENV.items():
+        os.environ.setdefault(k, v)
+    from flwr.simulation import run_simulation
+
+    from federated.flower.client_app import make_client_app
+    from federated.flower.node import experiment
+    from federated.flower.server_app import make_server_app
+
+    text = cfg_to_text(cfg)
+    settings = {**RUN_CONFIG_DEFAULTS, "join-timeout": 0.0}  # every virtual node exists from the start
+    path = os.path.join(cfg.OUTPUT_DIR, "results.json")
+    if os.path.isfile(path):
+        os.remove(path)  # an earlier run's results must not pass for this run's
+    exp = experiment(cfg)  # cached: the ServerApp runs in this process and reuses it
+    num_users = exp.server.num_users
+    gpus = 1.0 / num_users if cfg.USE_CUDA and torch.cuda.is_available() else 0.0
+    run_simulation(server_app=make_server_app(text, settings), client_app=make_client_app(text),
+                   num_supernodes=num_users,
+                   backend_config={"client_resources": {"num_cpus": num_cpus_per_client, "num_gpus": gpus},
+                                   "init_args": {"num_cpus": max(int(num_cpus_per_client), 1) * 2,
+                                                 "include_dashboard": False}})
+    if not os.path.isfile(path):
+        raise RuntimeError(f"the Flower simulation wrote no {path}: see the Flower log above")
+    with open(path) as f:
+        results = json.load(f)
+    expected = int(cfg.OPTIM.ROUND) if exp.trainer.trainable_parameters() else 1
+    if len(results["rounds"]) != expected:
+        raise RuntimeError(f"the Flower simulation stopped after {len(results['rounds'])} of {expected} rounds "
+                           f"(see the Flower log above); finished rounds are in {path}")
+    return results

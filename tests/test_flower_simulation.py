@@ -1,0 +1,91 @@
+"""Flower simulation (``--engine flower-sim``) against the in-process loop, and what crosses the wire.
+
+Tolerance: both engines run the same trainer code from the same seeds (``derive_seed(SEED, round,
+client)``), the same loaders and the same float64 FedAvg; the only difference is the process. Ray
+actors run torch with one intra-op thread, the in-process loop with the default thread count, so
+float32 sums in matrix products may be added in another order (relative differences ~1e-7 per
+operation). After two rounds the tensors agree to 1e-5 and the losses to 1e-5 relative; an accuracy
+can only change if a logit margin is below that, so accuracies must agree to 1e-9 (no test image flips).
+"""
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("flwr", reason="Flower is optional: pip install -r requirements-flower.txt")
+
+from federated.flower import strategy as flower_strategy  # noqa: E402
+from federated_main import main  # noqa: E402
+from tests.fedtv_testing import fast_args  # noqa: E402
+
+ARGS = ["--trainer", "FedPGP", "--lr", "0.05"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same FedPGP run in process and on the Flower simulation; the arrays the server received."""
+    base = tmp_path_factory.mktemp("flower_sim")
+    received: list[dict] = []
+    original = flower_strategy.FedTVStrategy.aggregate_train
+
+    def spy(self, server_round, replies):
+        replies = list(replies)
+        for reply in replies:
+            if not reply.has_error():
+                received.append({"client": int(reply.content["metrics"]["client-id"]),
+                                 "arrays": dict(reply.content["arrays"].to_torch_state_dict()),
+                                 "records": sorted(reply.content.keys())})
+        return original(self, server_round, replies)
+
+    flower_strategy.FedTVStrategy.aggregate_train = spy
+    try:
+        inproc = main(fast_args(base / "inprocess", ARGS))
+        sim = main(fast_args(base / "flower", [*ARGS, "--engine", "flower-sim"]))
+    finally:
+        flower_strategy.FedTVStrategy.aggregate_train = original
+    return base, inproc, sim, received
+
+
+def test_simulation_matches_in_process_loop(runs):
+    base, inproc, sim, _ = runs
+    assert len(sim["rounds"]) == len(inproc["rounds"]) == 2
+    for a, b in zip(inproc["rounds"], sim["rounds"], strict=True):
+        assert a["clients"] == b["clients"]
+        assert b["missing_clients"] == []
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+        for key in ("local", "base", "novel", "hm"):
+            assert b[key] == pytest.approx(a[key], abs=1e-9), key
+        assert b["local_per_client"] == pytest.approx(a["local_per_client"], abs=1e-9)
+        assert b["bytes_up_per_client"] == a["bytes_up_per_client"] > 0
+    assert sim["zero_shot"] == inproc["zero_shot"]
+    # The global prompt on the server and every client's personal U, V on its node.
+    ref = torch.load(base / "inprocess" / "checkpoint.pt", weights_only=True)
+    got = torch.load(base / "flower" / "checkpoint.pt", weights_only=True)
+    assert set(got["global"]) == set(ref["global"]) and got["global"]
+    for k in ref["global"]:
+        torch.testing.assert_close(got["global"][k], ref["global"][k], atol=1e-5, rtol=1e-5)
+    node_files = sorted((base / "flower" / "flower_nodes").glob("run*/client*.pt"))
+    assert len(node_files) == 3
+    for path in node_files:
+        saved = torch.load(path, weights_only=True)
+        expected = ref["personal"][saved["client"]]
+        assert set(saved["state"]) == set(expected) and expected
+        for k in expected:
+            torch.testing.assert_close(saved["state"][k], expected[k], atol=1e-5, rtol=1e-5)
+
+
+def test_only_shared_tensors_reach_the_server(runs):
+    base, _, _, received = runs
+    ckpt = torch.load(base / "inprocess" / "checkpoint.pt", weights_only=True)
+    shared, personal = set(ckpt["global"]), set(ckpt["personal"][0])
+    assert shared and personal and not shared & personal
+    assert sorted(r["client"] for r in received) == [0, 0, 1, 1, 2, 2]  # 3 clients x 2 rounds
+    for r in received:
+        assert set(r["arrays"]) == shared
+        assert r["records"] == ["arrays", "metrics"]
+        for k, v in r["arrays"].items():
+            assert v.shape == ckpt["global"][k].shape
+    # What the Flower server keeps holds no personal tensor either.
+    flower_ckpt = torch.load(base / "flower" / "checkpoint.pt", weights_only=True)
+    assert all(state == {} for state in flower_ckpt["personal"])
+    assert not os.path.exists(base / "inprocess" / "flower_nodes")
