@@ -39,6 +39,8 @@ FLAG_KEYS = {
     "beta": ("DATASET.BETA", float),
     "subsample": ("DATASET.SUBSAMPLE_CLASSES", str),
     "split_seed": ("DATASET.SPLIT_SEED", int),
+    "target_domain": ("DATASET.TARGET_DOMAIN", str),
+    "split_file": ("DATASET.SPLIT_FILE", str),
     "seed": ("SEED", int),
     "output_dir": ("OUTPUT_DIR", str),
     "lr": ("OPTIM.LR", float),
@@ -101,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     flag("beta", type=float, help="Dirichlet concentration")
     flag("subsample", help="all, base or new (base-to-novel protocol)")
     flag("split_seed", type=int, help="seed of the client partition (published: 2023 for every run)")
+    flag("target_domain", help="leave-one-domain-out: hold this domain out of training, test every client on it")
+    flag("split_file", help="split.json of an earlier run (OUTPUT_DIR/split.json): reuse its exact client split")
     flag("seed", type=int, help="seed of training (prompt init, sampling, shuffling)")
     flag("output_dir", help="where results, logs and checkpoints go")
     flag("lr", type=float, help="learning rate (OPTIM.LR)")

@@ -36,6 +36,14 @@ def add_federated_keys(cfg: CN) -> None:
     cfg.DATASET.BETA = 0.3
     cfg.DATASET.SPLIT_SEED = 2023
     cfg.DATASET.SUBSAMPLE_CLASSES = "base"
+    # domain protocols (federated/data.py): clients per domain, Dirichlet label skew inside a domain,
+    # the held-out domain of leave-one-domain-out (name or index; "" = none) and whether its train
+    # split joins its test split; a split.json to load instead of partitioning ("" = partition).
+    cfg.DATASET.SPLIT_CLIENT = 1
+    cfg.DATASET.IMBALANCE_TRAIN = False
+    cfg.DATASET.TARGET_DOMAIN = ""
+    cfg.DATASET.TARGET_USE_TRAIN = False
+    cfg.DATASET.SPLIT_FILE = ""
     cfg.OPTIM.ROUND = 10
     cfg.OPTIM.MAX_EPOCH = 2
     cfg.OPTIM.NAME = "sgd"

@@ -3,14 +3,32 @@
 ``build_federated_data(cfg)`` applies the base/novel class protocol (``DATASET.SUBSAMPLE_CLASSES``)
 and the client partition (``DATASET.PARTITION``), and keeps the evaluation sets of base-to-novel
 runs: every base-class test image ("base") and every novel-class test image ("novel").
+
+Domain protocols (datasets with ``domains``, e.g. DomainNet, Office, PACS, multi-style ToyWorld):
+
+* ``DATASET.PARTITION domain``: one client per domain; ``DATASET.SPLIT_CLIENT k`` splits each domain
+  into ``k`` clients, IID or, with ``DATASET.IMBALANCE_TRAIN``, with Dirichlet(``BETA``) label skew
+  (the published ``--split_client`` / ``--imbalance_train``). ``DATASET.USERS`` is then ignored:
+  the client count is (number of training domains) x ``SPLIT_CLIENT``.
+* ``DATASET.TARGET_DOMAIN name`` (``--target-domain``): leave-one-domain-out. The held-out domain's
+  items never reach a client's training set; every client's local test set is the held-out domain's
+  test split (plus its train split with ``DATASET.TARGET_USE_TRAIN``, as FedPGP's hard-coded
+  DomainNet/Office variant did). Works with every partition of the remaining domains.
+
+``DATASET.PARTITION hierarchical-dirichlet`` needs a dataset with ``coarse_of_fine`` (CIFAR-100).
+Every run writes its split to ``OUTPUT_DIR/split.json``; ``DATASET.SPLIT_FILE`` loads one instead
+of partitioning (``federated/split_file.py``).
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 
 from dassl.data.datasets import DATASET_REGISTRY, DatasetBase, Datum, build_dataset
 from federated import partition as P
+
+logger = logging.getLogger("fedtv")
 
 
 class DataError(ValueError):
@@ -35,6 +53,8 @@ class FederatedData:
     novel_classnames: list[str] | None = None
     novel_test: list[Datum] | None = None
     template: str = "a photo of a {}."
+    client_domains: list[str] | None = None  # domain name of each client (domain protocols)
+    target_domain: str | None = None  # the held-out domain of a leave-one-domain-out run
 
     @property
     def num_users(self) -> int:
@@ -50,7 +70,20 @@ class FederatedData:
             lines.append(f"base: {len(self.base_classnames)} classes, {len(self.base_test)} test items")
         if self.novel_test is not None:
             lines.append(f"novel: {len(self.novel_classnames)} classes, {len(self.novel_test)} test items")
+        if self.client_domains:
+            lines.append(f"client domains {self.client_domains}")
+        if self.target_domain is not None:
+            lines.append(f"held-out domain '{self.target_domain}': every client is tested on it, none trains on it")
         return "\n".join(lines)
+
+    def per_domain(self, per_client: dict[int, float]) -> dict[str, float] | None:
+        """Mean of ``per_client`` values (client id -> accuracy) over the clients of each domain."""
+        if not self.client_domains:
+            return None
+        groups: dict[str, list[float]] = {}
+        for cid, value in per_client.items():
+            groups.setdefault(self.client_domains[int(cid)], []).append(value)
+        return {name: float(sum(v) / len(v)) for name, v in groups.items()}
 
 
 def load_dataset(cfg) -> DatasetBase:
@@ -69,7 +102,8 @@ def load_dataset(cfg) -> DatasetBase:
     return build_dataset(cfg)
 
 
-def _partition(cfg, train: list[Datum], test: list[Datum]):
+def _partition(cfg, train: list[Datum], test: list[Datum], coarse_of_fine: list[int] | None = None):
+    """``(clients_train, clients_test, clients_classes)`` of the non-domain partitions."""
     users = int(cfg.DATASET.USERS)
     if users < 1:
         raise DataError(f"--num-users must be at least 1, got {users}")
@@ -91,8 +125,12 @@ def _partition(cfg, train: list[Datum], test: list[Datum]):
                                                             num_shots=shots)
         elif kind == "iid":
             clients_train, clients_test = P.iid_split(train, users, seed, num_shots=shots, test=test)
-        elif kind == "domain":
-            clients_train, clients_test = P.split_by_domain(train), P.split_by_domain(test)
+        elif kind == "hierarchical-dirichlet":
+            if coarse_of_fine is None:
+                raise DataError(f"partition hierarchical-dirichlet needs coarse labels (CIFAR-100); "
+                                f"{cfg.DATASET.NAME} has none: use --partition dirichlet")
+            clients_train, clients_test = P.hierarchical_dirichlet_split(
+                train, coarse_of_fine, users, float(cfg.DATASET.BETA), seed=seed, test=test)
         else:
             raise DataError(f"partition '{kind}' needs dataset-specific information, not available for "
                             f"{cfg.DATASET.NAME}")
@@ -100,6 +138,57 @@ def _partition(cfg, train: list[Datum], test: list[Datum]):
         raise DataError(str(err)) from None
     classes = [sorted({d.label for d in c}) for c in clients_train]
     return clients_train, clients_test, classes
+
+
+def resolve_domain(dataset: DatasetBase, name: str) -> int:
+    """Index of domain ``name`` (a name, case-insensitive, or an index) in ``dataset.domains``."""
+    domains = list(getattr(dataset, "domains", []) or [])
+    if not domains:
+        raise DataError(f"{type(dataset).__name__} has no domains: DATASET.TARGET_DOMAIN needs a multi-domain "
+                        f"dataset (DomainNet, Office, OfficeHome, PACS, ToyWorld with several STYLES)")
+    lowered = [d.lower() for d in domains]
+    if str(name).lower() in lowered:
+        return lowered.index(str(name).lower())
+    if str(name).isdigit() and int(name) < len(domains):
+        return int(name)
+    raise DataError(f"--target-domain '{name}' is not a domain of {type(dataset).__name__}; "
+                    f"choose one of {', '.join(domains)}")
+
+
+def _domain_clients(cfg, train: list[Datum], test: list[Datum], domains: list[str]):
+    """One client per domain, or ``SPLIT_CLIENT`` per domain (IID or Dirichlet label skew)."""
+    per = int(cfg.DATASET.SPLIT_CLIENT)
+    if per < 1:
+        raise DataError(f"DATASET.SPLIT_CLIENT must be >= 1 (clients per domain), got {per}")
+    present = sorted({d.domain for d in train})
+    clients_train, clients_test, names = [], [], []
+    seed = int(cfg.DATASET.SPLIT_SEED)
+    shots = int(cfg.DATASET.NUM_SHOTS)
+    for dom in present:
+        dtrain = [d for d in train if d.domain == dom]
+        dtest = [d for d in test if d.domain == dom]
+        name = domains[dom] if dom < len(domains) else str(dom)
+        try:
+            if per == 1:
+                parts_train = [P.iid_split(dtrain, 1, seed, num_shots=shots)[0][0]]
+                parts_test = [dtest]
+            elif cfg.DATASET.IMBALANCE_TRAIN:
+                parts_train, parts_test = P.dirichlet_split(
+                    dtrain, per, float(cfg.DATASET.BETA), seed + dom, min_size=min(10, len(dtrain) // per),
+                    test=dtest, num_shots=shots)
+            else:
+                parts_train, parts_test = P.iid_split(dtrain, per, seed + dom, num_shots=shots, test=dtest)
+        except ValueError as err:
+            raise DataError(f"domain '{name}': {err}") from None
+        clients_train += parts_train
+        clients_test += parts_test
+        names += [name] * per
+    users = int(cfg.DATASET.USERS)
+    if users != len(clients_train):
+        logger.info("partition domain: %d domains x %d clients per domain = %d clients (DATASET.USERS=%d ignored)",
+                    len(present), per, len(clients_train), users)
+    classes = [sorted({d.label for d in c}) for c in clients_train]
+    return clients_train, clients_test, classes, names
 
 
 def build_federated_data(cfg, dataset: DatasetBase | None = None, partition: bool = True) -> FederatedData:
@@ -116,15 +205,26 @@ def build_federated_data(cfg, dataset: DatasetBase | None = None, partition: boo
         train, test = P.subsample_classes(dataset.train_x, dataset.test, subsample=subsample)
     except ValueError as err:
         raise DataError(str(err)) from None
-    if partition:
-        clients_train, clients_test, classes = _partition(cfg, train, test)
+    client_domains, target_name = None, None
+    if cfg.DATASET.SPLIT_FILE and partition:
+        from federated.split_file import read_split_file
+
+        try:
+            loaded = read_split_file(cfg.DATASET.SPLIT_FILE, cfg.DATASET.NAME, classnames, train + test)
+        except ValueError as err:
+            raise DataError(str(err)) from None
+        clients_train, clients_test, classes = loaded["train"], loaded["test"], loaded["classes"]
+        client_domains, target_name = loaded["domains"], loaded["target_domain"]
+    elif partition:
+        clients_train, clients_test, classes, client_domains, target_name = _split(cfg, dataset, train, test)
     else:
         users = int(cfg.DATASET.USERS)
         clients_train, clients_test, classes = [[] for _ in range(users)], [[] for _ in range(users)], []
     empty = [i for i, t in enumerate(clients_train) if not t]
     if empty and partition:
         raise DataError(f"clients {empty} received no training data: use fewer --num-users")
-    data = FederatedData(cfg.DATASET.NAME, classnames, clients_train, clients_test, classes)
+    data = FederatedData(cfg.DATASET.NAME, classnames, clients_train, clients_test, classes,
+                         client_domains=client_domains, target_domain=target_name)
     if subsample != "all" and cfg.FED.EVAL_BASE_NOVEL:
         (data.base_test,) = P.subsample_classes(dataset.test, subsample="base")
         (data.novel_test,) = P.subsample_classes(dataset.test, subsample="new")
@@ -133,4 +233,42 @@ def build_federated_data(cfg, dataset: DatasetBase | None = None, partition: boo
     from trainers.zsclip import dataset_template
 
     data.template = dataset_template(cfg)
+    if partition and cfg.OUTPUT_DIR:
+        from federated.split_file import write_split_file
+
+        write_split_file(os.path.join(cfg.OUTPUT_DIR, "split.json"), data, cfg)
     return data
+
+
+def _split(cfg, dataset: DatasetBase, train: list[Datum], test: list[Datum]):
+    """The configured partition, with the leave-one-domain-out protocol applied when ``TARGET_DOMAIN`` is set.
+
+    Returns ``(clients_train, clients_test, clients_classes, client_domains or None, target name or None)``.
+    """
+    domains = list(getattr(dataset, "domains", []) or [])
+    target_name, target_test = None, None
+    if cfg.DATASET.TARGET_DOMAIN:
+        t = resolve_domain(dataset, cfg.DATASET.TARGET_DOMAIN)
+        target_name = domains[t]
+        target_test = [d for d in test if d.domain == t]
+        if cfg.DATASET.TARGET_USE_TRAIN:
+            target_test = [d for d in train if d.domain == t] + target_test
+        if not target_test:
+            raise DataError(f"the held-out domain '{target_name}' has no test item")
+        train = [d for d in train if d.domain != t]
+        test = [d for d in test if d.domain != t]
+    try:
+        kind = P.canonical_partition(cfg.DATASET.PARTITION)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    client_domains = None
+    if kind == "domain":
+        clients_train, clients_test, classes, client_domains = _domain_clients(cfg, train, test, domains)
+    else:
+        coarse = getattr(dataset, "coarse_of_fine", None)
+        if coarse is not None:
+            coarse = P.subsample_classnames(list(coarse), cfg.DATASET.SUBSAMPLE_CLASSES)
+        clients_train, clients_test, classes = _partition(cfg, train, test, coarse)
+    if target_test is not None:
+        clients_test = [list(target_test) for _ in clients_train]
+    return clients_train, clients_test, classes, client_domains, target_name

@@ -144,6 +144,7 @@ class FederatedServer:
             "local_std": float(statistics.pstdev(values)) if len(values) > 1 else (0.0 if values else None),
             "local_macro_f1": float(sum(f1) / len(f1)) if f1 else None,
             "local_per_client": {str(k): v for k, v in local.items()},
+            "local_per_domain": self.data.per_domain(local),  # None unless clients belong to domains
             "base": base,
             "novel": novel,
             "hm": harmonic_mean(base, novel),
