@@ -9,10 +9,9 @@ import torch.nn.functional as F
 from dassl.engine import build_trainer
 from federated.config import ConfigError
 from federated.data import build_federated_data
-from federated_main import build_cfg, main, parse_args
-from tests.fedtv_testing import REPO, fast_args
-
-WEIGHTS = os.path.join(REPO, "clip", "weights", "tiny_toyworld.safetensors")
+from federated_main import build_cfg, parse_args
+from tests.fedtv_testing import fast_args
+from tests.toyworld_learning import SHIPPED_WEIGHTS, learning_run
 
 
 def _trainer(tmp_path, *opts):
@@ -116,8 +115,7 @@ def test_negative_chunk_is_a_config_error(tmp_path):
         _trainer(tmp_path, "TRAINER.FEDCOCOOP.PROMPT_CHUNK", "-1")
 
 
-@pytest.mark.skipif(not os.path.isfile(WEIGHTS), reason="shipped tiny toy-world CLIP weights not built yet")
+@pytest.mark.skipif(not os.path.isfile(SHIPPED_WEIGHTS), reason="shipped tiny toy-world CLIP weights not built yet")
 def test_toyworld_run_learns(tmp_path):
-    results = main(fast_args(tmp_path, ["--trainer", "FedCoCoOp", "--rounds", "3"], weights=""))
-    local = [r["local"] for r in results["rounds"]]
-    assert local[-1] > results["zero_shot"]["local"] + 5.0
+    zero_shot, local = learning_run(tmp_path, "FedCoCoOp")
+    assert local[-1] > zero_shot + 5.0

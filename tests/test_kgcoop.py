@@ -9,12 +9,11 @@ import torch.nn.functional as F
 from dassl.engine import build_trainer
 from federated.config import ConfigError
 from federated.data import build_federated_data
-from federated_main import build_cfg, main, parse_args
-from tests.fedtv_testing import REPO, fast_args
+from federated_main import build_cfg, parse_args
+from tests.fedtv_testing import fast_args
+from tests.toyworld_learning import SHIPPED_WEIGHTS, learning_run
 from trainers.handcrafted import handcrafted_text_features
 from trainers.kgcoop import knowledge_guidance
-
-WEIGHTS = os.path.join(REPO, "clip", "weights", "tiny_toyworld.safetensors")
 
 
 def _trainer(tmp_path, *opts):
@@ -120,8 +119,7 @@ def test_shared_keys_and_bad_config(tmp_path):
 
 
 # ------------------------------------------------------------------ a toy-world run that learns
-@pytest.mark.skipif(not os.path.isfile(WEIGHTS), reason="shipped tiny toy-world CLIP weights not built yet")
+@pytest.mark.skipif(not os.path.isfile(SHIPPED_WEIGHTS), reason="shipped tiny toy-world CLIP weights not built yet")
 def test_toyworld_run_learns(tmp_path):
-    results = main(fast_args(tmp_path, ["--trainer", "KgCoOp", "--rounds", "3"], weights=""))
-    local = [r["local"] for r in results["rounds"]]
-    assert local[-1] > results["zero_shot"]["local"] + 5.0
+    zero_shot, local = learning_run(tmp_path, "KgCoOp")
+    assert local[-1] > zero_shot + 5.0

@@ -9,11 +9,10 @@ import torch.nn.functional as F
 from dassl.engine import build_trainer
 from federated.config import ConfigError
 from federated.data import build_federated_data
-from federated_main import build_cfg, main, parse_args
-from tests.fedtv_testing import REPO, fast_args
+from federated_main import build_cfg, parse_args
+from tests.fedtv_testing import fast_args
+from tests.toyworld_learning import SHIPPED_WEIGHTS, learning_run
 from trainers.promptprox import proximal_term
-
-WEIGHTS = os.path.join(REPO, "clip", "weights", "tiny_toyworld.safetensors")
 
 
 def _trainer(tmp_path, *opts):
@@ -115,8 +114,7 @@ def test_shared_keys_are_the_context(tmp_path):
 
 
 # ------------------------------------------------------------------ a toy-world run that learns
-@pytest.mark.skipif(not os.path.isfile(WEIGHTS), reason="shipped tiny toy-world CLIP weights not built yet")
+@pytest.mark.skipif(not os.path.isfile(SHIPPED_WEIGHTS), reason="shipped tiny toy-world CLIP weights not built yet")
 def test_toyworld_run_learns(tmp_path):
-    results = main(fast_args(tmp_path, ["--trainer", "PromptProx", "--rounds", "3"], weights=""))
-    local = [r["local"] for r in results["rounds"]]
-    assert local[-1] > results["zero_shot"]["local"] + 5.0
+    zero_shot, local = learning_run(tmp_path, "PromptProx")
+    assert local[-1] > zero_shot + 5.0
