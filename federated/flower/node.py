@@ -81,7 +81,7 @@ class PersonalStore:
             saved = torch.load(self.path, map_location="cpu", weights_only=True)
             if saved.get("client") != self.client_id or set(saved["state"]) != set(initial):
                 raise ValueError(f"{self.path} does not hold client {self.client_id}'s personal state of this model")
-            logger.info("client %d: personal state restored from %s", self.client_id, self.path)
+            logger.warning("client %d: personal state restored from %s (restarted node)", self.client_id, self.path)
             self.context.state.array_records[PERSONAL_KEY] = ArrayRecord(saved["state"])
             return dict(saved["state"])
         return {k: v.clone() for k, v in initial.items()}
