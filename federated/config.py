@@ -74,7 +74,7 @@ def get_cfg() -> CN:
 
     cfg = get_cfg_default()
     add_federated_keys(cfg)
-    cfg.TRAINER.NAME = "PromptFL"
+    cfg.TRAINER.NAME = "FedTV"
     # Each trainer class, and each dataset class or its module, may define ``extend_cfg(cfg)``.
     hooks = []
     for registry in (TRAINER_REGISTRY, DATASET_REGISTRY):
