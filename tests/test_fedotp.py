@@ -20,6 +20,9 @@ COST = torch.tensor([[0.2, 0.7], [0.5, 0.4], [0.9, 0.1]])  # 3 patches x 2 promp
 EPS = 0.1
 
 WEIGHTS = os.path.join(REPO, "clip", "weights", "tiny_toyworld.safetensors")
+#: A harder toy world (noise, two distractors, small objects) where zero-shot CLIP is far from perfect.
+HARDER = ["DATASET.TOYWORLD.NOISE", "0.4", "DATASET.TOYWORLD.DISTRACTORS", "2", "DATASET.TOYWORLD.SCALE", "(0.35, 0.6)",
+          "DATASET.TOYWORLD.TEST_PER_CLASS", "12"]
 
 
 def test_sinkhorn_3x2_matches_the_hand_solution():
@@ -170,7 +173,8 @@ def test_global_local_split_shapes_and_gradients(tmp_path):
 # ------------------------------------------------------------------ a toy-world run that learns
 @pytest.mark.skipif(not os.path.isfile(WEIGHTS), reason="shipped tiny toy-world CLIP weights not built yet")
 def test_toyworld_run_learns(tmp_path):
-    results = main(fast_args(tmp_path, ["--trainer", "FedOTP", "--rounds", "3"], weights=""))
+    flags = ["--trainer", "FedOTP", "--rounds", "3", "--num-shots", "8"]
+    results = main(fast_args(tmp_path, flags, HARDER, weights=""))
     local = [r["local"] for r in results["rounds"]]
     assert local[-1] > results["zero_shot"]["local"] + 5.0
     # every client's local prompt is its own; the global one is the same for all
