@@ -11,6 +11,7 @@ from federated.data import build_federated_data
 from federated.server import FederatedServer
 from federated_main import build_cfg, parse_args
 from tests.fedtv_testing import fast_args
+from trainers import handcrafted
 from trainers.lowrank_prompt import prompt_contrastive_loss
 
 _DATA = {}
@@ -166,9 +167,17 @@ def test_bad_config_values_get_clear_errors(tmp_path):
 
 
 # ------------------------------------------------------------------ text-encoder passes and z_C
-def _count_text_passes(trainer):
+def _count_text_passes(trainer, monkeypatch):
+    """Record every text-tower pass: prompt batches (their row count) and hand-crafted z_C encodings ("zc")."""
     calls = []
     trainer.model.text_encoder.register_forward_hook(lambda m, inp, out: calls.append(inp[0].shape[0]))
+    encode = handcrafted.handcrafted_text_features
+
+    def counting(clip, classnames, template):
+        calls.append("zc")
+        return encode(clip, classnames, template)
+
+    monkeypatch.setattr(handcrafted, "handcrafted_text_features", counting)
     return calls
 
 
@@ -181,17 +190,17 @@ def _steps(trainer, n):
             for _ in range(n)]
 
 
-def test_z_c_is_encoded_once_and_each_step_makes_one_batched_pass(tmp_path):
+def test_z_c_is_encoded_once_and_each_step_makes_one_batched_pass(tmp_path, monkeypatch):
     _, _, trainer = _trainer(tmp_path)
     n_cls = trainer.num_classes
-    calls = _count_text_passes(trainer)
+    calls = _count_text_passes(trainer, monkeypatch)
     _steps(trainer, 3)
-    # step 1: z_i and z_G together (2C prompts), then z_C (C prompts, first use); later steps: 2C only
-    assert calls == [2 * n_cls, n_cls, 2 * n_cls, 2 * n_cls]
+    # step 1: z_i and z_G together (2C prompts), then z_C (first use); later steps: 2C only
+    assert calls == [2 * n_cls, "zc", 2 * n_cls, 2 * n_cls]
     calls.clear()
     trainer.set_classnames(trainer.classnames[:4])  # a new class set rebuilds z_C on its first use
     _steps(trainer, 2)
-    assert calls == [8, 4, 8]
+    assert calls == [8, "zc", 8]
 
 
 @pytest.mark.parametrize("opts, passes", [
@@ -200,12 +209,12 @@ def test_z_c_is_encoded_once_and_each_step_makes_one_batched_pass(tmp_path):
     (("TRAINER.FEDPGP.CONTRAST_POSITIVE", "False", "TRAINER.FEDPGP.NEGATIVE_PAIR", "handcrafted"), "C+zc"),
     (("TRAINER.FEDPGP.CONTRAST_NEGATIVE", "False"), "2C+zc"),
 ])
-def test_only_needed_prompt_sets_are_encoded(tmp_path, opts, passes):
+def test_only_needed_prompt_sets_are_encoded(tmp_path, monkeypatch, opts, passes):
     _, _, trainer = _trainer(tmp_path, *opts)
     n_cls = trainer.num_classes
-    calls = _count_text_passes(trainer)
+    calls = _count_text_passes(trainer, monkeypatch)
     summary = _steps(trainer, 2)
-    expected = {"C": [n_cls, n_cls], "C+zc": [n_cls, n_cls, n_cls], "2C+zc": [2 * n_cls, n_cls, 2 * n_cls]}
+    expected = {"C": [n_cls, n_cls], "C+zc": [n_cls, "zc", n_cls], "2C+zc": [2 * n_cls, "zc", 2 * n_cls]}
     assert calls == expected[passes]
     assert ("loss_con" in summary[0]) == passes.endswith("zc")
 

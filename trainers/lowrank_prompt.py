@@ -16,7 +16,7 @@ Text features (all L2-normalised, ``(C, D)``):
 * ``z_G`` -- global prompts ``[SOS] sigma [CLASS] .``, needed only by the contrastive loss;
 * ``z_C`` -- the frozen CLIP's features of a hand-crafted prompt. They depend on no trainable tensor,
   so :class:`GlobalPersonalCLIP` computes them once per class set (lazily, on first use after
-  ``set_classnames``) and caches them. Two meanings (``HANDCRAFTED``):
+  ``set_classnames``; ``trainers/handcrafted.py``) and caches them. Two meanings (``HANDCRAFTED``):
 
   - ``"template"`` (default, the paper): the dataset's hand-crafted template, e.g.
     ``"a photo of a {}."`` -- "the text features of the hand-crafted prompt" of the FedPGP paper;
@@ -58,6 +58,7 @@ from torch import nn
 from yacs.config import CfgNode as CN
 
 from trainers.base import ClassSpaceError
+from trainers.handcrafted import HandcraftedText
 from trainers.prompt_learner import PromptCLIP, PromptLearner
 from trainers.prompt_trainer import PromptTrainer, prompt_cfg_node
 
@@ -193,7 +194,7 @@ class GlobalPersonalCLIP(PromptCLIP):
 
     ``eval_context()`` gives the personalised features ``z_i`` ``(C, D)``; ``text_feature_sets`` gives
     ``z_i`` and optionally ``z_G`` from one text-tower pass; ``handcrafted_features()`` gives ``z_C``
-    ``(C, D)`` (fp32, no gradient), computed once per class set.
+    ``(C, D)`` (fp32, no gradient), encoded once per class set by ``trainers.handcrafted.HandcraftedText``.
     """
 
     def __init__(self, clip, prompt_learner: GlobalPersonalPromptLearner, handcrafted: str = "template",
@@ -201,29 +202,14 @@ class GlobalPersonalCLIP(PromptCLIP):
         super().__init__(clip, prompt_learner)
         if handcrafted not in HANDCRAFTED_CHOICES:
             raise ValueError(f"HANDCRAFTED must be one of {HANDCRAFTED_CHOICES}, got '{handcrafted}'")
-        if handcrafted == "template" and "{}" not in template:
-            raise ValueError(f"the hand-crafted template needs a '{{}}' for the class name, got '{template}'")
         self.handcrafted = handcrafted
-        self.template = template
-        self.register_buffer("z_handcrafted", None, persistent=False)
+        # "published": the placeholder prompt "X X ... X {}." (the CTX_INIT words when given)
+        self.template = template if handcrafted == "template" else f"{prompt_learner.prompt_prefix} {{}}."
+        self.handcrafted_text = HandcraftedText(clip, prompt_learner.classnames, self.template)
 
-    def handcrafted_texts(self) -> list[str]:
-        """The hand-crafted prompt of every class (label order)."""
-        names = [n.replace("_", " ") for n in self.prompt_learner.classnames]
-        if self.handcrafted == "template":
-            return [self.template.format(n) for n in names]
-        return [f"{self.prompt_learner.prompt_prefix} {n}." for n in names]
-
-    @torch.no_grad()
     def handcrafted_features(self) -> torch.Tensor:
         """``z_C`` ``(C, D)``, L2-normalised fp32; encoded by the frozen text tower on first use only."""
-        if self.z_handcrafted is None:
-            device = self.prompt_learner.device
-            tokens = self.clip.tokenize(self.handcrafted_texts()).to(device)
-            with torch.autocast(device_type=device.type, enabled=False):
-                feats = self.text_encoder(self.text_encoder.embed(tokens), tokens)
-            self.z_handcrafted = F.normalize(feats.float(), dim=-1)
-        return self.z_handcrafted
+        return self.handcrafted_text()
 
     def text_feature_sets(self, with_global: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(z_i, z_G)``, each ``(C, D)`` normalised; ``z_G`` is None unless ``with_global``.
@@ -240,7 +226,7 @@ class GlobalPersonalCLIP(PromptCLIP):
 
     def set_classnames(self, classnames: list[str]) -> None:
         super().set_classnames(classnames)
-        self.z_handcrafted = None
+        self.handcrafted_text.set_classnames(classnames)
 
 
 # --------------------------------------------------------------------------------------------- trainer
