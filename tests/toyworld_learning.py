@@ -1,8 +1,8 @@
 """A short federated toy-world run with the shipped tiny CLIP, for "does this trainer learn" tests.
 
 The default fast world (12 classes, photos) is nearly solved zero-shot by the pretrained tiny CLIP,
-so these runs use a harder one: 24 classes rendered in the "neon" style (zero-shot local accuracy
-far from 100 %), 3 clients, 4 shots, 3 rounds of 2 local epochs, no base/novel evaluation (speed).
+so these runs render the same 12 classes in the "neon" style (zero-shot local accuracy about 72 %
+with interim weights), 3 clients, 4 shots, rounds of 2 local epochs, no base/novel evaluation (speed).
 """
 from __future__ import annotations
 
@@ -11,14 +11,13 @@ import os
 from tests.fedtv_testing import REPO, fast_args
 
 SHIPPED_WEIGHTS = os.path.join(REPO, "clip", "weights", "tiny_toyworld.safetensors")
-HARD_WORLD = ["DATASET.TOYWORLD.NUM_CLASSES", "24", "DATASET.TOYWORLD.STYLES", "['neon']",
-              "FED.EVAL_BASE_NOVEL", "False"]
+HARD_WORLD = ["DATASET.TOYWORLD.STYLES", "['neon']", "FED.EVAL_BASE_NOVEL", "False"]
 
 
-def learning_run(tmp_path, trainer: str) -> tuple[float, list[float]]:
+def learning_run(tmp_path, trainer: str, rounds: int = 3) -> tuple[float, list[float]]:
     """Zero-shot local accuracy and the local accuracy after each round (percent)."""
     from federated_main import main
 
-    results = main(fast_args(tmp_path, ["--trainer", trainer, "--rounds", "3", "--local-epochs", "2"],
+    results = main(fast_args(tmp_path, ["--trainer", trainer, "--rounds", str(rounds), "--local-epochs", "2"],
                              HARD_WORLD, weights=""))
     return results["zero_shot"]["local"], [r["local"] for r in results["rounds"]]
