@@ -162,8 +162,9 @@ def test_leave_one_domain_out_run_reports_per_domain_accuracy(tmp_path):
     write(tmp_path / "DATA", "PACS", per_class=3)
     results = main(["--root", str(tmp_path / "DATA"), "--dataset-config-file", "configs/datasets/pacs.yaml",
                     "--clip-weights", "none", "--output-dir", str(tmp_path / "out"), *FAST_FLAGS,
-                    "--target-domain", "photo", "--num-shots", "0", "INPUT.SIZE", "(32, 32)",
-                    "FED.SHOW_PROGRESS", "False", "DATASET.SPLIT_CLIENT", "2", "FED.FEATURE_CACHE", "False"])
+                    "--target-domain", "photo", "--num-shots", "0", "--rounds", "1", "INPUT.SIZE", "(32, 32)",
+                    "FED.SHOW_PROGRESS", "False", "DATASET.SPLIT_CLIENT", "2", "FED.FEATURE_CACHE", "False",
+                    "FED.ZS_REFERENCE", "False"])
     last = results["rounds"][-1]
     assert set(last["local_per_domain"]) == {"art_painting", "cartoon", "sketch"}
     per_client = [last["local_per_client"][str(c)] for c in range(6)]
