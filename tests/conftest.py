@@ -4,6 +4,8 @@ import sys
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# small tensor ops on a busy 2-core machine: idle OpenMP threads must not spin
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # image-feature caches of the tests go to a fresh folder, never to the user's cache
 os.environ.setdefault("FEDTV_CACHE", tempfile.mkdtemp(prefix="fedtv-test-cache-"))
