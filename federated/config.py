@@ -116,10 +116,32 @@ def merge_file(cfg: CN, path: str) -> None:
         raise ConfigError(f"bad value in {path}: {err}") from None
 
 
+def _lookup(cfg: CN, key: str):
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, CN) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _widen_numbers(cfg: CN, opts: list[str]) -> list[str]:
+    """Let an integer literal set a float key (``MU 0`` means ``MU 0.0``; yacs alone refuses it)."""
+    out = list(opts)
+    for i in range(0, len(out) - 1, 2):
+        if isinstance(_lookup(cfg, out[i]), float) and isinstance(out[i + 1], str):
+            try:
+                out[i + 1] = repr(float(int(out[i + 1])))
+            except ValueError:
+                pass
+    return out
+
+
 def merge_list(cfg: CN, opts: list[str], source: str = "opts") -> None:
     """Merge ``[KEY, VALUE, ...]`` overrides with clear errors."""
     if len(opts) % 2:
         raise ConfigError(f"{source} must be KEY VALUE pairs, got an odd number of items: {opts}")
+    opts = _widen_numbers(cfg, opts)
     try:
         cfg.merge_from_list(list(opts))
     except (KeyError, AssertionError) as err:
@@ -131,6 +153,18 @@ def merge_list(cfg: CN, opts: list[str], source: str = "opts") -> None:
 def backbone_slug(name: str) -> str:
     """``ViT-B/16`` -> ``vit_b16``, ``RN50`` -> ``rn50``, ``tiny`` -> ``tiny`` (trainer config file names)."""
     return name.lower().replace("vit-", "vit_").replace("/", "").replace("-", "")
+
+
+def bundled_input_size(backbone: str) -> int | None:
+    """Input side of a backbone defined by a bundled model config (``clip/model_configs/<slug>.json``,
+    e.g. 32 for ``tiny``); None for the others (open_clip models, which the dataset yamls' 224 fits)."""
+    import json
+
+    path = os.path.join(REPO_ROOT, "clip", "model_configs", f"{backbone_slug(backbone)}.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return int(json.load(f)["vision_cfg"]["image_size"])
 
 
 def default_trainer_config(trainer: str, backbone: str) -> str | None:

@@ -35,6 +35,11 @@ def test_published_underscore_spellings():
     assert (cfg.DATASET.USERS, cfg.DATASET.NUM_SHOTS, cfg.OPTIM.MAX_EPOCH, cfg.DATASET.SPLIT_SEED) == (4, 8, 3, 1)
 
 
+def test_integer_literal_sets_a_float_key():
+    cfg = cfg_of("OPTIM.LR", "1", "FED.FRAC", "1")
+    assert cfg.OPTIM.LR == 1.0 and isinstance(cfg.OPTIM.LR, float) and cfg.FED.FRAC == 1.0
+
+
 def test_opts_override_flags_and_yaml():
     cfg = cfg_of("--rounds", "3", "OPTIM.ROUND", "9", "TRAINER.PROMPTFL.N_CTX", "4")
     assert cfg.OPTIM.ROUND == 9
