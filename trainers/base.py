@@ -249,9 +249,10 @@ class FederatedTrainer(TrainerX):
     @torch.inference_mode()
     def evaluate_zero_shot(self, loader, classnames: list[str], template: str, key: str | None = None) -> dict:
         """Hand-crafted-prompt zero-shot CLIP (``template.format(name)``) on ``loader``."""
+        from trainers.handcrafted import handcrafted_text_features
+
         clip = self.model.clip
-        tokens = clip.tokenize([template.format(name) for name in classnames]).to(self.device)
-        text = F.normalize(clip.model.encode_text(tokens).float(), dim=-1)
+        text = handcrafted_text_features(clip, classnames, template)
         scale = clip.model.logit_scale.exp().float()
         self.evaluator.reset()
         if key is not None and self.image_features_cacheable:

@@ -8,6 +8,7 @@ from yacs.config import CfgNode as CN
 
 from dassl.engine import TRAINER_REGISTRY
 from trainers.base import FederatedTrainer, load_frozen_clip
+from trainers.handcrafted import handcrafted_text_features
 
 
 def dataset_template(cfg) -> str:
@@ -37,11 +38,8 @@ class TemplateCLIP(nn.Module):
         self.logit_scale = clip.model.logit_scale
         self.set_classnames(classnames)
 
-    @torch.no_grad()
     def set_classnames(self, classnames: list[str]) -> None:
-        tokens = self.clip.tokenize([self.template.format(n.replace("_", " ")) for n in classnames])
-        device = self.logit_scale.device
-        text = F.normalize(self.clip.model.encode_text(tokens.to(device)).float(), dim=-1)
+        text = handcrafted_text_features(self.clip, classnames, self.template)
         self.register_buffer("text_features", text, persistent=False)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
