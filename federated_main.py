@@ -20,7 +20,15 @@ import logging
 import os
 import sys
 
-from federated.config import REPO_ROOT, ConfigError, backbone_slug, default_trainer_config, merge_file, merge_list
+from federated.config import (
+    REPO_ROOT,
+    ConfigError,
+    backbone_slug,
+    bundled_input_size,
+    default_trainer_config,
+    merge_file,
+    merge_list,
+)
 
 DEMO_DATASET_CONFIG = os.path.join(REPO_ROOT, "configs", "datasets", "toyworld.yaml")
 
@@ -145,6 +153,12 @@ def build_cfg(args: argparse.Namespace):
         if value is not None:
             merge_list(cfg, [key, str(value)], source=f"--{name.replace('_', '-')}")
     merge_list(cfg, list(args.opts or []))
+    native = bundled_input_size(cfg.MODEL.BACKBONE.NAME)
+    if native is not None and tuple(cfg.INPUT.SIZE) != (native, native):
+        # a bundled ViT (tiny) only takes its own input size; the real datasets' yamls say 224
+        logging.getLogger("fedtv").info("INPUT.SIZE %s -> (%d, %d) for backbone %s", tuple(cfg.INPUT.SIZE), native,
+                                        native, cfg.MODEL.BACKBONE.NAME)
+        cfg.INPUT.SIZE = (native, native)
     if cfg.TRAINER.NAME not in TRAINER_REGISTRY:
         raise ConfigError(f"unknown trainer '{cfg.TRAINER.NAME}'; registered trainers: "
                           f"{', '.join(TRAINER_REGISTRY.registered_names())}")

@@ -249,8 +249,9 @@ def test_seed_readme_command_on_fake_oxford_pets(tmp_path):
     out = tmp_path / "out"
     results = main(["--root", str(tmp_path / "DATA") + "/", "--dataset-config-file", "configs/datasets/oxfordpets.yaml",
                     "--num-users", "10", "--clip-weights", "none", "--backbone", "tiny", "--rounds", "1",
-                    "--local-epochs", "1", "--output-dir", str(out), "INPUT.SIZE", "(32, 32)",
+                    "--local-epochs", "1", "--output-dir", str(out),
                     "FED.SHOW_PROGRESS", "False", "FED.ZS_REFERENCE", "False", "FED.FEATURE_CACHE", "False"])
+    assert tuple(results["config"]["INPUT"]["SIZE"]) == (32, 32)  # the yaml's 224 follows the tiny backbone
     last = results["rounds"][-1]
     assert last["local"] is not None and last["base"] is not None and last["novel"] is not None
     split = json.loads((out / "split.json").read_text())
