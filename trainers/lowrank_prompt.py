@@ -285,6 +285,9 @@ class GlobalPersonalPromptTrainer(PromptTrainer):
             raise ConfigError(f"{node}.MU must be >= 0, got {t.MU}")
         if int(t.BOTTLENECK) < 1:
             raise ConfigError(f"{node}.BOTTLENECK (rank) must be >= 1, got {t.BOTTLENECK}")
+        if self.ADAPTATIONS[t.ADAPTATION].TAKES_RANK and int(t.BOTTLENECK) >= int(t.N_CTX):
+            logger.warning("%s.BOTTLENECK %d >= N_CTX %d: the personal term is not low-rank (full rank is %d)",
+                           node, int(t.BOTTLENECK), int(t.N_CTX), int(t.N_CTX))
 
     def build_prompt_learner(self, clip) -> GlobalPersonalPromptLearner:
         self.validate_cfg()
