@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from dassl.data.datasets import Datum
+from dassl.data.datasets.base_dataset import subsample_classes  # noqa: F401  (re-exported: the base/novel split)
 
 __all__ = [
     "PARTITIONS",
@@ -75,17 +76,6 @@ def canonical_partition(name: str) -> str:
 # helpers
 
 
-def _copy(item: Datum, label: int | None = None) -> Datum:
-    """A new ``Datum`` equal to ``item`` (same ``image`` reference), optionally with a new label."""
-    return Datum(
-        impath=item.impath,
-        label=item.label if label is None else label,
-        domain=item.domain,
-        classname=item.classname,
-        image=item.image,
-    )
-
-
 def _indices_by_label(data: Sequence[Datum]) -> dict[int, list[int]]:
     """``{label: [positions of its items in data, in order]}``, labels in ascending order."""
     groups: dict[int, list[int]] = {}
@@ -111,38 +101,6 @@ def _check_subsample(subsample: str) -> str:
     if subsample not in SUBSAMPLE_CHOICES:
         raise ValueError(f"subsample must be one of {', '.join(SUBSAMPLE_CHOICES)}; got {subsample!r}")
     return subsample
-
-
-def subsample_classes(*splits: list[Datum], subsample: str, num_classes: int | None = None) -> tuple[list[Datum], ...]:
-    """CoOp's base-to-novel class split applied to every list in ``splits``.
-
-    The labels present in the union of ``splits`` (or ``range(num_classes)`` when ``num_classes`` is
-    given, which keeps the split right when some split lacks a class) are sorted; with ``n`` of them
-    and ``m = ceil(n / 2)``:
-
-    * ``"base"`` keeps the items of the first ``m`` labels,
-    * ``"new"`` keeps the items of the remaining ``n - m`` labels, relabelled from 0 by their rank
-      among the kept labels (``label - m`` for labels ``0..n-1``); ``classname`` is kept,
-    * ``"all"`` keeps everything unchanged.
-
-    Returns:
-        One new list per input split, in the same order, of new ``Datum`` objects (inputs are never
-        mutated and never aliased).
-
-    Raises:
-        ValueError: ``subsample`` is not one of ``all``, ``base``, ``new``.
-    """
-    _check_subsample(subsample)
-    if subsample == "all":
-        return tuple([_copy(d) for d in split] for split in splits)
-    if num_classes is not None:
-        labels = list(range(int(num_classes)))
-    else:
-        labels = sorted({int(d.label) for split in splits for d in split})
-    m = math.ceil(len(labels) / 2)
-    selected = labels[:m] if subsample == "base" else labels[m:]
-    relabel = {y: new for new, y in enumerate(selected)}
-    return tuple([_copy(d, relabel[d.label]) for d in split if d.label in relabel] for split in splits)
 
 
 def subsample_classnames(classnames: list[str], subsample: str) -> list[str]:

@@ -30,6 +30,10 @@ class Datum:
         self.classname = classname
         self.image = image
 
+    def copy(self, label: int | None = None) -> Datum:
+        """A new ``Datum`` equal to this one (same ``image`` reference), optionally relabelled."""
+        return Datum(self.impath, self.label if label is None else label, self.domain, self.classname, self.image)
+
     def __repr__(self) -> str:
         return f"Datum(impath={self.impath!r}, label={self.label}, domain={self.domain}, classname={self.classname!r})"
 
@@ -110,15 +114,6 @@ class DatasetBase:
             output[item.domain].append(item)
         return output
 
-    @staticmethod
-    def _copy_datum(item: Datum, label: int | None = None) -> Datum:
-        return Datum(
-            impath=item.impath,
-            label=item.label if label is None else label,
-            domain=item.domain,
-            classname=item.classname,
-            image=item.image,
-        )
 
     def generate_fewshot_dataset(
         self, *data_sources: Sequence[Datum], num_shots: int = -1, repeat: bool = False, seed: int | None = None
@@ -160,30 +155,34 @@ class DatasetBase:
 
     @staticmethod
     def subsample_classes(*args: Sequence[Datum], subsample: str = "all") -> tuple[list[Datum], ...]:
-        """Keep the base or the new half of the classes (CoOp's base-to-novel protocol).
+        """CoOp's base-to-novel class split (Dassl API): see the module function ``subsample_classes``."""
+        return subsample_classes(*args, subsample=subsample)
 
-        The labels present in ``args[0]`` are sorted; with ``n`` of them and ``m = ceil(n / 2)``,
-        ``"base"`` keeps the first ``m`` labels and ``"new"`` the remaining ``n - m``, relabelled
-        ``0, 1, ...`` in the same order (base labels keep their values when they are ``0..m-1``).
-        ``"all"`` keeps everything.
 
-        Returns:
-            A tuple with one list per input (always, even for a single input) of new ``Datum``
-            objects; the inputs are never modified.
-        """
-        if subsample not in ("all", "base", "new"):
-            raise ValueError(f"subsample must be 'all', 'base' or 'new', got {subsample!r}")
-        if subsample == "all":
-            return tuple([DatasetBase._copy_datum(item) for item in dataset] for dataset in args)
-        if not args:
-            return ()
-        labels = sorted({item.label for item in args[0]})
-        m = math.ceil(len(labels) / 2)
-        selected = labels[:m] if subsample == "base" else labels[m:]
-        relabeler = {y: y_new for y_new, y in enumerate(selected)}
-        output = []
-        for dataset in args:
-            output.append(
-                [DatasetBase._copy_datum(item, relabeler[item.label]) for item in dataset if item.label in relabeler]
-            )
-        return tuple(output)
+def subsample_classes(*splits: Sequence[Datum], subsample: str,
+                      num_classes: int | None = None) -> tuple[list[Datum], ...]:
+    """CoOp's base-to-novel class split applied to every list in ``splits``.
+
+    The labels present in the union of ``splits`` (or ``range(num_classes)`` when given, which keeps
+    the split right when some split lacks a class) are sorted; with ``n`` of them and ``m = ceil(n/2)``:
+    ``"base"`` keeps the items of the first ``m`` labels, ``"new"`` the remaining ``n - m`` labels
+    relabelled from 0 by rank (``label - m`` for labels ``0..n-1``), ``"all"`` everything.
+
+    Returns:
+        One new list per input split of new ``Datum`` objects (inputs are never mutated or aliased).
+
+    Raises:
+        ValueError: ``subsample`` is not one of ``all``, ``base``, ``new``.
+    """
+    if subsample not in ("all", "base", "new"):
+        raise ValueError(f"subsample must be one of all, base, new ('all', 'base' or 'new'); got {subsample!r}")
+    if subsample == "all":
+        return tuple([d.copy() for d in split] for split in splits)
+    if num_classes is not None:
+        labels = list(range(int(num_classes)))
+    else:
+        labels = sorted({int(d.label) for split in splits for d in split})
+    m = math.ceil(len(labels) / 2)
+    selected = labels[:m] if subsample == "base" else labels[m:]
+    relabel = {y: new for new, y in enumerate(selected)}
+    return tuple([d.copy(relabel[d.label]) for d in split if d.label in relabel] for split in splits)
