@@ -144,7 +144,8 @@ class Deployment:
     def run_app(self) -> None:
         a = self.args
         run_config = [f'opts="{a.opts}"', f"round-timeout={float(a.round_timeout)}",
-                      f"join-timeout={float(a.join_timeout)}", f"min-clients={int(a.min_clients)}"]
+                      f"join-timeout={float(a.join_timeout)}", f"rejoin-wait={float(a.rejoin_wait)}",
+                      f"min-clients={int(a.min_clients)}"]
         if a.dataset_config:
             run_config.append(f'dataset-config="{a.dataset_config}"')
         if a.trainer_config:
@@ -215,6 +216,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=900.0, help="seconds for the whole run")
     p.add_argument("--round-timeout", type=float, default=120.0, help="seconds to wait for one step's replies")
     p.add_argument("--join-timeout", type=float, default=120.0, help="seconds to wait for every node before round 1")
+    p.add_argument("--rejoin-wait", type=float, default=0.0,
+                   help="seconds to wait, before a later round, for a sampled client whose node is gone")
     p.add_argument("--min-clients", type=int, default=1, help="fewest training replies that make a round")
     p.add_argument("--kill-node", type=int, default=None, help="fault injection: SIGKILL this node ...")
     p.add_argument("--kill-after-round", type=int, default=1, help="... once this many rounds are finished")

@@ -36,6 +36,7 @@ def run_server(grid: Grid, cfg, run_config: dict) -> dict:
         writer.set_zero_shot(server.evaluate_zero_shot())
     strategy = FedTVStrategy(server, writer, round_timeout=run_setting(run_config, "round-timeout"),
                              join_timeout=run_setting(run_config, "join-timeout"),
+                             rejoin_wait=run_setting(run_config, "rejoin-wait"),
                              min_clients=run_setting(run_config, "min-clients"))
     strategy.start(grid=grid, initial_arrays=ArrayRecord(strategy.global_state), num_rounds=strategy.rounds,
                    timeout=strategy.round_timeout)

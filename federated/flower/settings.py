@@ -27,6 +27,7 @@ RUN_CONFIG_DEFAULTS: dict[str, object] = {
     "clip-weights": "",  # the ServerApp's CLIP weights ("" = the config's MODEL.BACKBONE.WEIGHTS)
     "round-timeout": 600.0,  # seconds to wait for the replies of one training or evaluation step
     "join-timeout": 300.0,  # seconds to wait, before round 1, for every client's node to connect
+    "rejoin-wait": 0.0,  # seconds to wait, before a later round, for a sampled client whose node is gone
     "min-clients": 1,  # fewest successful training replies that still make a round
 }
 

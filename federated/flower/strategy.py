@@ -3,7 +3,8 @@
 Per round (``Strategy.start`` drives it):
 
 1. ``configure_train``: map node ids to client ids (``query`` messages to nodes not seen yet; before
-   round 1, wait up to ``join_timeout`` for every client's node), sample clients exactly as the
+   round 1, wait up to ``join_timeout`` for every client's node, before a later round up to
+   ``rejoin_wait`` for the sampled clients' nodes), sample clients exactly as the
    in-process loop (``FederatedServer.sample_clients``), send each sampled client that has a node its
    download (the global shared tensors, or its personalised mix) and ``round`` / ``seed``.
 2. ``aggregate_train``: uploads of the clients that replied, in client order, through the trainer's
@@ -44,11 +45,12 @@ class FedTVStrategy(Strategy):
     """See the module docstring. ``server`` holds the trainer, the data and the evaluation code."""
 
     def __init__(self, server: FederatedServer, writer: ResultsWriter, *, round_timeout: float = 600.0,
-                 join_timeout: float = 300.0, min_clients: int = 1):
+                 join_timeout: float = 300.0, rejoin_wait: float = 0.0, min_clients: int = 1):
         self.server = server
         self.writer = writer
         self.round_timeout = float(round_timeout)
         self.join_timeout = float(join_timeout)
+        self.rejoin_wait = float(rejoin_wait)
         self.min_clients = max(int(min_clients), 1)
         t = server.trainer
         self.trainable = bool(t.trainable_parameters())
@@ -90,17 +92,17 @@ class FedTVStrategy(Strategy):
                 self.client_of.pop(old, None)
             self.node_of[cid], self.client_of[node] = node, cid
 
-    def wait_for_clients(self, grid: Grid) -> None:
-        """Before round 1: wait up to ``join_timeout`` for a node of every client."""
-        deadline = time.time() + self.join_timeout
+    def wait_for_clients(self, grid: Grid, clients: list[int], timeout: float) -> None:
+        """Wait up to ``timeout`` seconds until every client in ``clients`` has a node."""
+        deadline = time.time() + timeout
         while True:
             self.discover(grid)
-            if len(self.node_of) >= self.server.num_users or time.time() >= deadline:
+            missing = sorted(set(clients) - set(self.node_of))
+            if not missing or time.time() >= deadline:
                 break
             time.sleep(1.0)
-        missing = sorted(set(range(self.server.num_users)) - set(self.node_of))
         if missing:
-            logger.warning("clients without a node after %.0fs: %s", self.join_timeout, missing)
+            logger.warning("clients without a node after %.0fs: %s", timeout, missing)
         if len(self.node_of) < self.min_clients:
             raise NotEnoughClients(f"{len(self.node_of)} client node(s) connected, min-clients is {self.min_clients}")
 
@@ -114,10 +116,8 @@ class FedTVStrategy(Strategy):
     def _ok_replies(self, replies: Iterable[Message], step: str) -> list[Message]:
         ok = []
         for reply in replies:
-            if reply.has_error():
-                node = reply.metadata.src_node_id
-                logger.warning("%s: client %s (node %d) failed: %s", step, self.client_of.get(node, "?"), node,
-                               reply.error.reason)
+            if reply.has_error():  # the source of an error reply may be the SuperLink, not the node
+                logger.warning("%s: a client failed: %s", step, reply.error.reason)
             else:
                 ok.append(reply)
         return ok
@@ -126,12 +126,12 @@ class FedTVStrategy(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._started = time.time()
-        if server_round == 1:
-            self.wait_for_clients(grid)
-        else:
-            self.discover(grid)
         r = server_round - 1
         sampled = self.server.sample_clients(r)
+        if server_round == 1:
+            self.wait_for_clients(grid, list(range(self.server.num_users)), self.join_timeout)
+        else:
+            self.wait_for_clients(grid, sampled, self.rejoin_wait)
         self._record = {"sampled": sampled, "down": state_nbytes(self.global_state) if self.trainable else 0}
         if not self.trainable:
             return []

@@ -1,0 +1,60 @@
+"""Real Flower deployments on 127.0.0.1 (``tools/flower_deploy.py``): TLS with node authentication,
+and a SuperNode killed in the middle of a run that rejoins with its personal state.
+
+Each test starts a SuperLink and SuperNodes as separate processes; every Flower message runs in a
+fresh ClientApp process, so one run takes a few minutes on 2 shared cores. Bounded by the tool's
+``--timeout``; the tool stops exactly the processes it started.
+"""
+import shutil
+
+import pytest
+import torch
+
+pytest.importorskip("flwr", reason="Flower is optional: pip install -r requirements-flower.txt")
+
+from tests.fedtv_testing import FAST_OPTS  # noqa: E402
+from tools.flower_deploy import main as deploy  # noqa: E402
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed for the certificates")
+
+
+def _opts(users: int, rounds: int, trainer: str = "FedPGP") -> str:
+    return " ".join(["--trainer", trainer, "--num-users", str(users), "--rounds", str(rounds), "--local-epochs", "1",
+                     "--num-shots", "4", "--clip-weights", "none", "--lr", "0.05", *FAST_OPTS])
+
+
+def test_tls_deployment_with_node_authentication(tmp_path):
+    results = deploy(["--work-dir", str(tmp_path), "--num-nodes", "2", "--port", "9310", "--timeout", "500",
+                      "--round-timeout", "120", "--opts", _opts(2, 2)])
+    assert [r["round"] for r in results["rounds"]] == [1, 2]
+    assert all(r["clients"] == [0, 1] and r["missing_clients"] == [] for r in results["rounds"])
+    assert results["final"]["local"] is not None and set(results["rounds"][-1]["local_per_client"]) == {"0", "1"}
+    assert (tmp_path / "results.json").is_file()
+    for name in ("ca.crt", "server.crt", "node0", "node1.pub"):
+        assert (tmp_path / "certs" / name).is_file()
+    link_log = (tmp_path / "logs" / "superlink.log").read_text()
+    assert "--insecure" not in link_log
+    # Personal tensors stayed on the nodes: the server's checkpoint has none, each node has its own.
+    ckpt = torch.load(tmp_path / "output" / "checkpoint.pt", weights_only=True)
+    assert all(p == {} for p in ckpt["personal"]) and ckpt["global"]
+    saved = sorted(tmp_path.glob("node_state/run*/client*.pt"))
+    assert [torch.load(p, weights_only=True)["client"] for p in saved] == [0, 1]
+
+
+def test_killed_node_does_not_stop_the_run_and_rejoins(tmp_path):
+    # The dead node is reported unavailable by the SuperLink's heartbeat check (seconds), so round 2 goes
+    # on without it. The node is restarted once round 2 is written; rejoin-wait makes round 3 wait for it
+    # (otherwise whether it makes round 3 depends on how fast it starts), and the generous round timeout
+    # lets the new process rebuild the experiment and answer.
+    results = deploy(["--work-dir", str(tmp_path), "--num-nodes", "3", "--port", "9330", "--timeout", "560",
+                      "--round-timeout", "150", "--rejoin-wait", "120", "--opts", _opts(3, 3),
+                      "--kill-node", "2", "--kill-after-round", "1", "--restart-after-round", "2"])
+    rounds = results["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]  # no round lost, the run went on
+    assert rounds[0]["clients"] == [0, 1, 2]
+    assert rounds[1]["clients"] == [0, 1] and rounds[1]["missing_clients"] == [2]
+    assert rounds[2]["clients"] == [0, 1, 2]  # the restarted node is back
+    assert set(rounds[2]["local_per_client"]) == {"0", "1", "2"}
+    assert "client 2: personal state restored" in (tmp_path / "logs" / "node2.log").read_text()
+    saved = torch.load(next(tmp_path.glob("node_state/run*/client2.pt")), weights_only=True)
+    assert saved["round"] == 2  # trained again in the third round (0-based 2)
