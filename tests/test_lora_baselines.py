@@ -9,6 +9,7 @@ from dassl.engine import build_trainer
 from federated.data import build_federated_data
 from federated_main import build_cfg, main, parse_args
 from tests.fedtv_testing import REPO, fast_args
+from tests.toyworld_learning import HARD_WORLD
 from trainers.base import ClassSpaceError
 from trainers.feature_heads import attention_adapter
 
@@ -83,5 +84,6 @@ def test_cost_block_in_results(tmp_path, name):
 
 @pytest.mark.skipif(not os.path.isfile(SHIPPED), reason="shipped tiny toy-world weights not built yet")
 def test_fedaa_learns_on_the_toy_world(tmp_path):
-    res = main(fast_args(tmp_path, ["--trainer", "FedAA", "--rounds", "3"], [], weights=""))
+    res = main(fast_args(tmp_path, ["--trainer", "FedAA", "--rounds", "3", "--local-epochs", "2"], HARD_WORLD,
+                         weights=""))
     assert res["final"]["local"] > res["zero_shot"]["local"] + 5.0
