@@ -150,7 +150,6 @@ def test_run_uploads_only_c_and_downloads_personal_mixes(tmp_path):
 def test_celora_learns_on_the_toy_world(tmp_path):
     # IID clients, as in FLoRA's experiments: the published contrastive loss (targets arange(B)) counts
     # same-class pairs as negatives, which is degenerate on pathological clients owning 2 classes.
-    res = main(fast_args(tmp_path, ["--trainer", "CELoRA", "--rounds", "3", "--local-epochs", "2", "--partition", "iid"],
-                         HARD_WORLD,
-                         weights=""))
+    flags = ["--trainer", "CELoRA", "--rounds", "3", "--local-epochs", "2", "--partition", "iid"]
+    res = main(fast_args(tmp_path, flags, HARD_WORLD, weights=""))
     assert res["final"]["local"] > res["zero_shot"]["local"] + 5.0
