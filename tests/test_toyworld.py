@@ -136,9 +136,11 @@ def test_render_sample_is_pure():
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
-# Measured with tools/pretrain_toy_clip.py --eval-only on the default test split (see
-# clip/weights/README.md); the thresholds leave a margin for the smaller sample and other seed.
-ZS_MIN, ZS_MAX = 50.0, 95.0
+# Measured with tools/pretrain_toy_clip.py --eval-only on the default test split (800 images per
+# half): 81.8 % base, 80.5 % novel (clip/weights/README.md). Here 300 fresh images per half from
+# another world seed: binomial std ~2.3 points, so measured - 15 leaves > 6 std of margin while still
+# catching random or broken weights (chance: 5 %); the upper bound keeps the world non-trivial.
+ZS_MIN, ZS_MAX = 65.0, 97.0
 
 
 @pytest.mark.skipif(not WEIGHTS.exists(), reason="shipped weights missing")

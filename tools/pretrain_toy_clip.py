@@ -5,12 +5,18 @@
 
 Pretraining: CLIP's symmetric InfoNCE with a learnable logit scale, AdamW, warmup + cosine decay,
 on a fixed pool of generated images (``--pool`` of them, re-used for several epochs with random
-flips and small shifts) paired with captions re-sampled at every step from varied templates:
+flips and small shifts) paired with captions re-sampled at every step from varied templates
+(each batch: one style, one image per combination, so that shapes, not just colours and style
+words, tell captions apart):
 "a photo of a red triangle.", "a sketch of a small red triangle.", "a red triangle next to a small
-blue ring.", "a triangle that is red.", ... The pool mixes all five styles (photo 30 %, the others
-17.5 % each), pixel noise, 0-2 small distractor objects (mentioned in about half of the
-captions) and background clutter; it is generated from ToyWorld's "pretrain" split, so no
-dataset image is ever seen in pretraining.
+blue ring.", "a triangle that is red.", ... The pool holds all five styles equally (batches
+pick photo 30 % of the time, each other style 17.5 %), light pixel noise (std <= 0.05), 0-2 small
+distractor objects (in 30 % of the images; mentioned in about half of their captions), a little
+background clutter and objects 14-24 px across. The ToyWorld dataset defaults are close to that
+(noise 0.04, no distractor, light clutter, same sizes) but use only the fixed template "a photo
+of a {}."; its knobs (NOISE, DISTRACTORS, CLUTTER, SCALE) make a harder, shifted world. The
+pool is drawn from its own random stream (seeded by ``--seed``), separate from the ToyWorld
+splits, so no dataset image is seen in pretraining.
 
 Which combinations pretraining sees: the first ``NUM_SEEN_COMBOS`` = 80 "<colour> <shape>"
 combinations of ``all_classnames()`` (blocks 0-7 of the Latin-square order; this includes the
@@ -122,20 +128,20 @@ def encode_texts(model, tokenizer, texts: list[str]) -> torch.Tensor:
 def make_pool(seed: int, n: int, seen: list[str]) -> tuple[np.ndarray, list[dict]]:
     """``n`` pretraining images (n, 32, 32, 3) uint8 and one meta dict each (for captions).
 
-    Image ``i`` shows the combination ``seen[i % len(seen)]``; style, size, noise, distractors and
-    clutter are random.
+    Image ``i`` shows the combination ``seen[i % C]`` (``C = len(seen)``) in style
+    ``STYLES[(i // C) % 5]``; size, position, noise, distractors and clutter are random.
     """
     images = np.empty((n, 32, 32, 3), np.uint8)
     metas = []
     rng = np.random.default_rng([seed, 3, 0])
     for i in tqdm(range(n), desc="pool", mininterval=5):
-        name = seen[i % len(seen)]  # balanced: image i shows combination i mod len(seen)
+        name = seen[i % len(seen)]  # image i: combination i mod C, style (i // C) mod 5
         colour, shape = name.split(" ")
-        style = STYLES[int(rng.choice(len(STYLES), p=STYLE_PROBS))]
-        nd = int(rng.choice(3, p=(0.55, 0.3, 0.15)))
-        noise = float(rng.uniform(0.0, 0.08))
+        style = STYLES[(i // len(seen)) % len(STYLES)]
+        nd = int(rng.choice(3, p=(0.7, 0.25, 0.05)))
+        noise = float(rng.uniform(0.0, 0.05))
         img, meta = render_image(colour, shape, style, rng, noise=noise, distractors=nd, distractor_pool=seen,
-                                 clutter=float(rng.uniform(0.0, 1.0)), scale=(0.45, 1.0), return_meta=True)
+                                 clutter=float(rng.uniform(0.0, 0.5)), scale=(0.6, 1.0), return_meta=True)
         images[i] = img
         meta.update(colour=colour, shape=shape, style=style, noise=noise)
         metas.append(meta)
@@ -219,10 +225,12 @@ def pretrain(steps: int, batch: int, seed: int, pool: int, lr: float, out: Path)
     t1 = time.time()
     bar = tqdm(range(steps), desc="pretrain", mininterval=10)
     for step in bar:
-        # one image per combination (a random subset of them when batch < #combinations): every
-        # batch holds same-colour / same-shape hard negatives and no duplicate main objects
+        # one style per batch and one image per combination (a random subset of them when
+        # batch < #combinations): neither the style word nor the colour alone can tell the
+        # captions of a batch apart, so the towers must learn shapes (same-colour hard negatives)
+        style = int(rng.choice(len(STYLES), p=STYLE_PROBS))
         combos = rng.choice(n_combos, batch, replace=batch > n_combos)
-        idx = combos + n_combos * rng.integers(0, pool // n_combos, batch)
+        idx = combos + n_combos * (style + len(STYLES) * rng.integers(0, pool // (n_combos * len(STYLES)), batch))
         x = augment(to_tensor(images[idx]), gen)
         toks = tokenizer([caption(metas[i], rng) for i in idx])
         img_f = model.encode_image(x, normalize=True)
@@ -344,11 +352,11 @@ def evaluate(weights: Path, shots: int = 16, coop_steps: int = 200, **overrides)
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=1800)
     ap.add_argument("--batch", type=int, default=80, help="default: one image per seen combination")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pool", type=int, default=24000, help="number of generated pretraining images")
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--output", type=Path, default=DEFAULT_WEIGHTS)
     ap.add_argument("--eval-only", action="store_true", help="only measure the weights at --output")
