@@ -409,7 +409,8 @@ def load_clip(
     weights = (weights or "").strip()
     if weights.lower() == "none":
         qg = _config_quick_gelu(name) if quick_gelu is None else quick_gelu
-        model = build_clip(name, quick_gelu=qg)
+        # a fixed seed: every process (server, clients, Flower nodes) builds the same random CLIP
+        model = build_clip(name, quick_gelu=qg, seed=0)
         logger.warning(
             "CLIP %s has RANDOM weights (weights='none'): its features are meaningless and every result "
             "is meaningless except for tests.",
