@@ -70,7 +70,7 @@ def str2bool(value: str | bool) -> bool:
 
 
 ENGINES = ("inprocess", "flower-sim")
-BOOL_FLAGS = ("--eval-only", "--eval_only", "--resume")
+BOOL_FLAGS = ("--eval-only", "--eval_only", "--resume", "--reference-mode", "--reference_mode")
 _BOOL_WORDS = ("1", "true", "t", "yes", "y", "on", "0", "false", "f", "no", "n", "off")
 
 
@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     flag("model_dir", help="output dir of a finished run, for --eval-only")
     p.add_argument("--resume", type=str2bool, default=False,
                    help="continue the run in --output-dir from its last finished round")
+    p.add_argument("--reference-mode", "--reference_mode", dest="reference_mode", type=str2bool, default=None,
+                   help="run the published way (no feature cache, clients one after another, fp32): "
+                        "FED.REFERENCE_MODE, for speed measurements and as the correctness baseline")
     p.add_argument("--engine", choices=ENGINES, default="inprocess",
                    help="inprocess (default) or flower-sim: the same run through Flower's simulation "
                         "(pip install -r requirements-flower.txt; see docs/FLOWER_USAGE.md)")
@@ -152,6 +155,8 @@ def build_cfg(args: argparse.Namespace):
         value = getattr(args, name, None)
         if value is not None:
             merge_list(cfg, [key, str(value)], source=f"--{name.replace('_', '-')}")
+    if args.reference_mode is not None:
+        merge_list(cfg, ["FED.REFERENCE_MODE", str(bool(args.reference_mode))], source="--reference-mode")
     merge_list(cfg, list(args.opts or []))
     native = bundled_input_size(cfg.MODEL.BACKBONE.NAME)
     if native is not None and tuple(cfg.INPUT.SIZE) != (native, native):

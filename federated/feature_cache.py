@@ -6,6 +6,9 @@ the image and its augmentation. Training images are therefore encoded as ``V`` a
 ``.npy`` files (memory-mapped when read) under ``FED.CACHE_DIR`` (default ``$FEDTV_CACHE`` or
 ``~/.cache/fedtv``), keyed by everything they depend on: the items (ids and labels), the backbone and
 its weights, the transform, the number of views and the cache seed. Any change gives a new key.
+Evaluation sets are cached the same way (one view, test transform: ``EvalFeatureCache``), so later
+runs reuse them too. A file that is unreadable (truncated), has the wrong shape, or whose probed rows
+no longer match the encoder (weights replaced at the same path) is rebuilt (``DiskFeatureCache.check``).
 
 Trade-off (documented for comparisons with the published code): the published implementations draw
 a fresh augmentation at every step; the cache draws from ``V`` fixed views per image. With
@@ -48,7 +51,20 @@ def _atomic_save(path: str, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def _view_seed(seed: int, i: int, v: int) -> int:
+    return (seed * 1_000_003 + i * 9_176 + v * 7_919) & 0x7FFFFFFF
+
+
 @torch.inference_mode()
+def encode_pairs(trainer, wrapper: DatasetWrapper, pairs: list[tuple[int, int]], seed: int) -> np.ndarray:
+    """Features ``(len(pairs), *F)`` (float32) of view ``v`` of item ``i`` for each ``(i, v)`` in ``pairs``."""
+    images = []
+    for i, v in pairs:
+        torch.manual_seed(_view_seed(seed, i, v))
+        images.append(wrapper[i]["img"])
+    return trainer.encode_images(torch.stack(images).to(trainer.device)).float().cpu().numpy()
+
+
 def encode_views(trainer, items, transform, views: int, seed: int, batch_size: int = 128,
                  show_progress: bool = True) -> np.ndarray:
     """Features ``(N, V, *F)`` (float16) of ``V`` augmented views of every item (``F`` = the trainer's
@@ -64,11 +80,7 @@ def encode_views(trainer, items, transform, views: int, seed: int, batch_size: i
     bar = tqdm(total=total, desc="caching image features", disable=not show_progress, leave=False)
     for start in range(0, total, batch_size):
         chunk = order[start : start + batch_size]
-        images = []
-        for i, v in chunk:
-            torch.manual_seed((seed * 1_000_003 + i * 9_176 + v * 7_919) & 0x7FFFFFFF)
-            images.append(wrapper[i]["img"])
-        feats = trainer.encode_images(torch.stack(images).to(trainer.device)).float().cpu().numpy()
+        feats = encode_pairs(trainer, wrapper, chunk, seed)
         if out is None:
             out = np.zeros((len(items), views, *feats.shape[1:]), dtype=np.float16)
         for (i, v), f in zip(chunk, feats, strict=True):
@@ -78,13 +90,27 @@ def encode_views(trainer, items, transform, views: int, seed: int, batch_size: i
     return out
 
 
-class TrainFeatureCache:
-    """On-disk cache of augmented training-view features for one set of items."""
+#: Largest relative difference ``||cached - fresh|| / ||fresh||`` accepted for a probed row: fp16
+#: storage and bf16 autocast stay far below it; other weights or another transform are far above.
+PROBE_TOLERANCE = 2e-2
 
-    def __init__(self, cfg, trainer, items, transform):
+
+class DiskFeatureCache:
+    """Features ``(N, V, *F)`` of ``items`` on disk under ``FED.CACHE_DIR``, memory-mapped when read.
+
+    A file that cannot be read (truncated, corrupt), has the wrong shape or dtype, or whose probed
+    rows (first and last item, recomputed now) differ from fresh features -- e.g. weights replaced in
+    place at the same path -- is reported and rebuilt. ``prefix`` names the kind of set ("train",
+    "test"); ``views`` 1 with a deterministic transform gives the evaluation features.
+    """
+
+    def __init__(self, cfg, trainer, items, transform, views: int, prefix: str):
         self.items = list(items)
-        self.views = max(int(cfg.FED.CACHE_VIEWS), 1)
+        if not self.items:
+            raise ValueError(f"no items to cache ({prefix} features)")
+        self.views = max(int(views), 1)
         self.seed = int(cfg.FED.CACHE_SEED)
+        self.trainer, self.transform = trainer, transform
         directory = cfg.FED.CACHE_DIR or default_cache_dir()
         os.makedirs(directory, exist_ok=True)
         clip = trainer.model.clip
@@ -93,15 +119,47 @@ class TrainFeatureCache:
         kind = getattr(trainer, "image_feature_kind", "")
         backbone = f"{clip.name}|{kind}" if kind else clip.name
         key = cache_key(self.items, backbone, clip.weights_source, transform, self.views, self.seed)
-        self.path = os.path.join(directory, f"train-{key}.npy")
-        if os.path.isfile(self.path):
+        self.path = os.path.join(directory, f"{prefix}-{key}.npy")
+        problem = self.check() if os.path.isfile(self.path) else "absent"
+        if problem is None:
             logger.info("image features from cache %s", self.path)
         else:
+            if problem != "absent":
+                logger.warning("feature cache %s is unusable (%s): rebuilding it", self.path, problem)
             array = encode_views(trainer, self.items, transform, self.views, self.seed,
                                  show_progress=bool(cfg.FED.SHOW_PROGRESS))
             _atomic_save(self.path, array)
             logger.info("cached %d x %d image features in %s", len(self.items), self.views, self.path)
         self.features = np.load(self.path, mmap_mode="r")
+
+    def check(self) -> str | None:
+        """``None`` when the file on disk is usable, else what is wrong with it."""
+        try:
+            array = np.load(self.path, mmap_mode="r")
+        except (ValueError, OSError, EOFError) as err:
+            return f"unreadable: {err}"
+        if array.dtype != np.float16 or array.ndim < 3 or array.shape[:2] != (len(self.items), self.views):
+            return f"shape {array.shape} {array.dtype}, expected ({len(self.items)}, {self.views}, ...) float16"
+        wrapper = DatasetWrapper(self.items, self.transform)
+        pairs = [(0, 0), (len(self.items) - 1, self.views - 1)]
+        fresh = encode_pairs(self.trainer, wrapper, pairs, self.seed)
+        if fresh.shape[1:] != array.shape[2:]:
+            return f"feature shape {array.shape[2:]}, the encoder gives {fresh.shape[1:]}"
+        for (i, v), f in zip(pairs, fresh, strict=True):
+            cached = np.asarray(array[i, v], dtype=np.float32)
+            if not np.all(np.isfinite(cached)):
+                return f"non-finite features at item {i} view {v}"
+            error = float(np.linalg.norm(cached - f) / max(np.linalg.norm(f), 1e-12))
+            if error > PROBE_TOLERANCE:
+                return f"stale: item {i} view {v} differs from fresh features by {error:.3g} (relative)"
+        return None
+
+
+class TrainFeatureCache(DiskFeatureCache):
+    """On-disk cache of ``FED.CACHE_VIEWS`` augmented training views of each item."""
+
+    def __init__(self, cfg, trainer, items, transform):
+        super().__init__(cfg, trainer, items, transform, views=int(cfg.FED.CACHE_VIEWS), prefix="train")
         self.index = {id(item): n for n, item in enumerate(self.items)}
 
     def loader(self, items, batch_size: int, generator: torch.Generator) -> CachedFeatureLoader:
@@ -109,6 +167,18 @@ class TrainFeatureCache:
         rows = np.array([self.index[id(item)] for item in items], dtype=np.int64)
         labels = torch.tensor([item.label for item in items], dtype=torch.long)
         return CachedFeatureLoader(self.features, rows, labels, batch_size, generator)
+
+
+class EvalFeatureCache(DiskFeatureCache):
+    """On-disk cache of the features of an evaluation set: one view of each item with the test transform."""
+
+    def __init__(self, cfg, trainer, items, transform):
+        super().__init__(cfg, trainer, items, transform, views=1, prefix="test")
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features ``(N, *F)`` float32 and labels ``(N,)`` in item order."""
+        feats = torch.from_numpy(np.asarray(self.features[:, 0], dtype=np.float32))
+        return feats, torch.tensor([item.label for item in self.items], dtype=torch.long)
 
 
 class CachedFeatureLoader:

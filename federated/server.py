@@ -20,9 +20,10 @@ from tqdm import tqdm
 
 from dassl.data import build_data_loader, build_transform
 from dassl.engine import NonFiniteLossError
+from federated.batched import BatchedClients, batching_support
 from federated.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, set_rng_state
 from federated.data import FederatedData
-from federated.feature_cache import TrainFeatureCache
+from federated.feature_cache import EvalFeatureCache, TrainFeatureCache
 from federated.results import ResultsWriter, format_table, harmonic_mean
 from trainers.base import ClassSpaceError, state_nbytes
 from utils.plots import plot_accuracy
@@ -64,10 +65,20 @@ class FederatedServer:
         self.show_progress = bool(cfg.FED.SHOW_PROGRESS)
         self._test_loaders: dict[str, object] = {}
         self.feature_cache = None
-        if cfg.FED.FEATURE_CACHE and trainer.image_features_cacheable and trainer.trainable_parameters():
+        reference = bool(cfg.FED.REFERENCE_MODE)
+        # evaluation features on disk as well (later runs reuse them); never in reference mode
+        self.eval_disk_cache = bool(cfg.FED.FEATURE_CACHE) and trainer.image_features_cacheable and not reference
+        if self.eval_disk_cache and trainer.trainable_parameters():
             union = list({id(item): item for client in data.train for item in client}.values())
             if union:
                 self.feature_cache = TrainFeatureCache(cfg, trainer, union, self.tfm_train)
+        self.batched = None
+        if cfg.FED.BATCH_CLIENTS and not reference:
+            reason = batching_support(trainer) or (None if self.feature_cache else "no training feature cache")
+            if reason:
+                logger.warning("FED.BATCH_CLIENTS: clients are trained one after another: %s", reason)
+            else:
+                self.batched = BatchedClients(trainer)
 
     # ------------------------------------------------------------------ data
     def train_loader(self, cid: int, round_idx: int):
@@ -78,6 +89,9 @@ class FederatedServer:
                                  is_train=True, transform=self.tfm_train, generator=generator)
 
     def test_loader(self, key: str, items):
+        if self.eval_disk_cache and items and not self.trainer.has_cached_features(key):
+            self.trainer.set_cached_features(key, *EvalFeatureCache(self.cfg, self.trainer, items,
+                                                                    self.tfm_test).tensors())
         if key not in self._test_loaders:
             self._test_loaders[key] = build_data_loader(self.cfg, items, self.cfg.DATALOADER.TEST.BATCH_SIZE,
                                                         is_train=False, transform=self.tfm_test)
@@ -223,17 +237,18 @@ class FederatedServer:
             uploads, sizes, losses, accs = [], [], [], []
             down = state_nbytes(global_state)
             if t.trainable_parameters():
-                for cid in tqdm(clients, desc=f"round {r + 1} clients", leave=False, disable=not self.show_progress):
-                    try:
-                        summary = self.train_client(cid, r, {**client_global.get(cid, global_state), **personal[cid]})
-                    except NonFiniteLossError as err:
-                        writer.close()
-                        raise TrainingDiverged(
-                            f"client {cid} in round {r + 1}: {err}. The last good checkpoint "
-                            f"({self.checkpoint_path}, after round {r}) is kept; lower OPTIM.LR or use PREC fp32"
-                        ) from None
-                    uploads.append(t.get_state(shared_keys))
-                    personal[cid] = t.get_state(personal_keys)
+                starts = {cid: {**client_global.get(cid, global_state), **personal[cid]} for cid in clients}
+                try:
+                    trained = self.train_round(r, starts)
+                except NonFiniteLossError as err:
+                    writer.close()
+                    raise TrainingDiverged(
+                        f"client {err.context.get('client', '?')} in round {r + 1}: {err}. The last good checkpoint "
+                        f"({self.checkpoint_path}, after round {r}) is kept; lower OPTIM.LR or use PREC fp32"
+                    ) from None
+                for cid, summary, state in trained:
+                    uploads.append({k: state[k] for k in shared_keys})
+                    personal[cid] = {k: state[k] for k in personal_keys}
                     sizes.append(len(self.data.train[cid]))
                     losses.append(summary.get("loss", float("nan")))
                     accs.append(summary.get("acc", float("nan")))
@@ -259,6 +274,25 @@ class FederatedServer:
                             _pct(record.get("base")), _pct(record.get("novel")), _pct(record.get("hm")),
                             record["seconds"])
         return self.finish(writer)
+
+    def train_round(self, round_idx: int, starts: dict[int, dict]) -> list[tuple[int, dict, dict]]:
+        """Train the round's clients (``starts``: client id -> its downloaded shared + personal tensors),
+        together (``FED.BATCH_CLIENTS``, ``federated/batched.py``) or one after another; returns
+        ``(client id, summary, trained state of every trainable tensor)`` per client, in order."""
+        t = self.trainer
+        if self.batched is None:
+            out = []
+            for cid, state in tqdm(starts.items(), desc=f"round {round_idx + 1} clients", leave=False,
+                                   disable=not self.show_progress):
+                summary = self.train_client(cid, round_idx, state)
+                out.append((cid, summary, t.get_state(t.shared_keys() + t.personal_keys())))
+            return out
+        cids = list(starts)
+        seed_everything(derive_seed(self.seed, round_idx, 0))
+        trained = self.batched.train([starts[c] for c in cids], [self.train_loader(c, round_idx) for c in cids],
+                                     int(self.cfg.OPTIM.MAX_EPOCH),
+                                     [{"client": c, "round": round_idx + 1} for c in cids])
+        return [(cid, summary, state) for cid, (summary, state) in zip(cids, trained, strict=True)]
 
     def train_client(self, cid: int, round_idx: int, state: dict) -> dict[str, float]:
         """Client ``cid``'s local training in round ``round_idx`` (0-based) from ``state`` (its downloaded

@@ -85,9 +85,14 @@ class FederatedTrainer(TrainerX):
         return self.cfg.TRAINER[self.CFG_NODE]
 
     @property
+    def reference_mode(self) -> bool:
+        """``FED.REFERENCE_MODE``: the published way of running (fp32, no cached image features)."""
+        return bool(self.cfg.get("FED", {}).get("REFERENCE_MODE", False))
+
+    @property
     def precision(self) -> str:
         prec = str(self.tcfg.get("PREC", "fp32")) if self.CFG_NODE else "fp32"
-        return prec if self.device.type == "cuda" else "fp32"
+        return prec if self.device.type == "cuda" and not self.reference_mode else "fp32"
 
     def autocast(self):
         """Autocast context for mixed precision on CUDA (``PREC`` fp16 / bf16); a no-op on CPU / fp32."""
@@ -211,6 +216,16 @@ class FederatedTrainer(TrainerX):
         self.lab2cname = dict(enumerate(self.classnames))
         self.evaluator._lab2cname = self.lab2cname
 
+    def set_cached_features(self, key: str, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Provide the image features ``(N, *F)`` and labels ``(N,)`` of evaluation set ``key`` (e.g. read
+        from the on-disk cache, ``federated.feature_cache.EvalFeatureCache``); moved to the device."""
+        if features.shape[0] != labels.shape[0]:
+            raise ValueError(f"{features.shape[0]} features for {labels.shape[0]} labels in set '{key}'")
+        self._feature_cache[key] = (features.to(self.device), labels.to(self.device))
+
+    def has_cached_features(self, key: str) -> bool:
+        return key in self._feature_cache
+
     @torch.inference_mode()
     def cached_features(self, key: str, loader) -> tuple[torch.Tensor, torch.Tensor]:
         """Image features ``(N, D)`` and labels ``(N,)`` of an evaluation set, computed once per ``key``."""
@@ -228,13 +243,13 @@ class FederatedTrainer(TrainerX):
         """Accuracy, error rate and macro-F1 (percent) on ``loader`` with the current state.
 
         With ``key`` and ``image_features_cacheable``, the frozen image features are computed once
-        and reused by later calls with the same key (every client, every round).
+        and reused by later calls with the same key (every client, every round); not in reference mode.
         """
         self.set_model_mode("test")
         self.evaluator.reset()
         with self.autocast():
             context = self.model.eval_context()
-            if key is not None and self.image_features_cacheable:
+            if key is not None and self.image_features_cacheable and not self.reference_mode:
                 feats, labels = self.cached_features(key, loader)
                 for start in range(0, len(labels), 1024):
                     logits = self.model.logits(feats[start : start + 1024], context)
@@ -255,7 +270,7 @@ class FederatedTrainer(TrainerX):
         text = handcrafted_text_features(clip, classnames, template)
         scale = clip.model.logit_scale.exp().float()
         self.evaluator.reset()
-        if key is not None and self.image_features_cacheable:
+        if key is not None and self.image_features_cacheable and not self.reference_mode:
             feats, labels = self.cached_features(key, loader)
             feats = self.pooled_image_features(feats)
             self.evaluator.process(scale * F.normalize(feats, dim=-1) @ text.t(), labels)
