@@ -34,8 +34,27 @@ def default_cache_dir() -> str:
                         "features")
 
 
+_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
+
+
+def weights_fingerprint(weights_source: str) -> str:
+    """What identifies the CLIP weights: the content hash of a weights file (so replacing the file at the
+    same path invalidates the cache; computed once per process), else the tag / "random" itself."""
+    if not os.path.isfile(weights_source):
+        return weights_source
+    stat = os.stat(weights_source)
+    id_ = (os.path.abspath(weights_source), stat.st_size, stat.st_mtime_ns)
+    if id_ not in _FINGERPRINTS:
+        h = hashlib.sha256()
+        with open(weights_source, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        _FINGERPRINTS[id_] = f"sha256:{h.hexdigest()}"
+    return _FINGERPRINTS[id_]
+
+
 def cache_key(items, backbone: str, weights: str, transform, views: int, seed: int) -> str:
-    """A hash of everything the features depend on."""
+    """A hash of everything the features depend on (``weights``: see ``weights_fingerprint``)."""
     h = hashlib.sha256()
     for text in (backbone, weights, repr(transform), str(views), str(seed), str(len(items))):
         h.update(text.encode())
@@ -118,7 +137,8 @@ class DiskFeatureCache:
         # tokens) name it in ``image_feature_kind``; it is part of the key.
         kind = getattr(trainer, "image_feature_kind", "")
         backbone = f"{clip.name}|{kind}" if kind else clip.name
-        key = cache_key(self.items, backbone, clip.weights_source, transform, self.views, self.seed)
+        key = cache_key(self.items, backbone, weights_fingerprint(clip.weights_source), transform, self.views,
+                        self.seed)
         self.path = os.path.join(directory, f"{prefix}-{key}.npy")
         problem = self.check() if os.path.isfile(self.path) else "absent"
         if problem is None:
