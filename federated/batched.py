@@ -166,9 +166,9 @@ class MaskedOptimizer:
         if self.name == "amsgrad":
             max_sq = state.setdefault("max_exp_avg_sq", torch.zeros_like(p))
             state["max_exp_avg_sq_new"] = second = torch.maximum(max_sq, second)
-        steps = self._rows(self.steps.clamp(min=1), p)
-        step_size = lr / (1.0 - beta1 ** steps)
-        denom = second.sqrt() / (1.0 - beta2 ** steps).sqrt() + self.eps
+        steps = self._rows(self.steps.clamp(min=1).double(), p)  # bias corrections in float64, as torch's
+        step_size = (lr / (1.0 - beta1 ** steps)).to(p.dtype)
+        denom = second.sqrt() / (1.0 - beta2 ** steps).sqrt().to(p.dtype) + self.eps
         return p - step_size * exp_avg_new / denom
 
 

@@ -223,6 +223,11 @@ class FederatedServer:
         writer.results["params"] = {"shared": sum(params[k].numel() for k in shared_keys),
                                     "personal": sum(params[k].numel() for k in personal_keys),
                                     "total": sum(p.numel() for p in params.values())}
+        # how the run was executed (speed mechanisms; results agree up to the documented tolerances)
+        writer.results["execution"] = {"reference_mode": bool(self.cfg.FED.REFERENCE_MODE),
+                                       "feature_cache": self.feature_cache is not None,
+                                       "batched_clients": self.batched is not None,
+                                       "precision": t.precision}
         if start_round == 0 and self.cfg.FED.ZS_REFERENCE:
             writer.set_zero_shot(self.evaluate_zero_shot())
             logger.info("zero-shot CLIP: %s", writer.results["zero_shot"])
