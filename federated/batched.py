@@ -280,7 +280,8 @@ class BatchedClients:
         """Both passes of one step for the ``active`` clients; returns their losses (scalars)."""
         t = self.trainer
         inputs = {j: (batches[j]["feat"].to(t.device), batches[j]["label"].to(t.device)) for j in active}
-        params = {j: {f"model.{n}": stacked[n][j] for n in self.names} for j in active}
+        rows = {n: stacked[n].unbind(0) for n in self.names}  # one backward node per tensor, not one per client
+        params = {j: {f"model.{n}": rows[n][j] for n in self.names} for j in active}
         results, recorded = {}, {}
         proxy.mode = "record"
         with t.autocast():
