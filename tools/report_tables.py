@@ -1,0 +1,268 @@
+"""The papers' table layouts, built from runs (``tools/report_data.py``), as :class:`Block` s.
+
+A table kind (``TABLES``) turns the runs into blocks, one per dataset (or per dataset and method),
+each a grid of :class:`Cell` s with row and column labels in the paper's layout. Every cell also
+names where the published value of the same number lies (``ref``: a path into
+``tools/published/*.json``) so that the report can put ours and the paper's side by side.
+
+Conventions (as the papers): HM = 2BN/(B+N) from the seed-averaged Base and Novel (the per-seed HM
+averaged over seeds is the column ``HM/seed``); an average over datasets averages the per-dataset
+seed means; leave-one-domain-out detail (Table 4): mean +- std over the clients (source domains).
+"""
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from federated.results import harmonic_mean
+from tools.report_data import Cell, RunRecord, cell_of, derived, ordered, select
+
+B2N_COLUMNS = ["Local", "Base", "Novel", "HM", "HM/seed"]
+
+
+@dataclass
+class Block:
+    """One grid: ``cells[i][j]`` for ``rows[i]`` x ``columns[j]``; ``refs[i][j]``: published-value path."""
+
+    title: str
+    row_header: str
+    rows: list[str]
+    columns: list[str]
+    cells: list[list[Cell | str]]
+    refs: list[list[tuple | None]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _final(metric: str) -> Callable[[RunRecord], float | None]:
+    return lambda r: r.final(metric)
+
+
+def _per_seed_hm(r: RunRecord) -> float | None:
+    return harmonic_mean(r.final("base"), r.final("novel"))
+
+
+def _b2n_cells(runs: list[RunRecord]) -> list[Cell]:
+    local, base, novel = (cell_of(runs, _final(m)) for m in ("local", "base", "novel"))
+    return [local, base, novel, derived(harmonic_mean(base.mean, novel.mean), [base, novel]),
+            cell_of(runs, _per_seed_hm)]
+
+
+def base_to_novel(runs: list[RunRecord], row: str = "method", table: str = "base2novel") -> list[Block]:
+    """Table 1 layout: per dataset, rows = methods (or variants), Local / Base / Novel / HM; then the
+    average over datasets (each row's per-dataset means averaged; HM from the averaged Base and Novel)."""
+    datasets, labels = ordered(runs, "dataset"), ordered(runs, row)
+    blocks = []
+    per: dict[tuple[str, str], list[Cell]] = {}
+    for ds in datasets:
+        cells, refs = [], []
+        for label in labels:
+            per[ds, label] = _b2n_cells(select(runs, dataset=ds, **{row: label}))
+            cells.append(per[ds, label])
+            refs.append([(table, ds, label, m) for m in ("local", "base", "novel", "hm")] + [None])
+        blocks.append(Block(f"{ds}", row, labels, B2N_COLUMNS, cells, refs))
+    if len(datasets) > 1:
+        cells, refs = [], []
+        for label in labels:
+            parts = [per[ds, label] for ds in datasets]
+            means = []
+            for j in range(3):
+                vals = [p[j].mean for p in parts]
+                means.append(derived(None if None in vals else statistics.fmean(vals), [p[j] for p in parts]))
+            hm = derived(harmonic_mean(means[1].mean, means[2].mean), [p[j] for p in parts for j in (1, 2)])
+            hms = [p[4].mean for p in parts]
+            mean_hm = derived(None if None in hms else statistics.fmean(hms), [p[4] for p in parts])
+            cells.append([*means, hm, mean_hm])
+            refs.append([(table, "average", label, m) for m in ("local", "base", "novel", "hm")] + [None])
+        blocks.append(Block(f"Average over {len(datasets)} datasets", row, labels, B2N_COLUMNS, cells, refs,
+                            ["HM: from the averaged Base and Novel; HM/seed: the mean of the datasets' per-seed HM"]))
+    for b in blocks:
+        b.notes.append("mean ± sample std over seeds; (k/n): only k of n runs finished; HM/seed: per-seed HM averaged")
+    return blocks
+
+
+def leave_one_domain_out(runs: list[RunRecord]) -> list[Block]:
+    """Table 2: per dataset, rows = methods, columns = held-out domains + Avg (Local = mean over clients);
+    Table 4: per dataset and method, rows = held-out domain, columns = the clients' (source) domains."""
+    blocks = []
+    for ds in ordered(runs, "dataset"):
+        dsruns = select(runs, dataset=ds)
+        domains, methods = ordered(dsruns, "domain"), ordered(dsruns, "method")
+        cells, refs = [], []
+        for m in methods:
+            row = [cell_of(select(dsruns, method=m, domain=d), _final("local")) for d in domains]
+            vals = [c.mean for c in row]
+            row.append(derived(None if None in vals else statistics.fmean(vals), row))
+            cells.append(row)
+            refs.append([("lodo", ds, m, d) for d in domains] + [("lodo", ds, m, "avg")])
+        blocks.append(Block(f"{ds}: accuracy on the held-out domain (Table 2)", "method", methods, [*domains, "Avg"],
+                            cells, refs, ["mean ± sample std over seeds of the mean over clients"]))
+        for m in methods:
+            cells, refs = [], []
+            for target in domains:
+                chosen = select(dsruns, method=m, domain=target)
+                row: list[Cell | str] = []
+                for src in domains:
+                    row.append("—" if src == target else cell_of(
+                        chosen, lambda r, s=src: (r.last_evaluated().get("local_per_domain") or {}).get(s)))
+                means = [c.mean for c in row if isinstance(c, Cell) and c.mean is not None]
+                n_src = sum(isinstance(c, Cell) for c in row)
+                avg = Cell(means, n_src) if means else Cell([], n_src)
+                row.append(avg)
+                cells.append(row)
+                refs.append([("lodo_detail", ds, m, target, s) for s in domains] + [("lodo", ds, m, target)])
+            blocks.append(Block(f"{ds}, {m}: each client (source domain) on the held-out domain (Table 4)",
+                                "held-out", domains, [*domains, "Avg"], cells, refs,
+                                ["Avg: mean ± sample std over the clients"]))
+    return blocks
+
+
+def per_dataset(runs: list[RunRecord], row: str, table: str, title: str, metric: str = "local") -> list[Block]:
+    """One block: rows = ``row`` values, columns = datasets, cells = ``final[metric]`` mean ± std over seeds."""
+    datasets, labels = ordered(runs, "dataset"), ordered(runs, row)
+    cells = [[cell_of(select(runs, dataset=ds, **{row: lab}), _final(metric)) for ds in datasets] for lab in labels]
+    refs = [[(table, ds, lab) for ds in datasets] for lab in labels]
+    return [Block(title, row, labels, datasets, cells, refs, ["mean ± sample std over seeds"])]
+
+
+def fedpgp_ablation(runs: list[RunRecord]) -> list[Block]:
+    """Table 6 (Local / Base / Novel / HM of the variants) and Table 7 (Local per dataset)."""
+    t6 = base_to_novel(runs, row="variant", table="fedpgp_ablation")
+    t7 = per_dataset(runs, "variant", "fedpgp_negative", "Table 7: Local accuracy per dataset")
+    for b in t6:
+        b.title = f"Table 6, {b.title}"
+    return t6 + t7
+
+
+def rank_shots(runs: list[RunRecord]) -> list[Block]:
+    """Table 11: per dataset, rows = rank, columns = shots, Local accuracy."""
+    blocks = []
+    for ds in ordered(runs, "dataset"):
+        dsruns = select(runs, dataset=ds)
+        ranks, shots = ordered(dsruns, "rank"), ordered(dsruns, "shots")
+        cells = [[cell_of(select(dsruns, rank=r, shots=s), _final("local")) for s in shots] for r in ranks]
+        refs = [[("rank_shots", ds, r, s) for s in shots] for r in ranks]
+        blocks.append(Block(f"{ds}: Local accuracy, rank (rows) x shots (columns)", "rank", ranks,
+                            [f"{s} shots" for s in shots], cells, refs, ["mean ± sample std over seeds"]))
+    return blocks
+
+
+def flora(runs: list[RunRecord]) -> list[Block]:
+    """FLoRA: one block per client split (IID, non-IID), rows = methods, columns = datasets + Avg."""
+    blocks = []
+    for part in ordered(runs, "partition"):
+        b = per_dataset(select(runs, partition=part), "method", "flora", f"{part}: Local accuracy")[0]
+        for row, refs in zip(b.cells, b.refs, strict=True):
+            vals = [c.mean for c in row]
+            parts = list(row)
+            row.append(derived(None if None in vals else statistics.fmean(vals), parts))
+            refs[:] = [(*r, part) for r in refs] + [None]
+        b.columns = [*b.columns, "Avg"]
+        blocks.append(b)
+    return blocks
+
+
+def _bytes(n: float | None) -> str:
+    if n is None:
+        return "missing"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def run_bytes(r: RunRecord) -> float:
+    """Bytes communicated over the whole run: every round, every sampled client, up and down."""
+    return float(sum(len(x.get("clients") or []) * ((x.get("bytes_up_per_client") or 0)
+                                                    + (x.get("bytes_down_per_client") or 0))
+                     for x in r.results["rounds"]))
+
+
+def training_seconds(r: RunRecord) -> float | None:
+    """Median seconds of the rounds that did not evaluate (all rounds when every round evaluated)."""
+    rounds = r.results["rounds"]
+    plain = [x["seconds"] for x in rounds if x.get("local") is None] or [x["seconds"] for x in rounds]
+    return statistics.median(plain) if plain else None
+
+
+def _first(runs: list[RunRecord], fn) -> float | None:
+    vals = [fn(r) for r in runs if r.finished]
+    vals = [v for v in vals if v is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def cost(runs: list[RunRecord], reference: str = "FedFFT") -> list[Block]:
+    """FLoRA's cost table: parameters, bytes, seconds per training round, peak memory, ratios to FedFFT."""
+    blocks = []
+    columns = ["shared params", "personal params", "up/client/round", "s/round", "peak memory", "faster x",
+               "less memory x", "Local"]
+    for ds in ordered(runs, "dataset"):
+        dsruns = select(runs, dataset=ds)
+        methods = ordered(dsruns, "method")
+        stats = {}
+        for m in methods:
+            mr = select(dsruns, method=m)
+            stats[m] = {"secs": _first(mr, training_seconds),
+                        "mem": _first(mr, lambda r: (r.info or {}).get("peak_memory_bytes")),
+                        "shared": _first(mr, lambda r: r.results["params"]["shared"]),
+                        "personal": _first(mr, lambda r: r.results["params"]["personal"]),
+                        "up": _first(mr, lambda r: r.results["rounds"][0]["bytes_up_per_client"]),
+                        "local": cell_of(mr, _final("local"))}
+        ref = stats.get(reference, {})
+        cells = []
+        for m in methods:
+            s = stats[m]
+            faster = (f"{ref['secs'] / s['secs']:.2f}" if ref.get("secs") and s["secs"] else "-")
+            less = (f"{ref['mem'] / s['mem']:.2f}" if ref.get("mem") and s["mem"] else "-")
+            cells.append([_num(s["shared"]), _num(s["personal"]), _bytes(s["up"]),
+                          "missing" if s["secs"] is None else f"{s['secs']:.3f}",
+                          "missing" if s["mem"] is None else _bytes(s["mem"]), faster, less, s["local"]])
+        kinds = {(r.info or {}).get("memory_kind") for r in dsruns if r.info}
+        blocks.append(Block(f"{ds}: cost per client-round", "method", methods, columns, cells,
+                            [[None] * len(columns) for _ in methods],
+                            [f"ratios: {reference} / method (> 1: cheaper than {reference}); "
+                             f"peak memory: {', '.join(sorted(k for k in kinds if k)) or 'not recorded'}"]))
+    return blocks
+
+
+def _num(x: float | None) -> str:
+    return "missing" if x is None else f"{x:,.0f}"
+
+
+def communication(runs: list[RunRecord], reference: str = "FLoRA") -> list[Block]:
+    """CE-LoRA's communication table: what each method sends and the accuracy it reaches."""
+    blocks = []
+    columns = ["shared params", "up/client/round", "down/client/round", "total (run)", f"less than {reference} x",
+               "Local"]
+    for ds in ordered(runs, "dataset"):
+        dsruns = select(runs, dataset=ds)
+        methods = ordered(dsruns, "method")
+        totals = {m: _first(select(dsruns, method=m), run_bytes) for m in methods}
+        cells = []
+        for m in methods:
+            mr = select(dsruns, method=m)
+            ref = totals.get(reference)
+            cells.append([_num(_first(mr, lambda r: r.results["params"]["shared"])),
+                          _bytes(_first(mr, lambda r: r.results["rounds"][0]["bytes_up_per_client"])),
+                          _bytes(_first(mr, lambda r: r.results["rounds"][0]["bytes_down_per_client"])),
+                          _bytes(totals[m]), f"{ref / totals[m]:.1f}" if ref and totals[m] else "-",
+                          cell_of(mr, _final("local"))])
+        blocks.append(Block(f"{ds}: communication", "method", methods, columns, cells,
+                            [[None] * len(columns) for _ in methods],
+                            ["total: every round, every sampled client, up + down (float32 tensors)"]))
+    return blocks
+
+
+#: table kind -> (builder, the per-round metric of its accuracy curves: HM when Base / Novel exist)
+TABLES: dict[str, tuple[Callable[[list[RunRecord]], list[Block]], str]] = {
+    "base2novel": (base_to_novel, "hm"),
+    "lodo": (leave_one_domain_out, "local"),
+    "dirichlet": (lambda runs: per_dataset(runs, "method", "dirichlet", "Table 5: Local accuracy"), "local"),
+    "fedpgp_ablation": (fedpgp_ablation, "hm"),
+    "rank_shots": (rank_shots, "local"),
+    "fedtv_ablation": (lambda runs: base_to_novel(runs, row="variant", table="fedtv_ablation"), "hm"),
+    "flora": (flora, "local"),
+    "cost": (cost, "local"),
+    "communication": (communication, "local"),
+}
