@@ -88,6 +88,9 @@ def leave_one_domain_out(runs: list[RunRecord]) -> list[Block]:
     for ds in ordered(runs, "dataset"):
         dsruns = select(runs, dataset=ds)
         domains, methods = ordered(dsruns, "domain"), ordered(dsruns, "method")
+        if not domains:
+            raise ValueError(f"{ds}: no run has a held-out domain (DATASET.TARGET_DOMAIN): not a leave-one-domain-out "
+                             f"table")
         cells, refs = [], []
         for m in methods:
             row = [cell_of(select(dsruns, method=m, domain=d), _final("local")) for d in domains]

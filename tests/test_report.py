@@ -1,0 +1,154 @@
+"""tools.report on hand-made runs: the numbers in the tables are the runs' numbers (hand-computed means,
+sample stds, HM of the seed-averaged Base and Novel), missing runs show as missing, published values
+sit next to ours, and every file and plot is written."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import pytest
+
+from tools.experiments import Run as ERun
+from tools.experiments import run_state, update_manifest
+from tools.report import main as report_main
+from tools.report import write_report
+from tools.report_data import Cell
+
+
+def fake_run(path: str, final: dict, rounds: int = 2, seconds: float = 1.0, per_client=None, per_domain=None,
+             up: int = 100, down: int = 200, clients=(0, 1), shared: int = 25, trainer: str = "PromptFL") -> None:
+    """A finished results.json with ``final`` accuracies in every evaluated round."""
+    os.makedirs(path, exist_ok=True)
+    recs = []
+    for r in range(1, rounds + 1):
+        rec = {"round": r, "clients": list(clients), "seconds": seconds * r, "bytes_up_per_client": up,
+               "bytes_down_per_client": down, **final, "local_per_client": per_client or {"0": final["local"]},
+               "local_per_domain": per_domain}
+        recs.append(rec)
+    results = {"config": {"OPTIM": {"ROUND": rounds}, "SEED": 1, "TRAINER": {"NAME": trainer},
+                          "DATASET": {"NAME": "ToyWorld", "NUM_SHOTS": 4, "PARTITION": "pathological",
+                                      "TARGET_DOMAIN": ""}, "MODEL": {"BACKBONE": {"NAME": "tiny"}}},
+               "zero_shot": None, "rounds": recs, "final": {"round": rounds, **final},
+               "params": {"shared": shared, "personal": 0, "total": shared}}
+    with open(os.path.join(path, "results.json"), "w") as f:
+        json.dump(results, f)
+
+
+def manifest(root: str, table: str, keys: list[dict]) -> list[str]:
+    runs = [ERun(key=k, argv=[], output_dir=os.path.join(root, *k.values())) for k in keys]
+    update_manifest(root, table, table, runs)
+    return [r.output_dir for r in runs]
+
+
+def values(out: str, table: str) -> dict[tuple[str, str, str], dict]:
+    with open(os.path.join(out, f"{table}_values.csv")) as f:
+        return {(r["block"], r["row"], r["column"]): r for r in csv.DictReader(f)}
+
+
+def test_base2novel_numbers_equal_the_runs_and_missing_runs_show(tmp_path):
+    root = str(tmp_path / "runs")
+    keys = [{"dataset": ds, "method": m, "seed": s} for ds in ("oxford_pets", "dtd") for m in ("PromptFL", "FedPGP")
+            for s in ("1", "2")]
+    dirs = dict(zip([tuple(k.values()) for k in keys], manifest(root, "base2novel", keys), strict=True))
+    fake_run(dirs["oxford_pets", "PromptFL", "1"], {"local": 90.0, "base": 80.0, "novel": 60.0, "hm": 68.5714})
+    fake_run(dirs["oxford_pets", "PromptFL", "2"], {"local": 94.0, "base": 70.0, "novel": 70.0, "hm": 70.0})
+    fake_run(dirs["oxford_pets", "FedPGP", "1"], {"local": 96.65, "base": 95.87, "novel": 97.33, "hm": 96.6})
+    fake_run(dirs["dtd", "PromptFL", "1"], {"local": 70.0, "base": 60.0, "novel": 40.0, "hm": 48.0})
+    fake_run(dirs["dtd", "PromptFL", "2"], {"local": 72.0, "base": 62.0, "novel": 42.0, "hm": 50.0})
+    # oxford_pets FedPGP seed 2 and both dtd FedPGP runs never finished (one is interrupted)
+    os.makedirs(dirs["dtd", "FedPGP", "1"])
+    with open(os.path.join(dirs["dtd", "FedPGP", "1"], "results.json"), "w") as f:
+        json.dump({"config": {"OPTIM": {"ROUND": 2}}, "rounds": [{"round": 1}], "final": {"local": 1.0}}, f)
+    assert run_state(dirs["dtd", "FedPGP", "1"]) == "partial"
+    out = str(tmp_path / "report")
+    report = write_report(root, "base2novel", out)
+    v = values(out, "base2novel")
+    pf = v["oxford_pets", "PromptFL", "Local"]
+    assert float(pf["mean"]) == pytest.approx(92.0) and float(pf["std"]) == pytest.approx(2.8284271, abs=1e-6)
+    # HM from the seed-averaged Base (75) and Novel (65), not the mean of the per-seed HMs
+    assert float(v["oxford_pets", "PromptFL", "HM"]["mean"]) == pytest.approx(2 * 75 * 65 / 140)
+    assert float(v["oxford_pets", "PromptFL", "HM/seed"]["mean"]) == pytest.approx((2 * 80 * 60 / 140 + 70) / 2)
+    # the average over datasets averages the per-dataset means
+    avg = "Average over 2 datasets"
+    assert float(v[avg, "PromptFL", "Base"]["mean"]) == pytest.approx((75 + 61) / 2)
+    assert float(v[avg, "PromptFL", "HM"]["mean"]) == pytest.approx(2 * 68 * 53 / 121)  # Novel (65 + 41) / 2
+    md = open(os.path.join(out, "base2novel.md")).read()
+    assert "| FedPGP | 96.65 (1/2) |" in md  # one seed of two: shown, marked
+    assert "missing (0/2)" in md  # dtd FedPGP: nothing finished, never dropped
+    assert v[avg, "FedPGP", "Local"]["mean"] == ""  # no average over an incomplete dataset
+    assert sorted(report["missing"]) == sorted([dirs["oxford_pets", "FedPGP", "2"], dirs["dtd", "FedPGP", "1"],
+                                                dirs["dtd", "FedPGP", "2"]])
+    # ours vs published: FedPGP Table 1 OxfordPets Local 96.65
+    comp = open(os.path.join(out, "base2novel_vs_published.md")).read()
+    assert "| oxford_pets | FedPGP | Local | 96.65 (1/2) | 96.65 | +0.00 |" in comp
+    assert "| oxford_pets | PromptFL | Local | 92.00 ± 2.83 | 95.12 | -3.12 |" in comp
+    for name in ("base2novel.csv", "base2novel.tex", "README.md", "oxford_pets_rounds.png", "oxford_pets_clients.png",
+                 "oxford_pets_bytes.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 0
+    summary = open(os.path.join(out, "README.md")).read()
+    assert "5 of 8 runs finished" in summary and dirs["dtd", "FedPGP", "2"] in summary
+    tex = open(os.path.join(out, "base2novel.tex")).read()
+    assert "92.00 $\\pm$ 2.83" in tex and "oxford\\_pets" in tex
+
+
+def test_lodo_detail_and_average(tmp_path):
+    root = str(tmp_path / "runs")
+    keys = [{"dataset": "office", "method": "CoOp", "domain": d, "seed": "1"} for d in ("amazon", "caltech")]
+    d_amazon, d_caltech = manifest(root, "lodo", keys)
+    fake_run(d_amazon, {"local": 41.54, "base": None, "novel": None, "hm": None},
+             per_domain={"caltech": 89.03, "dslr": 16.49, "webcam": 19.1})
+    out = str(tmp_path / "report")
+    write_report(root, "lodo", out)
+    v = values(out, "lodo")
+    table2 = "office: accuracy on the held-out domain (Table 2)"
+    assert float(v[table2, "CoOp", "amazon"]["mean"]) == pytest.approx(41.54)
+    assert v[table2, "CoOp", "caltech"]["found"] == "0"  # missing run
+    detail = "office, CoOp: each client (source domain) on the held-out domain (Table 4)"
+    assert float(v[detail, "amazon", "caltech"]["mean"]) == pytest.approx(89.03)
+    # Avg +- std over clients: the paper's 41.54 +- 41.15 (sample std) for CoOp, held-out Amazon
+    md = open(os.path.join(out, "lodo.md")).read()
+    assert "| amazon | — | 89.03 |" in md
+    assert Cell([89.03, 16.49, 19.1], 3).text() == "41.54 ± 41.15"  # the paper's Table 4 CoOp row
+    assert Cell([1.0], 3).text() == "1.00 (1/3)" and Cell([], 3).text() == "missing (0/3)"
+    comp = open(os.path.join(out, "lodo_vs_published.md")).read()
+    assert "| CoOp | amazon | 41.54 | 41.54 | +0.00 |" in comp
+
+
+def test_cost_and_communication_tables(tmp_path):
+    root = str(tmp_path / "runs")
+    keys = [{"dataset": "toyworld", "method": m, "seed": "1"} for m in ("FedFFT", "FLoRA")]
+    d_fft, d_flora = manifest(root, "communication", keys)
+    fake_run(d_fft, {"local": 50.0, "base": None, "novel": None, "hm": None}, rounds=3, up=4096, down=4096,
+             clients=(0, 1, 2), shared=1024, trainer="FedFFT")
+    fake_run(d_flora, {"local": 60.0, "base": None, "novel": None, "hm": None}, rounds=3, up=64, down=64,
+             clients=(0, 1), shared=16, trainer="FLoRA")
+    out = str(tmp_path / "report")
+    write_report(root, "communication", out)
+    md = open(os.path.join(out, "communication.md")).read()
+    # FedFFT: 3 rounds x 3 clients x 8192 B = 72 KiB; FLoRA: 3 x 2 x 128 B = 768 B; ratio FLoRA / FedFFT
+    assert "| FedFFT | 1,024 | 4.00 KiB | 4.00 KiB | 72.00 KiB | 0.0 | 50.00 |" in md
+    assert "| FLoRA | 16 | 64 B | 64 B | 768 B | 1.0 | 60.00 |" in md
+    # cost: seconds per round are the rounds' seconds (all evaluated: median of 1, 2, 3 x seconds)
+    root2 = str(tmp_path / "cost")
+    d_fft, d_flora = manifest(root2, "cost", keys)
+    fake_run(d_fft, {"local": 50.0, "base": None, "novel": None, "hm": None}, rounds=3, seconds=4.0, trainer="FedFFT")
+    fake_run(d_flora, {"local": 60.0, "base": None, "novel": None, "hm": None}, rounds=3, seconds=1.0)
+    for d, mem in ((d_fft, 2 ** 30), (d_flora, 2 ** 28)):
+        with open(os.path.join(d, "run_info.json"), "w") as f:
+            json.dump({"peak_memory_bytes": mem, "memory_kind": "cuda max_memory_allocated"}, f)
+    write_report(root2, "cost", str(tmp_path / "r2"))
+    md = open(os.path.join(tmp_path / "r2", "cost.md")).read()
+    assert "| FLoRA | 25 | 0 | 100 B | 2.000 | 256.00 MiB | 4.00 | 4.00 | 60.00 |" in md
+
+
+def test_report_cli_errors_and_scan_without_manifest(tmp_path, capsys):
+    assert report_main([str(tmp_path / "nowhere"), "--table", "base2novel"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    fake_run(str(tmp_path / "a" / "s1"), {"local": 80.0, "base": 70.0, "novel": 60.0, "hm": 64.6})
+    assert report_main([str(tmp_path / "a")]) == 2  # no manifest: the table must be named
+    assert "--table" in capsys.readouterr().err
+    assert report_main([str(tmp_path / "a"), "--table", "base2novel", "--out", str(tmp_path / "o")]) == 0
+    assert "| PromptFL | 80.00 | 70.00 | 60.00 |" in open(tmp_path / "o" / "base2novel.md").read()
+    assert report_main([str(tmp_path / "a"), "--table", "lodo", "--out", str(tmp_path / "o2")]) == 2
+    assert "held-out domain" in capsys.readouterr().err
