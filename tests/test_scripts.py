@@ -1,0 +1,109 @@
+"""Every table script: --dry-run prints its commands and writes nothing; its toy-world miniature runs end to
+end (in process, random tiny CLIP, 1 round) and writes its table and plots, whose numbers are the runs';
+finished runs are skipped, --force re-runs them, an interrupted one resumes; bad selections are refused."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+
+import pytest
+
+from tests.fedtv_testing import REPO
+from tools.experiments import run_state
+
+#: script -> the axis subset its miniature test runs (small: ~2-4 runs of one round each)
+SCRIPTS = {
+    "table1_base2novel": ["--methods", "ZeroshotCLIP", "FedPGP"],
+    "table2_4_leave_one_domain_out": ["--methods", "FedPGP"],
+    "table5_cifar_dirichlet": ["--methods", "PromptFL"],
+    "table6_7_fedpgp_ablations": ["--variants", "full", "wo_negative"],
+    "table11_fedpgp_rank_shots": ["--ranks", "1", "--shots", "1", "4"],
+    "fedtv_ablations": ["--variants", "full", "wo_fusion"],
+    "flora_iid_noniid": ["--methods", "FLoRA"],
+    "flora_cost": ["--methods", "FedFFT", "FLoRA"],
+    "celora_communication": [],
+}
+FAST = ["--toy", "--in-process", "--clip-weights", "none", "--rounds", "1", "FED.ZS_REFERENCE", "False"]
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"script_{name}", os.path.join(REPO, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.EXPERIMENT
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_dry_run_prints_every_command_and_writes_nothing(name, tmp_path, capsys):
+    exp = load(name)
+    assert exp.cli(["--output-root", str(tmp_path / "out"), "--dry-run"]) == 0  # the paper's grid
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "federated_main" in ln or "tools.experiments" in ln]
+    args = exp.parser().parse_args(["--output-root", str(tmp_path / "out")])
+    assert len(lines) == len(exp.runs(args)) > 1
+    assert all("--output-dir" in ln and "--backbone" in ln for ln in lines)
+    assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_miniature_runs_end_to_end_and_reports(name, tmp_path):
+    exp = load(name)
+    root = str(tmp_path / "out")
+    assert exp.cli(["--output-root", root, "--report", *SCRIPTS[name], *FAST]) == 0
+    args = exp.parser().parse_args(["--output-root", root, *SCRIPTS[name], *FAST])
+    runs = exp.runs(args)
+    assert runs and all(run_state(r.output_dir) == "finished" for r in runs)
+    report = os.path.join(root, "report")
+    for ext in ("md", "csv", "tex"):
+        assert os.path.getsize(os.path.join(report, f"{exp.table}.{ext}")) > 0
+    for kind in ("rounds", "clients", "bytes"):
+        assert os.path.getsize(os.path.join(report, f"toyworld_{kind}.png")) > 0
+    summary = open(os.path.join(report, "README.md")).read()
+    assert f"{len(runs)} of {len(runs)} runs finished" in summary
+    # the table's Local cells are the runs' final Local accuracies (mean over the seeds of a cell)
+    with open(os.path.join(report, f"{exp.table}_values.csv")) as f:
+        means = {round(float(r["mean"]), 6) for r in csv.DictReader(f) if r["mean"]}
+    for run in runs:
+        with open(os.path.join(run.output_dir, "results.json")) as f:
+            local = json.load(f)["final"]["local"]
+        if len({r.key.get("seed") for r in runs}) == 1 and exp.table != "cost":
+            assert round(local, 6) in means
+
+
+def test_skip_force_and_resume(tmp_path, capsys):
+    exp = load("table5_cifar_dirichlet")
+    root = str(tmp_path / "out")
+    flags = ["--output-root", root, "--methods", "PromptFL", "--seeds", "1", *FAST[:-2]]
+    opts = FAST[-2:]  # KEY VALUE overrides come last
+    assert exp.cli(flags + opts) == 0
+    (run,) = exp.runs(exp.parser().parse_args(flags + opts))
+    results = os.path.join(run.output_dir, "results.json")
+    first = os.path.getmtime(results)
+    capsys.readouterr()
+    assert exp.cli(flags + opts) == 0
+    assert "skip (finished)" in capsys.readouterr().out and os.path.getmtime(results) == first
+    assert exp.cli(flags + ["--dry-run", "--force"] + opts) == 0
+    out = capsys.readouterr().out
+    assert "skip (finished)" not in out and "--resume" not in out and "would run 1" in out
+    # an interrupted run (results of fewer rounds than configured) is continued with --resume
+    with open(results) as f:
+        data = json.load(f)
+    data["config"]["OPTIM"]["ROUND"] = 2
+    with open(results, "w") as f:
+        json.dump(data, f)
+    assert run_state(run.output_dir) == "partial"
+    assert exp.cli(flags + ["--dry-run"] + opts) == 0
+    assert "--resume true" in capsys.readouterr().out
+    manifest = json.load(open(os.path.join(root, "manifest.json")))
+    assert manifest["table"] == "dirichlet" and list(manifest["runs"]) == [os.path.relpath(run.output_dir, root)]
+
+
+def test_bad_selection_is_refused(tmp_path, capsys):
+    exp = load("table2_4_leave_one_domain_out")
+    assert exp.cli(["--output-root", str(tmp_path), "--methods", "NoSuchMethod", "--dry-run"]) == 2
+    assert "unknown NoSuchMethod" in capsys.readouterr().err
+    assert exp.cli(["--output-root", str(tmp_path), "--datasets", "office", "--domains", "clipart", "--dry-run"]) == 2
+    assert "no valid run" in capsys.readouterr().err
+    assert load("table1_base2novel").cli(["--datasets", "nosuch", "--dry-run"]) == 2
+    assert "no dataset config" in capsys.readouterr().err
