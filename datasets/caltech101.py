@@ -5,6 +5,7 @@ CoOp does).
 """
 from __future__ import annotations
 
+from clip.templates import CUSTOM_TEMPLATES
 from dassl.data.datasets import DATASET_REGISTRY
 
 from .coop_base import CoOpDataset
@@ -21,4 +22,4 @@ class Caltech101(CoOpDataset):
     REQUIRED = (("101_ObjectCategories/", "one folder of images per class"),)
     HOW_TO = ("download 101_ObjectCategories.tar.gz (Caltech101), extract it into caltech-101/, and put "
               "split_zhou_Caltech101.json (CoOp's DATASETS.md) next to it")
-    TEMPLATE = "a photo of a {}."
+    TEMPLATE = CUSTOM_TEMPLATES["Caltech101"]

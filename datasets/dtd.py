@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+from clip.templates import CUSTOM_TEMPLATES
 from dassl.data.datasets import DATASET_REGISTRY
 
 from .coop_base import CoOpDataset
@@ -18,4 +19,4 @@ class DescribableTextures(CoOpDataset):
     REQUIRED = (("images/", "one folder of images per texture"),)
     HOW_TO = ("download dtd-r1.0.1.tar.gz, extract it so that dtd/images/<texture>/ exists, and put "
               "split_zhou_DescribableTextures.json (CoOp's DATASETS.md) in dtd/")
-    TEMPLATE = "{} texture."
+    TEMPLATE = CUSTOM_TEMPLATES["DescribableTextures"]

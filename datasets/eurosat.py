@@ -4,6 +4,7 @@ Class names are CoOp's descriptive names (``AnnualCrop`` -> "Annual Crop Land", 
 """
 from __future__ import annotations
 
+from clip.templates import CUSTOM_TEMPLATES
 from dassl.data.datasets import DATASET_REGISTRY
 
 from .coop_base import CoOpDataset
@@ -24,4 +25,4 @@ class EuroSAT(CoOpDataset):
     REQUIRED = (("2750/", "one folder of images per land-use class"),)
     HOW_TO = ("download EuroSAT.zip (RGB), extract it into eurosat/ (giving eurosat/2750/), and put "
               "split_zhou_EuroSAT.json (CoOp's DATASETS.md) in eurosat/")
-    TEMPLATE = "a centered satellite photo of {}."
+    TEMPLATE = CUSTOM_TEMPLATES["EuroSAT"]

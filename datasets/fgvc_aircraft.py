@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+from clip.templates import CUSTOM_TEMPLATES
 from dassl.data.datasets import DATASET_REGISTRY, Datum
 from federated.data import DataError
 
@@ -28,7 +29,7 @@ class FGVCAircraft(CoOpDataset):
     )
     HOW_TO = ("download fgvc-aircraft-2013b.tar.gz and move its data/ folder to fgvc_aircraft/ (images/, variants.txt, "
               "images_variant_*.txt)")
-    TEMPLATE = "a photo of a {}, a type of aircraft."
+    TEMPLATE = CUSTOM_TEMPLATES["FGVCAircraft"]
 
     def load_splits(self, seed: int) -> dict[str, list[Datum]]:
         names = read_text_lines(os.path.join(self.dataset_dir_abs, "variants.txt"))

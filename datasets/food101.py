@@ -1,6 +1,7 @@
 """Food-101 in CoOp's layout: ``food-101/images/<dish>/*.jpg`` + ``split_zhou_Food101.json``."""
 from __future__ import annotations
 
+from clip.templates import CUSTOM_TEMPLATES
 from dassl.data.datasets import DATASET_REGISTRY
 
 from .coop_base import CoOpDataset
@@ -15,4 +16,4 @@ class Food101(CoOpDataset):
     REQUIRED = (("images/", "one folder of images per dish"),)
     HOW_TO = ("download food-101.tar.gz (ETH Zurich), extract it into DATA/ (giving food-101/images/), and put "
               "split_zhou_Food101.json (CoOp's DATASETS.md) in food-101/")
-    TEMPLATE = "a photo of {}, a type of food."
+    TEMPLATE = CUSTOM_TEMPLATES["Food101"]

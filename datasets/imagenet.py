@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from clip.templates import CUSTOM_TEMPLATES
 from dassl.data.datasets import DATASET_REGISTRY, Datum
 from federated.data import DataError
 
@@ -29,7 +30,7 @@ class ImageNet(CoOpDataset):
     HOW_TO = ("extract ILSVRC2012 train and val into imagenet/images/train and imagenet/images/val, with the val "
               "images moved into wnid folders (e.g. with the valprep.sh script), and put CoOp's classnames.txt in "
               "imagenet/")
-    TEMPLATE = "a photo of a {}."
+    TEMPLATE = CUSTOM_TEMPLATES["ImageNet"]
 
     def load_splits(self, seed: int) -> dict[str, list[Datum]]:
         path = os.path.join(self.dataset_dir_abs, "classnames.txt")

@@ -12,6 +12,7 @@ import os
 import random
 from collections import defaultdict
 
+from clip.templates import CUSTOM_TEMPLATES
 from dassl.data.datasets import DATASET_REGISTRY
 from federated.data import DataError
 
@@ -27,7 +28,7 @@ class OxfordFlowers(CoOpDataset):
     REQUIRED = (("jpg/", "the flower images image_00001.jpg ..."), ("cat_to_name.json", "class id -> class name"))
     HOW_TO = ("download 102flowers.tgz and imagelabels.mat (Oxford VGG), extract jpg/ into oxford_flowers/, and put "
               "cat_to_name.json and split_zhou_OxfordFlowers.json (CoOp's DATASETS.md) in oxford_flowers/")
-    TEMPLATE = "a photo of a {}, a type of flower."
+    TEMPLATE = CUSTOM_TEMPLATES["OxfordFlowers"]
 
     def generate_split(self, seed: int) -> tuple[list[Entry], list[Entry], list[Entry]]:
         self.need_annotations(["imagelabels.mat"])

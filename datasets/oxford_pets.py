@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 
+from clip.templates import CUSTOM_TEMPLATES
 from dassl.data.datasets import DATASET_REGISTRY
 from federated.data import DataError
 
@@ -24,7 +25,7 @@ class OxfordPets(CoOpDataset):
     REQUIRED = (("images/", "the pet images"),)
     HOW_TO = ("download images.tar.gz and annotations.tar.gz (Oxford-IIIT Pet), extract both into oxford_pets/, "
               "and put split_zhou_OxfordPets.json (CoOp's DATASETS.md) in oxford_pets/")
-    TEMPLATE = "a photo of a {}, a type of pet."
+    TEMPLATE = CUSTOM_TEMPLATES["OxfordPets"]
 
     def _read(self, name: str) -> list[Entry]:
         path = os.path.join(self.dataset_dir_abs, "annotations", name)

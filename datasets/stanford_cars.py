@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 
+from clip.templates import CUSTOM_TEMPLATES
 from dassl.data.datasets import DATASET_REGISTRY
 from federated.data import DataError
 
@@ -30,7 +31,7 @@ class StanfordCars(CoOpDataset):
     REQUIRED = (("cars_train/", "training images"), ("cars_test/", "test images"))
     HOW_TO = ("download cars_train.tgz, cars_test.tgz, car_devkit.tgz and cars_test_annos_withlabels.mat into "
               "stanford_cars/ and extract them, and put split_zhou_StanfordCars.json (CoOp's DATASETS.md) there")
-    TEMPLATE = "a photo of a {}."
+    TEMPLATE = CUSTOM_TEMPLATES["StanfordCars"]
 
     def generate_split(self, seed: int) -> tuple[list[Entry], list[Entry], list[Entry]]:
         files = ["devkit/cars_meta.mat", "devkit/cars_train_annos.mat", "cars_test_annos_withlabels.mat"]

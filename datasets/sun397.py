@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 
+from clip.templates import CUSTOM_TEMPLATES
 from dassl.data.datasets import DATASET_REGISTRY
 from federated.data import DataError
 
@@ -30,7 +31,7 @@ class SUN397(CoOpDataset):
     REQUIRED = (("SUN397/", "the scene images in <letter>/<scene>/ folders"),)
     HOW_TO = ("download SUN397.tar.gz and Partitions.zip, extract them into sun397/ (ClassName.txt, Training_01.txt, "
               "Testing_01.txt next to SUN397/), and put split_zhou_SUN397.json (CoOp's DATASETS.md) in sun397/")
-    TEMPLATE = "a photo of a {}."
+    TEMPLATE = CUSTOM_TEMPLATES["SUN397"]
 
     def generate_split(self, seed: int) -> tuple[list[Entry], list[Entry], list[Entry]]:
         self.need_annotations(["ClassName.txt", "Training_01.txt", "Testing_01.txt"])

@@ -12,6 +12,7 @@ import os
 import random
 import re
 
+from clip.templates import CUSTOM_TEMPLATES
 from dassl.data.datasets import DATASET_REGISTRY
 from federated.data import DataError
 
@@ -32,7 +33,7 @@ class UCF101(CoOpDataset):
     REQUIRED = (("UCF-101-midframes/", "the middle frame of every video, one folder per action"),)
     HOW_TO = ("download UCF-101-midframes.zip (CoOp's DATASETS.md link), extract it into ucf101/, and put "
               "split_zhou_UCF101.json there")
-    TEMPLATE = "a photo of a person doing {}."
+    TEMPLATE = CUSTOM_TEMPLATES["UCF101"]
 
     def generate_split(self, seed: int) -> tuple[list[Entry], list[Entry], list[Entry]]:
         lists = "ucfTrainTestlist"
