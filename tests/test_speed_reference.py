@@ -47,3 +47,41 @@ def test_reference_and_fast_modes_reach_the_same_accuracy(tmp_path):
         zero_shot = results["zero_shot"]["local"]
     assert abs(statistics.mean(fast) - statistics.mean(ref)) <= 5.0, (fast, ref)
     assert statistics.mean(fast) > zero_shot + 2 and statistics.mean(ref) > zero_shot + 2, (fast, ref, zero_shot)
+
+
+@pytest.mark.parametrize("trainer_name", ["FedPGP", "FedTV"])
+def test_reference_mode_pays_the_published_text_passes_for_the_same_loss(tmp_path, trainer_name):
+    """Reference mode encodes C prompts four times per step (z_C, z_G, the unused personal-term pass,
+    z_i; REFERENCE.md 10); the fast path one pass of 2C prompts with z_C cached. Same loss and gradient."""
+    import torch
+
+    from dassl.engine import build_trainer
+    from federated_main import build_cfg, parse_args
+
+    grads, losses, calls = {}, {}, {}
+    for reference in (False, True):
+        cfg = build_cfg(parse_args(fast_args(tmp_path / str(reference),
+                                             ["--trainer", trainer_name, "--reference-mode", str(reference)])))
+        torch.manual_seed(0)
+        trainer = build_trainer(cfg, classnames=[f"class {i}" for i in range(5)])
+        model = trainer.model
+        sizes = []
+        model.text_encoder.register_forward_pre_hook(lambda _m, args, _s=sizes: _s.append(args[0].shape[0]))
+        tower = model.clip.model
+        original = tower.encode_text
+        tower.encode_text = lambda tokens, _o=original, _s=sizes: _s.append(tokens.shape[0]) or _o(tokens)
+        model.handcrafted_features()  # the fast path's one-off z_C encoding, before the step
+        sizes.clear()
+        feats = torch.randn(8, model.clip.embed_dim, generator=torch.Generator().manual_seed(1))
+        labels = torch.arange(8) % 5
+        try:
+            loss, _, _ = trainer.compute_loss(feats, labels)
+        finally:
+            del tower.encode_text  # the frozen CLIP is shared by every trainer of the process
+        loss.backward()
+        losses[reference], calls[reference] = float(loss.detach()), sizes
+        grads[reference] = model.prompt_learner.sigma.grad.clone()
+    assert calls[False] == [10]
+    assert sorted(calls[True]) == [5, 5, 5, 5]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    assert torch.allclose(grads[True], grads[False], atol=1e-5, rtol=1e-4), (grads[True] - grads[False]).abs().max()

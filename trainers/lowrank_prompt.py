@@ -224,6 +224,20 @@ class GlobalPersonalCLIP(PromptCLIP):
         feats = F.normalize(self.text_encoder(prompts, tokenized), dim=-1)
         return feats[: learner.n_cls], feats[learner.n_cls :]
 
+    def published_text_feature_sets(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(z_i, z_G, z_C)``, each ``(C, D)`` normalised, computed the way the published FedPGP / FedTV
+        code does every step (REFERENCE.md 1.3, 10): four separate text-tower passes of ``C`` prompts --
+        ``z_C`` re-encoded (no cache), ``z_G``, the personal term alone (``z_UV`` / ``z_BA``, computed and
+        never used) and ``z_i``. Same values as :meth:`text_feature_sets`; only the cost differs
+        (``FED.REFERENCE_MODE``, the speed baseline)."""
+        from trainers.handcrafted import handcrafted_text_features
+
+        learner = self.prompt_learner
+        z_c = handcrafted_text_features(self.clip, learner.classnames, self.template)
+        z_g = self.encode_prompts(learner.global_prompts())
+        self.encode_prompts(learner.construct_prompts(learner.delta()))  # the published unused pass
+        return self.text_features(), z_g, z_c
+
     def set_classnames(self, classnames: list[str]) -> None:
         super().set_classnames(classnames)
         self.handcrafted_text.set_classnames(classnames)
@@ -309,10 +323,14 @@ class GlobalPersonalPromptTrainer(PromptTrainer):
         t = self.tcfg
         return float(t.MU) > 0 and bool(t.CONTRAST_POSITIVE or t.CONTRAST_NEGATIVE)
 
-    def contrastive_loss(self, z_personal: torch.Tensor, z_global: torch.Tensor | None) -> torch.Tensor:
-        """``L_con`` of the current class set from ``z_i`` and ``z_G`` (each ``(C, D)``)."""
+    def contrastive_loss(self, z_personal: torch.Tensor, z_global: torch.Tensor | None,
+                         z_handcrafted: torch.Tensor | None = None) -> torch.Tensor:
+        """``L_con`` of the current class set from ``z_i``, ``z_G`` and ``z_C`` (each ``(C, D)``; ``z_C``
+        None: the model's cached hand-crafted features)."""
         t = self.tcfg
-        return prompt_contrastive_loss(z_global, self.model.handcrafted_features(), z_personal, float(t.TEMP),
+        if z_handcrafted is None:
+            z_handcrafted = self.model.handcrafted_features()
+        return prompt_contrastive_loss(z_global, z_handcrafted, z_personal, float(t.TEMP),
                                        positive=bool(t.CONTRAST_POSITIVE), negative=bool(t.CONTRAST_NEGATIVE),
                                        negative_pair=t.NEGATIVE_PAIR)
 
@@ -320,12 +338,16 @@ class GlobalPersonalPromptTrainer(PromptTrainer):
                      labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """``L_ce(img @ z_i) + MU * L_con``; ``extra`` logs ``loss_ce`` and ``loss_con``."""
         t = self.tcfg
-        need_global = self.uses_contrast and bool(t.CONTRAST_POSITIVE or t.NEGATIVE_PAIR == "global")
-        z_personal, z_global = self.model.text_feature_sets(with_global=need_global)
+        z_handcrafted = None
+        if self.reference_mode:  # the published cost: four text passes per step
+            z_personal, z_global, z_handcrafted = self.model.published_text_feature_sets()
+        else:
+            need_global = self.uses_contrast and bool(t.CONTRAST_POSITIVE or t.NEGATIVE_PAIR == "global")
+            z_personal, z_global = self.model.text_feature_sets(with_global=need_global)
         logits = self.model.logits(image_features, z_personal)
         loss_ce = F.cross_entropy(logits.float(), labels)
         if not self.uses_contrast:
             return loss_ce, logits, {"loss_ce": loss_ce.detach()}
-        loss_con = self.contrastive_loss(z_personal, z_global)
+        loss_con = self.contrastive_loss(z_personal, z_global, z_handcrafted)
         loss = loss_ce + float(t.MU) * loss_con
         return loss, logits, {"loss_ce": loss_ce.detach(), "loss_con": loss_con.detach()}
