@@ -22,6 +22,7 @@ def embed(clip, text):
 
 def test_end_position_matches_the_tokenized_prompt_with_ctx_in_place_of_placeholders(clip):
     pl = PromptLearner(clip, NAMES, n_ctx=4)
+    pl.keep_padding()
     prompts = pl()
     assert prompts.shape == (3, clip.context_length, pl.ctx_dim)
     ref, tokens = embed(clip, "X X X X blue ring.")
@@ -46,7 +47,7 @@ def test_middle_and_front_positions(clip, position):
         assert torch.allclose(prompts[0, 1:3], pl.ctx[:2])
         assert torch.allclose(prompts[0, 3 : 3 + n], name)
         assert torch.allclose(prompts[0, 3 + n : 5 + n], pl.ctx[2:])
-    assert torch.allclose(prompts[0, 5 + n :], ref[5 + n :])
+    assert torch.allclose(prompts[0, 5 + n :], ref[5 + n : prompts.shape[1]])  # '.', EOS (padding trimmed)
 
 
 def test_context_initialised_from_words(clip):
@@ -54,7 +55,8 @@ def test_context_initialised_from_words(clip):
     ref, _ = embed(clip, "a photo of a red triangle.")
     assert pl.n_ctx == 4
     assert torch.allclose(pl.ctx, ref[1:5])
-    assert torch.allclose(pl()[0], ref)  # the initial prompt IS the hand-crafted prompt
+    prompt = pl()[0]
+    assert torch.allclose(prompt, ref[: prompt.shape[0]])  # the initial prompt IS the hand-crafted prompt
 
 
 def test_random_init_is_normal_with_std_002(clip):
@@ -96,3 +98,24 @@ def test_prompt_clip_logits_and_gradients_reach_only_the_context(clip):
     logits.sum().backward()
     grads = {n for n, p in model.named_parameters() if p.grad is not None}
     assert grads == {"prompt_learner.ctx"}
+
+
+def test_padding_after_the_last_eos_is_trimmed_without_changing_the_features(clip):
+    """The text tower is causal and pools at the EOS: positions after the last EOS cannot matter."""
+    names = ["red triangle", "a much longer name of a blue ring"]
+    pl = PromptLearner(clip, names, n_ctx=4)
+    eos = [len(clip.tokenize([f"X X X X {n}."])[0].nonzero()) - 1 for n in names]
+    assert pl.tokenized_prompts.shape == (2, max(eos) + 1) and max(eos) + 1 < clip.context_length
+    model = PromptCLIP(clip, pl)
+    trimmed = model.text_features()
+    trimmed.sum().backward()
+    grad_trimmed = pl.ctx.grad.clone()
+    pl.ctx.grad = None
+    pl.keep_padding()
+    assert pl.tokenized_prompts.shape == (2, clip.context_length)
+    full = model.text_features()
+    full.sum().backward()
+    assert torch.allclose(trimmed, full, atol=1e-5)
+    assert torch.allclose(grad_trimmed, pl.ctx.grad, atol=1e-5)
+    pl.keep_padding(False)
+    assert pl.tokenized_prompts.shape[1] == max(eos) + 1

@@ -28,8 +28,15 @@ class PromptLearner(nn.Module):
             e.g. global + low-rank terms, pass False and override ``context``).
 
     Shapes: ``ctx`` is ``(M, d)`` (unified) or ``(C, M, d)`` (CSC); ``forward()`` returns prompt
-    embeddings ``(C, L, d)`` with ``L`` the context length of the text tower.
+    embeddings ``(C, L, d)``. ``L`` is the position of the last EOS token + 1 (trimmed padding) when
+    the text tower is causal and pools at the EOS token, as CLIP's: the outputs at positions up to
+    the EOS never see later (padding) positions, so the features are exactly those of the full
+    context length, at a fraction of the cost (ViT-B/16: ~20 of 77 tokens for 16 context tokens).
+    ``keep_padding(True)`` restores the full context length (the published cost, reference mode).
     """
+
+    #: Trim the padding after the last EOS token (see the class docstring); ``keep_padding`` changes it.
+    trim_padding: bool = True
 
     def __init__(self, clip, classnames: list[str], n_ctx: int = 16, ctx_init: str = "", csc: bool = False,
                  class_token_position: str = "end", learn_ctx: bool = True):
@@ -93,6 +100,8 @@ class PromptLearner(nn.Module):
                 f"prompts do not fit the text tower's {tokenized.shape[1]} tokens with {self.n_ctx} context tokens "
                 f"for classes {too_long[:3]}: lower N_CTX"
             )
+        if self.trim_padding and self._causal_eos_pooling():
+            tokenized = tokenized[:, : int(eot.max()) + 1]
         name_ids = self._tokenize(names)
         self.name_lens = [int((ids != 0).sum()) - 2 for ids in name_ids]
         with torch.no_grad():
@@ -102,6 +111,17 @@ class PromptLearner(nn.Module):
         self.register_buffer("token_suffix", embedding[:, 1 + self.n_ctx :, :], persistent=False)  # CLS . EOS
         self.n_cls = len(names)
         self.classnames = list(classnames)
+
+    def _causal_eos_pooling(self) -> bool:
+        """Whether the text tower is causal and pools at the EOS token (then padding can be trimmed)."""
+        model = self.clip.model
+        return getattr(model, "attn_mask", None) is not None and \
+            getattr(model, "text_pool_type", "argmax") in ("argmax", "eos")
+
+    def keep_padding(self, keep: bool = True) -> None:
+        """Encode prompts at the full context length (``keep``) or trimmed after the last EOS token."""
+        self.trim_padding = not keep
+        self.set_classnames(self.classnames)
 
     def context(self) -> torch.Tensor:
         """The context to use now: ``(M, d)`` or ``(C, M, d)``."""

@@ -45,7 +45,10 @@ class PromptTrainer(FederatedTrainer):
 
     def build_model(self) -> None:
         clip = load_frozen_clip(self.cfg, self.device)
-        self.model = self.build_clip_model(clip, self.build_prompt_learner(clip))
+        learner = self.build_prompt_learner(clip)
+        if self.reference_mode:  # the published cost: prompts padded to the full context length
+            learner.keep_padding()
+        self.model = self.build_clip_model(clip, learner)
         self.model.to(self.device)
         # One optimiser over every trainable tensor of the model (prompt, adapters ...); the frozen
         # CLIP has requires_grad False and is skipped by ``build_optimizers``.
