@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import torch
-from open_clip.transformer import text_global_pool
+import torch.nn.functional as F
+from open_clip.transformer import ResidualAttentionBlock, text_global_pool
 from torch import nn
 
 
@@ -25,6 +26,12 @@ class TextEncoder(nn.Module):
     The EOT position is found from ``tokenized`` (argmax of the ids for open_clip's ``argmax`` pooling),
     so learned context vectors can replace the embeddings of placeholder tokens.
 
+    ``encode_shared_prefix`` encodes ``G`` context sets x ``C`` classes whose prompts share their first
+    ``P`` tokens (SOS + context) within a set: the prefix is computed once per set and each class only
+    adds its suffix (class name, '.', EOS), attending to the prefix's keys and values. Exact for a
+    causal tower (a prefix position never sees the suffix); ``supports_shared_prefix`` says whether
+    this tower qualifies (open_clip's standard residual attention blocks, causal mask, EOS pooling).
+
     The module shares (does not copy) the CLIP's text transformer, positional embedding, final LayerNorm
     and projection; it adds no parameters of its own.
     """
@@ -42,6 +49,15 @@ class TextEncoder(nn.Module):
         self.pool_type = getattr(clip_model, "text_pool_type", "argmax")
         self.eos_id = getattr(clip_model, "text_eos_id", None)
         self.register_buffer("attn_mask", getattr(clip_model, "attn_mask", None), persistent=False)
+
+    @property
+    def supports_shared_prefix(self) -> bool:
+        """Whether ``encode_shared_prefix`` is exact for this tower (see the class docstring)."""
+        blocks = list(getattr(self.transformer, "resblocks", []))
+        return (self.attn_mask is not None and self.pool_type in ("argmax", "eos") and bool(blocks)
+                and not getattr(self.transformer, "grad_checkpointing", False)
+                and all(type(b) is ResidualAttentionBlock and type(b.attn) is nn.MultiheadAttention
+                        and b.attn._qkv_same_embed_dim and not hasattr(b, "ln_1_kv") for b in blocks))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -85,4 +101,48 @@ class TextEncoder(nn.Module):
                 x = self.text_projection(x)
             else:
                 x = x @ self.text_projection
+        return x
+
+    def encode_shared_prefix(self, prefix: torch.Tensor, suffix: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
+        """Encode ``G x C`` prompts ``[prefix_g ; suffix_c]`` computing each prefix once.
+
+        Args:
+            prefix: (G, P, d_text) embeddings of the shared first tokens (SOS + context) of each set.
+            suffix: (C, S, d_text) embeddings of each class's remaining tokens (name, '.', EOS, ...).
+            eos: (C,) position of class c's EOS token within its suffix.
+
+        Returns:
+            (G, C, embed_dim) text features (not normalised), in ``self.dtype``; equal to ``forward`` on
+            the concatenated prompts (``supports_shared_prefix`` must hold).
+        """
+        (g, p, d), (c, s, _) = prefix.shape, suffix.shape
+        context_length = self.positional_embedding.shape[0]
+        if p + s > context_length:
+            raise ValueError(f"Prompts have {p + s} tokens; the context length is {context_length}.")
+        dtype = self.dtype
+        pos = self.positional_embedding.to(dtype)
+        xp = prefix.to(dtype) + pos[:p]  # (G, P, d)
+        xs = (suffix.to(dtype) + pos[p : p + s]).unsqueeze(0).expand(g, c, s, d)  # (G, C, S, d)
+        allowed = torch.ones(s, p + s, dtype=torch.bool, device=xp.device).tril(diagonal=p)  # causal in the suffix
+        for block in self.transformer.resblocks:
+            attn = block.attn
+            heads = attn.num_heads
+            qp, kp, vp = F.linear(block.ln_1(xp), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+            qs, ks, vs = F.linear(block.ln_1(xs), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+            qp, kp, vp = (t.unflatten(-1, (heads, -1)).transpose(-3, -2) for t in (qp, kp, vp))  # (G, H, P, hd)
+            qs, ks, vs = (t.unflatten(-1, (heads, -1)).transpose(-3, -2) for t in (qs, ks, vs))  # (G, C, H, S, hd)
+            out_p = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True)
+            keys = torch.cat([kp.unsqueeze(1).expand(g, c, *kp.shape[1:]), ks], dim=-2)  # (G, C, H, P+S, hd)
+            values = torch.cat([vp.unsqueeze(1).expand(g, c, *vp.shape[1:]), vs], dim=-2)
+            out_s = F.scaled_dot_product_attention(qs, keys, values, attn_mask=allowed)
+            out_p = attn.out_proj(out_p.transpose(-3, -2).flatten(-2))  # (G, P, d)
+            out_s = attn.out_proj(out_s.transpose(-3, -2).flatten(-2))  # (G, C, S, d)
+            xp = xp + block.ls_1(out_p)
+            xp = xp + block.ls_2(block.mlp(block.ln_2(xp)))
+            xs = xs + block.ls_1(out_s)
+            xs = xs + block.ls_2(block.mlp(block.ln_2(xs)))
+        xs = self.ln_final(xs)
+        x = xs[:, torch.arange(c, device=xs.device), eos.to(xs.device)]  # (G, C, d)
+        if self.text_projection is not None:
+            x = self.text_projection(x) if isinstance(self.text_projection, nn.Linear) else x @ self.text_projection
         return x

@@ -4,8 +4,8 @@ The clients of a round start from their downloaded states and never interact unt
 ``K`` clients can be trained as ONE optimisation problem on one device:
 
 * every trainable tensor ``(...)`` of the trainer becomes a stacked tensor ``(K, ...)``; client ``k``
-  sees row ``k`` (``torch.func.functional_call`` substitutes the rows into the trainer's own model,
-  so every method's own ``compute_loss`` -- adapters, contrastive / orthogonality / proximal terms --
+  sees row ``k`` (:class:`ParameterRows` substitutes the rows for the parameters of the trainer's own
+  model, so every method's own ``compute_loss`` -- adapters, contrastive / orthogonality / proximal terms --
   is used unchanged);
 * the text tower, where the time goes, runs ONCE per step over all active clients' prompts
   (``sum_k N_k`` prompts, e.g. ``K * C`` for PromptFL, ``K * 2C`` for FedPGP / FedTV);
@@ -23,22 +23,25 @@ Hence batched and sequential training give the same tensors up to floating-point
 
 How the single text pass is obtained without changing any trainer: during a step the model's
 ``text_encoder`` is replaced by a proxy. Pass 1 runs each active client's ``compute_loss`` until its
-first text-encoder call, records the prompt embeddings ``(N_k, L, d)`` and token ids ``(N_k, L)`` (with
-their autograd graph back to the client's rows) and stops there; the real text tower then encodes the
-concatenation of every client's prompts once; pass 2 runs each ``compute_loss`` again with the proxy
+first text-encoder call, records its inputs (dense prompt embeddings ``(N_k, L, d)`` and token ids, or
+the ``G_k`` shared prefixes of ``encode_shared_prefix``; with their autograd graph back to the client's
+rows) and stops there; the real text tower then encodes the concatenation of every client's prompts
+once (:func:`encode_together`); pass 2 runs each ``compute_loss`` again with the proxy
 returning the client's slice of the features. A ``compute_loss`` that never calls the text tower is
 used directly from pass 1.
 
 Requirements (:func:`batching_support` names the one that fails; the server then trains the clients
 one after another): frozen, cached image features (``FED.FEATURE_CACHE``), a frozen text tower called
-at most once per step as ``text_encoder(prompts, tokenized)``, the base class' training step and local
-loop, no fp16 gradient scaling, and an elementwise optimiser (``sgd``, ``adam``, ``adamw``, ``amsgrad``).
+at most once per step (``text_encoder(prompts, tokenized)`` or ``text_encoder.encode_shared_prefix``),
+the base class' training step and local loop, no fp16 gradient scaling, and an elementwise optimiser
+(``sgd``, ``adam``, ``adamw``, ``amsgrad``).
 
 Deviation from sequential training: a non-finite loss is detected at the end of the epoch (one
 host sync per epoch instead of one per step); the round is aborted either way.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -177,37 +180,87 @@ class _Recorded(Exception):
 
 
 class _TextEncoderProxy(nn.Module):
-    """Stands in for ``model.text_encoder`` during a batched step (see the module docstring)."""
+    """Stands in for ``model.text_encoder`` during a batched step (see the module docstring).
 
-    def __init__(self):
+    Both ways of calling the text tower are recorded: ``forward(prompts, tokenized)`` (dense prompts)
+    and ``encode_shared_prefix(prefix, suffix, eos)`` (``G`` context sets sharing the class suffixes).
+    """
+
+    def __init__(self, encoder: nn.Module):
         super().__init__()
+        self.supports_shared_prefix = bool(getattr(encoder, "supports_shared_prefix", False))
         self.mode = "record"
-        self.recorded: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.recorded: tuple | None = None
         self.output: torch.Tensor | None = None
 
-    def forward(self, prompts: torch.Tensor, tokenized: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if args or kwargs:
-            raise BatchingUnsupported("the text encoder is called with extra inputs (deep prompts?)")
+    def _call(self, kind: str, *inputs: torch.Tensor) -> torch.Tensor:
         if self.mode == "record":
-            self.recorded = (prompts, tokenized)
+            self.recorded = (kind, *inputs)
             raise _Recorded
-        if self.output is None or self.output.shape[0] != prompts.shape[0]:
+        if self.output is None or self.output.shape[0] != inputs[0].shape[0]:
             raise BatchingUnsupported("compute_loss calls the text encoder more than once per step")
         out, self.output = self.output, None
         return out
 
+    def forward(self, prompts: torch.Tensor, tokenized: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if args or kwargs:
+            raise BatchingUnsupported("the text encoder is called with extra inputs (deep prompts?)")
+        return self._call("dense", prompts, tokenized)
 
-class _LossCall(nn.Module):
-    """``forward(features, labels) = trainer.compute_loss(features, labels)``; holds the model as a
-    submodule so that ``functional_call`` can substitute a client's rows (names ``model.<param>``)."""
+    def encode_shared_prefix(self, prefix: torch.Tensor, suffix: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
+        return self._call("prefix", prefix, suffix, eos)
 
-    def __init__(self, trainer: FederatedTrainer):
-        super().__init__()
-        self.model = trainer.model
-        self._compute_loss = trainer.compute_loss
 
-    def forward(self, features: torch.Tensor, labels: torch.Tensor):
-        return self._compute_loss(features, labels)
+def encode_together(encoder: nn.Module, recorded: list[tuple]) -> list[torch.Tensor]:
+    """One text-tower pass over every client's recorded call; returns each client's slice of the output.
+
+    ``recorded[k]`` is ``("dense", prompts (N_k, L, d), tokenized (N_k, L))`` or ``("prefix", prefix
+    (G_k, P, d), suffix (C, S, d), eos (C,))``; every client must call the tower the same way (and, for
+    the prefix pass, with the same class suffixes: the clients share the class set).
+    """
+    kinds = {r[0] for r in recorded}
+    if len(kinds) != 1:
+        raise BatchingUnsupported(f"clients call the text tower in different ways: {sorted(kinds)}")
+    sizes = [r[1].shape[0] for r in recorded]
+    if kinds == {"dense"}:
+        feats = encoder(torch.cat([r[1] for r in recorded]), torch.cat([r[2] for r in recorded]))
+    else:
+        suffix, eos = recorded[0][2], recorded[0][3]
+        if any(r[2] is not suffix and not torch.equal(r[2], suffix) for r in recorded[1:]):
+            raise BatchingUnsupported("clients encode different class sets")
+        feats = encoder.encode_shared_prefix(torch.cat([r[1] for r in recorded]), suffix, eos)
+    return list(feats.split(sizes))
+
+
+class ParameterRows:
+    """Substitutes tensors for a model's trainable parameters for the duration of a ``with`` block.
+
+    What ``torch.func.functional_call`` does, without walking the whole module tree (the frozen CLIP
+    included) at every call: the places ``(module, attribute)`` holding each parameter are found
+    once. ``use({name: tensor})`` puts the tensors there (a parameter shared by several modules is
+    replaced everywhere) and restores the parameters on exit.
+    """
+
+    def __init__(self, model: nn.Module, names: list[str]):
+        params = dict(model.named_parameters())
+        by_id = {id(params[n]): n for n in names}
+        self.slots: dict[str, list[tuple[nn.Module, str, nn.Parameter]]] = {n: [] for n in names}
+        for module in model.modules():
+            for attr, param in module._parameters.items():
+                if param is not None and id(param) in by_id:
+                    self.slots[by_id[id(param)]].append((module, attr, param))
+
+    @contextlib.contextmanager
+    def use(self, tensors: dict[str, torch.Tensor]):
+        try:
+            for name, tensor in tensors.items():
+                for module, attr, _ in self.slots[name]:
+                    module._parameters[attr] = tensor
+            yield
+        finally:
+            for name in tensors:
+                for module, attr, param in self.slots[name]:
+                    module._parameters[attr] = param
 
 
 class BatchedClients:
@@ -242,9 +295,9 @@ class BatchedClients:
         round_start = [{n: s[n].to(device) for n in self.names if n in self.shared} for s in starts]
         optim = MaskedOptimizer(list(stacked.values()), t.cfg.OPTIM, k)
         lrs = epoch_learning_rates(t.cfg.OPTIM, epochs)
-        call = _LossCall(t)
-        proxy = _TextEncoderProxy()
+        swap = ParameterRows(t.model, self.names)
         encoder = t.model.text_encoder
+        proxy = _TextEncoderProxy(encoder)
         summaries: list[dict[str, float]] = [{} for _ in range(k)]
         t.set_model_mode("train")
         t.max_epoch = epochs
@@ -260,7 +313,7 @@ class BatchedClients:
                     active = [j for j in range(k) if batches[j] is not None]
                     if not active:
                         break
-                    losses = self._step(call, proxy, encoder, stacked, round_start, batches, active, sums, counts)
+                    losses = self._step(swap, proxy, encoder, stacked, round_start, batches, active, sums, counts)
                     optim.zero_grad()
                     torch.stack(losses).sum().backward()
                     mask = torch.zeros(k, dtype=torch.bool, device=device)
@@ -270,36 +323,37 @@ class BatchedClients:
         finally:
             t.model.text_encoder = encoder
             t.round_start_shared = {}
-        states = [{n: stacked[n][j].detach().to("cpu", t.trainable_parameters()[n].dtype, copy=True)
-                   for n in self.names} for j in range(k)]
+        dtypes = {n: p.dtype for n, p in t.trainable_parameters().items()}
+        states = [{n: stacked[n][j].detach().to("cpu", dtypes[n], copy=True) for n in self.names} for j in range(k)]
         return list(zip(summaries, states, strict=True))
 
-    def _step(self, call: _LossCall, proxy: _TextEncoderProxy, encoder: nn.Module, stacked: dict,
+    def _step(self, swap: ParameterRows, proxy: _TextEncoderProxy, encoder: nn.Module, stacked: dict,
               round_start: list[dict], batches: list, active: list[int], sums: list[dict],
               counts: list[int]) -> list[torch.Tensor]:
         """Both passes of one step for the ``active`` clients; returns their losses (scalars)."""
         t = self.trainer
         inputs = {j: (batches[j]["feat"].to(t.device), batches[j]["label"].to(t.device)) for j in active}
         rows = {n: stacked[n].unbind(0) for n in self.names}  # one backward node per tensor, not one per client
-        params = {j: {f"model.{n}": rows[n][j] for n in self.names} for j in active}
+        params = {j: {n: rows[n][j] for n in self.names} for j in active}
         results, recorded = {}, {}
         proxy.mode = "record"
         with t.autocast():
             for j in active:  # pass 1: record each client's prompts
                 t.round_start_shared = round_start[j]
                 try:
-                    results[j] = torch.func.functional_call(call, params[j], inputs[j])
+                    with swap.use(params[j]):
+                        results[j] = t.compute_loss(*inputs[j])
                 except _Recorded:
                     recorded[j] = proxy.recorded
             if recorded:  # one text-tower pass over every client's prompts
                 order = list(recorded)
-                feats = encoder(torch.cat([recorded[j][0] for j in order]), torch.cat([recorded[j][1] for j in order]))
-                pieces = feats.split([recorded[j][0].shape[0] for j in order])
+                pieces = encode_together(encoder, [recorded[j] for j in order])
                 proxy.mode = "replay"
                 for j, piece in zip(order, pieces, strict=True):  # pass 2: the losses
                     t.round_start_shared = round_start[j]
                     proxy.output = piece
-                    results[j] = torch.func.functional_call(call, params[j], inputs[j])
+                    with swap.use(params[j]):
+                        results[j] = t.compute_loss(*inputs[j])
                     proxy.output = None
         losses = []
         for j in active:

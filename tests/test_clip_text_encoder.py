@@ -83,6 +83,37 @@ def test_learned_context_gets_gradients(loaded):
     assert all(p.grad is None for p in m.parameters())
 
 
+def test_shared_prefix_pass_equals_the_dense_pass(loaded):
+    """G context sets x C classes: prefix computed once per set, suffixes attend to it; same features and
+    gradients as encoding the G*C full prompts (both the Parameter and the Linear projection)."""
+    m, n_ctx, g = loaded.model, 4, 3
+    t = loaded.tokenize([" ".join(["X"] * n_ctx) + f" {c}." for c in CLASSNAMES])
+    eos = t.argmax(dim=-1)
+    t = t[:, : int(eos.max()) + 1]
+    enc = clip.TextEncoder(m)
+    assert enc.supports_shared_prefix
+    with torch.no_grad():
+        emb = enc.embed(t)
+    ctx = nn.Parameter(torch.randn(g, n_ctx, emb.shape[-1], generator=torch.Generator().manual_seed(0)) * 0.02)
+    c = len(CLASSNAMES)
+    dense_prompts = torch.cat([torch.cat([emb[:, :1], ctx[k].expand(c, -1, -1), emb[:, 1 + n_ctx :]], dim=1)
+                               for k in range(g)])
+    dense = enc(dense_prompts, t.repeat(g, 1)).view(g, c, -1)
+    (grad_dense,) = torch.autograd.grad(dense.square().sum(), ctx)
+    prefix = torch.cat([emb[:1, :1].expand(g, 1, -1), ctx], dim=1)
+    shared = enc.encode_shared_prefix(prefix, emb[:, 1 + n_ctx :], eos - (1 + n_ctx))
+    (grad_shared,) = torch.autograd.grad(shared.square().sum(), ctx)
+    assert shared.shape == (g, c, loaded.embed_dim)
+    assert torch.allclose(shared, dense, atol=1e-5)
+    assert torch.allclose(grad_shared, grad_dense, atol=1e-4, rtol=1e-4)
+
+
+def test_shared_prefix_needs_a_causal_tower(loaded):
+    enc = clip.TextEncoder(loaded.model)
+    enc.attn_mask = None  # a bidirectional tower: the prefix would see the class tokens
+    assert not enc.supports_shared_prefix
+
+
 def test_low_precision_dtype():
     loaded = clip.make_random_clip("tiny", seed=0)
     m = loaded.model.to(torch.bfloat16)

@@ -169,9 +169,14 @@ def test_bad_config_values_get_clear_errors(tmp_path):
 
 # ------------------------------------------------------------------ text-encoder passes and z_C
 def _count_text_passes(trainer, monkeypatch):
-    """Record every text-tower pass: prompt batches (their row count) and hand-crafted z_C encodings ("zc")."""
+    """Record every text-tower pass: prompt batches (their prompt count: dense rows, or context sets x
+    classes of a shared-prefix pass) and hand-crafted z_C encodings ("zc")."""
     calls = []
-    trainer.model.text_encoder.register_forward_hook(lambda m, inp, out: calls.append(inp[0].shape[0]))
+    encoder = trainer.model.text_encoder
+    encoder.register_forward_hook(lambda m, inp, out: calls.append(inp[0].shape[0]))
+    shared = encoder.encode_shared_prefix
+    monkeypatch.setattr(encoder, "encode_shared_prefix",
+                        lambda p, s, e: calls.append(p.shape[0] * s.shape[0]) or shared(p, s, e), raising=False)
     encode = handcrafted.handcrafted_text_features
 
     def counting(clip, classnames, template):

@@ -22,7 +22,7 @@ def embed(clip, text):
 
 def test_end_position_matches_the_tokenized_prompt_with_ctx_in_place_of_placeholders(clip):
     pl = PromptLearner(clip, NAMES, n_ctx=4)
-    pl.keep_padding()
+    pl.set_fast_text(False)
     prompts = pl()
     assert prompts.shape == (3, clip.context_length, pl.ctx_dim)
     ref, tokens = embed(clip, "X X X X blue ring.")
@@ -101,7 +101,8 @@ def test_prompt_clip_logits_and_gradients_reach_only_the_context(clip):
 
 
 def test_padding_after_the_last_eos_is_trimmed_without_changing_the_features(clip):
-    """The text tower is causal and pools at the EOS: positions after the last EOS cannot matter."""
+    """The text tower is causal and pools at the EOS: positions after the last EOS cannot matter, and the
+    shared SOS + context prefix is encoded once (fast text) -- same features as dense full-length prompts."""
     names = ["red triangle", "a much longer name of a blue ring"]
     pl = PromptLearner(clip, names, n_ctx=4)
     eos = [len(clip.tokenize([f"X X X X {n}."])[0].nonzero()) - 1 for n in names]
@@ -111,11 +112,11 @@ def test_padding_after_the_last_eos_is_trimmed_without_changing_the_features(cli
     trimmed.sum().backward()
     grad_trimmed = pl.ctx.grad.clone()
     pl.ctx.grad = None
-    pl.keep_padding()
+    pl.set_fast_text(False)
     assert pl.tokenized_prompts.shape == (2, clip.context_length)
     full = model.text_features()
     full.sum().backward()
     assert torch.allclose(trimmed, full, atol=1e-5)
     assert torch.allclose(grad_trimmed, pl.ctx.grad, atol=1e-5)
-    pl.keep_padding(False)
+    pl.set_fast_text(True)
     assert pl.tokenized_prompts.shape[1] == max(eos) + 1

@@ -52,7 +52,8 @@ def test_reference_and_fast_modes_reach_the_same_accuracy(tmp_path):
 @pytest.mark.parametrize("trainer_name", ["FedPGP", "FedTV"])
 def test_reference_mode_pays_the_published_text_passes_for_the_same_loss(tmp_path, trainer_name):
     """Reference mode encodes C prompts four times per step (z_C, z_G, the unused personal-term pass,
-    z_i; REFERENCE.md 10); the fast path one pass of 2C prompts with z_C cached. Same loss and gradient."""
+    z_i; REFERENCE.md 10) at the full context length; the fast path one shared-prefix pass (2 context
+    sets x C classes, trimmed) with z_C cached. Same loss and gradient."""
     import torch
 
     from dassl.engine import build_trainer
@@ -66,10 +67,14 @@ def test_reference_mode_pays_the_published_text_passes_for_the_same_loss(tmp_pat
         trainer = build_trainer(cfg, classnames=[f"class {i}" for i in range(5)])
         model = trainer.model
         sizes = []
-        model.text_encoder.register_forward_pre_hook(lambda _m, args, _s=sizes: _s.append(args[0].shape[0]))
+        encoder = model.text_encoder
+        encoder.register_forward_pre_hook(lambda _m, args, _s=sizes: _s.append(("dense", *args[0].shape[:2])))
+        shared = encoder.encode_shared_prefix
+        encoder.encode_shared_prefix = lambda p, s, e, _f=shared, _s=sizes: _s.append(
+            ("prefix", p.shape[0], s.shape[0])) or _f(p, s, e)
         tower = model.clip.model
         original = tower.encode_text
-        tower.encode_text = lambda tokens, _o=original, _s=sizes: _s.append(tokens.shape[0]) or _o(tokens)
+        tower.encode_text = lambda tokens, _o=original, _s=sizes: _s.append(("dense", *tokens.shape)) or _o(tokens)
         model.handcrafted_features()  # the fast path's one-off z_C encoding, before the step
         sizes.clear()
         feats = torch.randn(8, model.clip.embed_dim, generator=torch.Generator().manual_seed(1))
@@ -81,7 +86,8 @@ def test_reference_mode_pays_the_published_text_passes_for_the_same_loss(tmp_pat
         loss.backward()
         losses[reference], calls[reference] = float(loss.detach()), sizes
         grads[reference] = model.prompt_learner.sigma.grad.clone()
-    assert calls[False] == [10]
-    assert sorted(calls[True]) == [5, 5, 5, 5]
+    full = model.clip.context_length
+    assert calls[False] == [("prefix", 2, 5)]
+    assert calls[True] == [("dense", 5, full)] * 4
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
     assert torch.allclose(grads[True], grads[False], atol=1e-5, rtol=1e-4), (grads[True] - grads[False]).abs().max()

@@ -214,15 +214,14 @@ class GlobalPersonalCLIP(PromptCLIP):
     def text_feature_sets(self, with_global: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(z_i, z_G)``, each ``(C, D)`` normalised; ``z_G`` is None unless ``with_global``.
 
-        Both prompt sets go through the text tower in one batched pass of ``2C`` prompts.
+        Both prompt sets go through the text tower in one pass (``encode_contexts``: ``2C`` prompts, or two
+        shared prefixes and ``C`` class suffixes).
         """
         learner = self.prompt_learner
         if not with_global:
             return self.text_features(), None
-        prompts = torch.cat([learner(), learner.global_prompts()], dim=0)
-        tokenized = learner.tokenized_prompts.repeat(2, 1)
-        feats = F.normalize(self.text_encoder(prompts, tokenized), dim=-1)
-        return feats[: learner.n_cls], feats[learner.n_cls :]
+        z_personal, z_global = self.encode_contexts([learner.context(), learner.sigma])
+        return z_personal, z_global
 
     def published_text_feature_sets(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(z_i, z_G, z_C)``, each ``(C, D)`` normalised, computed the way the published FedPGP / FedTV

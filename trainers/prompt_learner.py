@@ -28,15 +28,23 @@ class PromptLearner(nn.Module):
             e.g. global + low-rank terms, pass False and override ``context``).
 
     Shapes: ``ctx`` is ``(M, d)`` (unified) or ``(C, M, d)`` (CSC); ``forward()`` returns prompt
-    embeddings ``(C, L, d)``. ``L`` is the position of the last EOS token + 1 (trimmed padding) when
-    the text tower is causal and pools at the EOS token, as CLIP's: the outputs at positions up to
-    the EOS never see later (padding) positions, so the features are exactly those of the full
-    context length, at a fraction of the cost (ViT-B/16: ~20 of 77 tokens for 16 context tokens).
-    ``keep_padding(True)`` restores the full context length (the published cost, reference mode).
+    embeddings ``(C, L, d)``.
+
+    Fast text encoding (``fast_text``, on unless ``set_fast_text(False)``), exact for a causal text
+    tower that pools at the EOS token, as CLIP's:
+
+    * ``L`` is the position of the last EOS token + 1: padding after it is trimmed (the outputs up to
+      the EOS never see later positions), e.g. ~20 of ViT-B/16's 77 tokens with 16 context tokens;
+    * ``shares_prefix``: with one context for all classes and the class token at the end, the
+      ``1 + M`` first tokens (SOS + context) are the same for every class, so ``prefix_parts`` gives
+      them once per context set for ``TextEncoder.encode_shared_prefix``.
+
+    ``set_fast_text(False)`` gives the published cost (reference mode): full context length, every
+    prompt encoded densely.
     """
 
-    #: Trim the padding after the last EOS token (see the class docstring); ``keep_padding`` changes it.
-    trim_padding: bool = True
+    #: Trim the padding and share the prefix (see the class docstring); ``set_fast_text`` changes it.
+    fast_text: bool = True
 
     def __init__(self, clip, classnames: list[str], n_ctx: int = 16, ctx_init: str = "", csc: bool = False,
                  class_token_position: str = "end", learn_ctx: bool = True):
@@ -100,13 +108,14 @@ class PromptLearner(nn.Module):
                 f"prompts do not fit the text tower's {tokenized.shape[1]} tokens with {self.n_ctx} context tokens "
                 f"for classes {too_long[:3]}: lower N_CTX"
             )
-        if self.trim_padding and self._causal_eos_pooling():
+        if self.fast_text and self._causal_eos_pooling():
             tokenized = tokenized[:, : int(eot.max()) + 1]
         name_ids = self._tokenize(names)
         self.name_lens = [int((ids != 0).sum()) - 2 for ids in name_ids]
         with torch.no_grad():
             embedding = self.token_embedding(tokenized).float()
         self.register_buffer("tokenized_prompts", tokenized, persistent=False)
+        self.register_buffer("eos_in_suffix", eot - (1 + self.n_ctx), persistent=False)  # (C,), class token at the end
         self.register_buffer("token_prefix", embedding[:, :1, :], persistent=False)  # SOS
         self.register_buffer("token_suffix", embedding[:, 1 + self.n_ctx :, :], persistent=False)  # CLS . EOS
         self.n_cls = len(names)
@@ -118,10 +127,21 @@ class PromptLearner(nn.Module):
         return getattr(model, "attn_mask", None) is not None and \
             getattr(model, "text_pool_type", "argmax") in ("argmax", "eos")
 
-    def keep_padding(self, keep: bool = True) -> None:
-        """Encode prompts at the full context length (``keep``) or trimmed after the last EOS token."""
-        self.trim_padding = not keep
+    def set_fast_text(self, enabled: bool = True) -> None:
+        """Fast text encoding (trimmed padding, shared prefix) or the published dense full-length prompts."""
+        self.fast_text = bool(enabled)
         self.set_classnames(self.classnames)
+
+    @property
+    def shares_prefix(self) -> bool:
+        """Whether every class's prompt starts with the same ``1 + M`` tokens (SOS + one shared context)."""
+        return self.fast_text and not self.csc and self.class_token_position == "end" and self._causal_eos_pooling()
+
+    def prefix_parts(self, contexts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For ``G`` context sets ``(G, M, d)``: prefixes ``(G, 1 + M, d)`` (SOS + context), the class suffixes
+        ``(C, S, d)`` (name, '.', EOS) and the EOS position in each suffix ``(C,)`` (``shares_prefix`` only)."""
+        sos = self.token_prefix[:1].to(contexts.dtype).expand(contexts.shape[0], -1, -1)
+        return torch.cat([sos, contexts], dim=1), self.token_suffix.to(contexts.dtype), self.eos_in_suffix
 
     def context(self) -> torch.Tensor:
         """The context to use now: ``(M, d)`` or ``(C, M, d)``."""
@@ -175,8 +195,22 @@ class PromptCLIP(nn.Module):
         """Normalised text features ``(C, D)`` of prompt embeddings ``(C, L, d)``."""
         return F.normalize(self.text_encoder(prompts, self.prompt_learner.tokenized_prompts), dim=-1)
 
+    def encode_contexts(self, contexts: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Normalised text features ``(C, D)`` of the class prompts of each context ``(M, d)`` of ``contexts``,
+        from one text-tower pass: the shared-prefix pass when the learner and the tower allow it."""
+        learner = self.prompt_learner
+        if learner.shares_prefix and getattr(self.text_encoder, "supports_shared_prefix", False):
+            feats = self.text_encoder.encode_shared_prefix(*learner.prefix_parts(torch.stack(contexts)))
+            return list(F.normalize(feats, dim=-1).unbind(0))
+        prompts = torch.cat([learner.construct_prompts(ctx) for ctx in contexts])
+        tokenized = learner.tokenized_prompts.repeat(len(contexts), 1)
+        return list(F.normalize(self.text_encoder(prompts, tokenized), dim=-1).split(learner.n_cls))
+
     def text_features(self) -> torch.Tensor:
-        return self.encode_prompts(self.prompt_learner())
+        learner = self.prompt_learner
+        if type(learner).forward is PromptLearner.forward and learner.context().dim() == 2:
+            return self.encode_contexts([learner.context()])[0]
+        return self.encode_prompts(learner())
 
     def eval_context(self) -> torch.Tensor:
         return self.text_features()
