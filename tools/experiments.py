@@ -7,12 +7,17 @@ into a command line shared by every script::
 
     python scripts/table1_base2novel.py --root DATA/ --backbone ViT-B/16 --output-root output/table1
         [--datasets oxford_pets dtd] [--methods PromptFL FedPGP] [--seeds 1 2 3]
-        [--dry-run] [--force] [--rounds N] [--in-process] [--report] [--toy] [KEY VALUE ...]
+        [--dry-run] [--estimate [--costs FILE]] [--force] [--rounds N] [--in-process] [--report] [--toy]
+        [KEY VALUE ...]
 
 * every run goes to ``OUTPUT_ROOT/<dataset>/<backbone>/<method>/<other axes>/seed<S>``;
 * a run whose ``results.json`` holds a final block for all its configured rounds is skipped (unless
   ``--force``); an interrupted run (checkpoint, unfinished results) is continued with ``--resume``;
-* ``--dry-run`` prints the commands and changes nothing;
+* ``--dry-run`` prints the commands and changes nothing; ``--estimate`` prints each run's estimated hours
+  on one GPU and the total, in FedTV's fast mode and the published (reference) way (``tools/gpu_time.py``:
+  per-operation costs of ``bench/gpu_costs.json``, or ``--costs FILE``; an estimate, not a measurement);
+* integer axes (``--seeds``, ``--ranks``, ``--shots``) must hold integers (an ``ExperimentError`` names the
+  axis and the bad value otherwise);
 * ``OUTPUT_ROOT/manifest.json`` lists every run the script was asked for (merged over invocations),
   so that ``python -m tools.report OUTPUT_ROOT`` shows a run that never finished as missing;
 * each run executes as ``python -m tools.experiments exec <federated_main args>``: ``federated_main``
@@ -115,6 +120,11 @@ class Experiment:
                            help=f"{axis.help} (default: {' '.join(axis.full)}; --toy: {' '.join(axis.toy)})")
         p.add_argument("--rounds", type=int, default=None, help="override the number of rounds of every run")
         p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+        p.add_argument("--estimate", action="store_true",
+                       help="print the estimated GPU hours of every selected run and in total (fast and reference "
+                            "modes, tools/gpu_time.py), run nothing")
+        p.add_argument("--costs", default=None,
+                       help="per-operation GPU cost file for --estimate (default bench/gpu_costs.json)")
         p.add_argument("--force", action="store_true", help="re-run finished runs from scratch")
         p.add_argument("--in-process", action="store_true",
                        help="run in this process (faster for small runs; a crash stops the grid)")
@@ -136,6 +146,7 @@ class Experiment:
             bad = [v for v in wanted if not axis.free and v not in valid]
             if bad:
                 raise ExperimentError(f"--{axis.name}: unknown {', '.join(bad)}; valid: {', '.join(valid)}")
+            check_integers(axis.name, wanted)
             selected.append([(axis.name, v) for v in wanted])
         if len(args.opts or []) % 2:
             raise ExperimentError(f"config overrides must be KEY VALUE pairs, got {args.opts}")
@@ -188,6 +199,8 @@ class Experiment:
         except ExperimentError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        if args.estimate:
+            return print_estimate(runs, args.costs)
         root = self.output_root(args)
         status = execute(runs, dry_run=args.dry_run, force=args.force, in_process=args.in_process,
                          manifest=(root, self.table, self.title))
@@ -198,7 +211,34 @@ class Experiment:
         return status
 
 
+def print_estimate(runs: list[Run], costs_file: str | None) -> int:
+    """``--estimate``: the estimated GPU hours of ``runs`` (tools/gpu_time.py); 2 on a bad costs file or run."""
+    from tools.gpu_time import CostsError, estimate_runs, format_runs, load_costs
+
+    try:
+        costs = load_costs(costs_file)
+        print(format_runs(estimate_runs(runs, costs), costs))
+    except CostsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 NUMERIC_AXES = ("ranks", "shots")
+#: axes whose values are integers, with their smallest valid value
+INTEGER_AXES = {"seeds": 0, "ranks": 1, "shots": 1}
+
+
+def check_integers(axis: str, values: list[str]) -> None:
+    """ExperimentError naming the axis and the values that are not integers >= its minimum."""
+    if axis not in INTEGER_AXES:
+        return
+    low = INTEGER_AXES[axis]
+    bad = [v for v in values if not (v.strip().lstrip("-").isdigit() and int(v) >= low)]
+    if bad:
+        raise ExperimentError(f"--{axis}: {', '.join(repr(v) for v in bad)} is not an integer >= {low}"
+                              if len(bad) == 1 else
+                              f"--{axis}: {', '.join(repr(v) for v in bad)} are not integers >= {low}")
 PLURAL_AXES = ("datasets", "methods", "seeds", "variants", "domains", "ranks", "partitions")
 
 

@@ -1,0 +1,191 @@
+"""tools/gpu_time.py: the GPU-time estimate of a hand-made run equals the hand-computed sum of its
+operations' costs; it grows with rounds, clients and classes; the published (reference) way never costs
+less than the fast path; every script's paper grid gets an estimate; a bad costs file is a clear error;
+the table scripts' integer axes refuse non-integers."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+
+import pytest
+
+from tools.experiments import ExperimentError
+from tools.gpu_time import (
+    MODES,
+    REPO,
+    CostsError,
+    EvalSet,
+    RunShape,
+    estimate,
+    estimate_runs,
+    load_costs,
+    load_script,
+    script_paths,
+    shape_from_argv,
+)
+
+#: A costs file with round numbers, so that the test can add the operations up by hand.
+COSTS = {
+    "device": "test GPU",
+    "text_fwd_bwd_ms": {"bf16": [[10, 20.0], [100, 30.0]], "fp32": [[10, 40.0], [100, 90.0]]},
+    "image_fwd_ms_per_32": {"bf16": 8.0, "fp32": 32.0},
+    "forward_only_fraction": 0.25,
+    "image_fwd_bwd_factor": 3.0,
+    "text_weight_grad_factor": 1.5,
+    "step_overhead_ms": 1.0,
+    "backbone_scale": {"ViT-B/16": {"text": 1.0, "image": 1.0}},
+    "source": {},
+}
+
+
+@pytest.fixture
+def costs(tmp_path):
+    path = tmp_path / "costs.json"
+    path.write_text(json.dumps(COSTS))
+    return load_costs(str(path))
+
+
+def tiny_shape(method: str = "PromptFL", **changes) -> RunShape:
+    """2 clients of 20 images, batch 10, 10 classes, 2 rounds (round 2 samples 1 client), 1 local epoch;
+    both rounds evaluate two test sets of 50 images of 10 classes; 2 cached views."""
+    shape = RunShape(method=method, backbone="ViT-B/16", rounds=2, epochs=1, batch=10, classes=10,
+                     client_images=[20.0, 20.0], sampled=[2, 1], eval_rounds=2,
+                     eval_sets=[EvalSet(1, 50.0, 10), EvalSet(1, 50.0, 10)], zero_shot=[], cache_views=2,
+                     batched=False)
+    return dataclasses.replace(shape, **changes)
+
+
+def test_hand_computed_estimate(costs):
+    shape = tiny_shape()
+    steps = 2 * 2 + 2  # round 1: 2 clients x ceil(20 / 10) steps; round 2: one client, 2 steps
+    # fast: text pass of C = 10 prompts (bf16: 20 ms) + overhead; evaluation: text forward (1/4) per set
+    fast = estimate(shape, costs, "fast")
+    assert fast.train == pytest.approx(steps * (20.0 + 1.0) / 1000)
+    assert fast.evaluate == pytest.approx(2 * 2 * 0.25 * 20.0 / 1000)
+    # cache: 2 views of the 40 training images + the 100 test images, bf16 image tower (8 ms / 32 images)
+    assert fast.cache == pytest.approx((2 * 40 + 100) * 8.0 / 32 / 1000)
+    # reference: fp32 text (40 ms) + fp32 image tower on the batch (10 x 32 / 32 ms) + overhead per step;
+    # evaluation re-encodes the 50 images of each set
+    ref = estimate(shape, costs, "reference")
+    assert ref.cache == 0
+    assert ref.train == pytest.approx(steps * (40.0 + 10.0 + 1.0) / 1000)
+    assert ref.evaluate == pytest.approx(2 * 2 * (0.25 * 40.0 + 50.0) / 1000)
+    assert ref.total == pytest.approx(ref.train + ref.evaluate)
+    # FedPGP: fast = one pass of 2C = 20 prompts (interpolated: 20 + 10 x 10 / 90 ms); reference = 4 passes of C
+    pgp = tiny_shape("FedPGP")
+    assert estimate(pgp, costs, "fast").train == pytest.approx(steps * (20.0 + 10.0 * 10 / 90 + 1.0) / 1000)
+    assert estimate(pgp, costs, "reference").train == pytest.approx(steps * (4 * 40.0 + 10.0 + 1.0) / 1000)
+    # batched clients: round 1 = 2 steps of ONE pass over both clients' 20 prompts; round 2 = 2 single steps
+    batched = estimate(shape, costs, "fast", batch_clients=True)
+    assert batched.train == pytest.approx((2 * (20.0 + 10.0 * 10 / 90 + 1.0) + 2 * 21.0) / 1000)
+    assert estimate(dataclasses.replace(shape, batched=True), costs, "fast").train == pytest.approx(batched.train)
+    # a personal model per client: base / novel style sets are evaluated by each of the 2 clients
+    per = tiny_shape("FedPGP", eval_sets=[EvalSet(2, 50.0, 10)])
+    assert estimate(per, costs, "reference").evaluate == pytest.approx(2 * 2 * (0.25 * 40.0 + 50.0) / 1000)
+    # extrapolation above the last measured point follows the last slope
+    assert costs.text(190, "bf16", "ViT-B/16") == pytest.approx(40.0)
+    assert costs.text(5, "bf16", "ViT-B/16") == pytest.approx(20.0)
+
+
+def test_shape_of_a_paper_run_follows_its_flags():
+    exp = load_script(os.path.join(REPO, "scripts", "table1_base2novel.py"))
+    (run,) = exp.runs(exp.parser().parse_args(["--datasets", "dtd", "--methods", "FedPGP", "--seeds", "1"]))
+    shape = shape_from_argv(run.argv)
+    # DTD: 47 classes, 24 base; 10 clients, 16 shots each on its share of the base classes; batch 16
+    assert shape.classes == math.ceil(47 / 2) == 24
+    assert shape.client_images == [pytest.approx(16 * 24 / 10)] * 10
+    assert (shape.rounds, shape.epochs, shape.batch, shape.eval_rounds) == (25, 2, 16, 25)
+    assert shape.sampled == [10] * 25
+    # local sets (one model each) + base / novel evaluated by each client (FedPGP is personalised)
+    assert [s.models for s in shape.eval_sets] == [1] * 10 + [10, 10]
+    assert sum(s.images for s in shape.eval_sets[:10]) == pytest.approx(1692 * 24 / 47)
+    exp5 = load_script(os.path.join(REPO, "scripts", "table5_cifar_dirichlet.py"))
+    (run5,) = exp5.runs(exp5.parser().parse_args(["--datasets", "cifar10", "--methods", "PromptFL", "--seeds", "1"]))
+    shape5 = shape_from_argv(run5.argv)
+    assert shape5.sampled == [100] + [10] * 149 and shape5.eval_rounds == 15  # every 10th round of 150
+    assert shape5.client_images == [pytest.approx(500.0)] * 100
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("method", ["PromptFL", "FedPGP", "FLoRA", "FedMaPLe"])
+def test_more_rounds_clients_classes_cost_more(costs, mode, method):
+    base = tiny_shape(method)
+    more = {
+        "rounds": dataclasses.replace(base, rounds=3, sampled=[2, 1, 1], eval_rounds=3),
+        "clients": dataclasses.replace(base, client_images=[20.0] * 3, sampled=[3, 1]),
+        "classes": dataclasses.replace(base, classes=40, eval_sets=[EvalSet(1, 50.0, 40)] * 2),
+    }
+    for batch_clients in (False, True):
+        t0 = estimate(base, costs, mode, batch_clients).total
+        for what, shape in more.items():
+            assert estimate(shape, costs, mode, batch_clients).total > t0, (what, batch_clients)
+
+
+def test_every_script_grid_is_estimated_and_reference_never_cheaper():
+    costs = load_costs()
+    for path in script_paths():
+        exp = load_script(path)
+        runs = exp.runs(exp.parser().parse_args([]))
+        shapes = [shape_from_argv(r.argv) for r in runs]
+        for batch_clients in (None, True):
+            grid = estimate_runs(runs, costs, batch_clients, shapes=shapes)
+            assert len(grid.rows) == len(runs)
+            for key, est in grid.rows:
+                assert 0 < est["fast"].total <= est["reference"].total < math.inf, (path, key)
+            assert 0 < grid.hours["fast"] < grid.hours["reference"]
+        # the fast total counts each feature cache once: at most the sum of the runs' own totals
+        assert grid.hours["fast"] <= sum(e["fast"].total for _, e in grid.rows) / 3600 + 1e-9
+
+
+def test_bad_costs_file_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(CostsError, match="cannot read"):
+        load_costs(str(tmp_path / "absent.json"))
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(CostsError, match="not valid JSON"):
+        load_costs(str(tmp_path / "broken.json"))
+    for change, message in (({"image_fwd_ms_per_32": None}, "missing key 'image_fwd_ms_per_32'"),
+                            ({"forward_only_fraction": -1}, "forward_only_fraction must be a positive number"),
+                            ({"text_fwd_bwd_ms": {"bf16": [[10, 20]]}}, "text_fwd_bwd_ms.fp32"),
+                            ({"backbone_scale": {"ViT-B/16": {"text": 1}}}, "backbone_scale.ViT-B/16.image")):
+        raw = {k: v for k, v in {**COSTS, **change}.items() if v is not None}
+        path = tmp_path / "bad.json"
+        path.write_text(json.dumps(raw))
+        with pytest.raises(CostsError, match=message.replace(".", r"\.").replace("(", r"\(")):
+            load_costs(str(path))
+    # a backbone the file has no costs for
+    path = tmp_path / "costs.json"
+    path.write_text(json.dumps(COSTS))
+    with pytest.raises(CostsError, match="no costs for backbone 'ViT-B/32'"):
+        estimate(tiny_shape(backbone="ViT-B/32"), load_costs(str(path)), "fast")
+    # through a script: exit status 2 and the message, nothing run
+    exp = load_script(script_paths()[0])
+    assert exp.cli(["--estimate", "--costs", str(tmp_path / "broken.json")]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_script_estimate_prints_every_run_and_the_totals(capsys):
+    exp = load_script([p for p in script_paths() if p.endswith("table1_base2novel.py")][0])
+    assert exp.cli(["--estimate", "--datasets", "dtd", "oxford_pets", "--methods", "PromptFL", "FedPGP",
+                    "--seeds", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [ln for ln in out.splitlines() if ln.startswith("| dtd") or ln.startswith("| oxford_pets")]
+    assert len(rows) == 4 and "total over 4 runs" in out and "not a measurement" in out
+    assert exp.cli(["--estimate", "--toy"]) == 2  # the toy world has no image counts: said, not a traceback
+    assert "ToyWorld" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--shots", "abc"], "--shots: 'abc' is not an integer >= 1"),
+    (["--shots", "0", "x"], "--shots: '0', 'x' are not integers >= 1"),
+    (["--ranks", "1.5"], "--ranks: '1.5' is not an integer"),
+    (["--seeds", "one"], "--seeds: 'one' is not an integer >= 0"),
+])
+def test_integer_axes_refuse_other_values(flags, message, capsys):
+    exp = load_script([p for p in script_paths() if p.endswith("table11_fedpgp_rank_shots.py")][0])
+    with pytest.raises(ExperimentError, match=message.replace(".", r"\.")):
+        exp.runs(exp.parser().parse_args(flags))
+    assert exp.cli([*flags, "--dry-run"]) == 2
+    assert message in capsys.readouterr().err
+    assert len(exp.runs(exp.parser().parse_args(["--shots", "2", "--ranks", "4", "--seeds", "0"]))) == 4
