@@ -140,6 +140,12 @@ def test_cost_and_communication_tables(tmp_path):
     write_report(root2, "cost", str(tmp_path / "r2"))
     md = open(os.path.join(tmp_path / "r2", "cost.md")).read()
     assert "| FLoRA | 25 | 0 | 100 B | 2.000 | 256.00 MiB | 4.00 | 4.00 | 60.00 |" in md
+    # our ratios next to FLoRA's claim (34.72x faster, 2.47x less memory than full fine-tuning), labelled as such
+    comp = open(os.path.join(tmp_path / "r2", "cost_vs_published.md")).read()
+    claim = "FLoRA paper's claim (\"up to\"), ViT-B/32"
+    assert f"| toyworld: cost per client-round | FLoRA | faster x | 4.00 | 34.72 | -30.72 | {claim} |" in comp
+    assert f"| toyworld: cost per client-round | FLoRA | less memory x | 4.00 | 2.47 | +1.53 | {claim} |" in comp
+    assert "FedFFT" not in comp  # the claim is about FLoRA only
 
 
 def test_report_cli_errors_and_scan_without_manifest(tmp_path, capsys):
@@ -152,3 +158,32 @@ def test_report_cli_errors_and_scan_without_manifest(tmp_path, capsys):
     assert "| PromptFL | 80.00 | 70.00 | 60.00 |" in open(tmp_path / "o" / "base2novel.md").read()
     assert report_main([str(tmp_path / "a"), "--table", "lodo", "--out", str(tmp_path / "o2")]) == 2
     assert "held-out domain" in capsys.readouterr().err
+
+
+def test_zero_shot_is_a_dashed_line_across_the_rounds(tmp_path, monkeypatch):
+    import tools.report_plots as plots
+
+    root = str(tmp_path / "runs")
+    keys = [{"dataset": "toyworld", "method": m, "seed": s} for m in ("ZeroshotCLIP", "PromptFL") for s in ("1", "2")]
+    dirs = manifest(root, "base2novel", keys)
+    for d, hm in zip(dirs[:2], (70.0, 72.0), strict=True):  # nothing trained: one evaluation round
+        fake_run(d, {"local": 80.0, "base": 70.0, "novel": 70.0, "hm": hm}, rounds=1, shared=0, trainer="ZeroshotCLIP")
+    for d in dirs[2:]:
+        fake_run(d, {"local": 90.0, "base": 80.0, "novel": 60.0, "hm": 68.0}, rounds=4)
+    drawn = {}
+    save = plots._save
+
+    def capture(fig, path):
+        drawn[os.path.basename(path)] = [(ln.get_label(), list(ln.get_xdata()), list(ln.get_ydata()),
+                                          ln.get_linestyle()) for ln in fig.axes[0].get_lines()]
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", capture)
+    write_report(root, "base2novel", str(tmp_path / "out"))
+    for name in ("toyworld_rounds.png", "toyworld_bytes.png"):
+        lines = {label: (xs, ys, style) for label, xs, ys, style in drawn[name]}
+        assert set(lines) == {"PromptFL", "zero-shot CLIP"}
+        xs, ys, style = lines["zero-shot CLIP"]
+        # a horizontal line across the whole axis (axes coordinates 0..1) at the seed-mean HM, dashed
+        assert xs == [0, 1] and ys == [pytest.approx(71.0)] * 2 and style == "--"
+    assert drawn["toyworld_rounds.png"][0][1] == [1, 2, 3, 4]  # PromptFL: one point per round

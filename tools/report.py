@@ -95,7 +95,8 @@ def load_published(paths: list[str] | None = None) -> list[dict]:
 
 
 def published_value(published: list[dict], ref: tuple | None) -> tuple[float | None, float | None, str]:
-    """``(mean, std, paper)`` at ``ref`` = (table, *path) in a published file, or (None, None, "")."""
+    """``(mean, std, source)`` at ``ref`` = (table, *path) in a published file, or (None, None, "");
+    ``source`` is the file's short ``label`` (e.g. "FLoRA paper's claim (up to), ViT-B/32"), else its paper."""
     if ref is None:
         return None, None, ""
     for pub in published:
@@ -104,25 +105,26 @@ def published_value(published: list[dict], ref: tuple | None) -> tuple[float | N
             node = node.get(part) if isinstance(node, dict) else None
             if node is None:
                 break
+        source = pub.get("label") or pub.get("paper", "")
         if isinstance(node, int | float):
-            return float(node), None, pub.get("paper", "")
+            return float(node), None, source
         if isinstance(node, list):
-            return float(node[0]), float(node[1]), pub.get("paper", "")
+            return float(node[0]), float(node[1]), source
     return None, None, ""
 
 
 def comparison(blocks: list[Block], published: list[dict]) -> list[list[str]]:
-    """Rows ``block, row, column, ours, published, ours - published`` for every cell the papers report."""
+    """Rows ``block, row, column, ours, published, ours - published, source`` for every cell the papers report."""
     rows = []
     for b in blocks:
         for r, cells, refs in zip(b.rows, b.cells, b.refs or [[None] * len(b.columns)] * len(b.rows), strict=True):
             for col, c, ref in zip(b.columns, cells, refs, strict=True):
-                mean, std, _ = published_value(published, ref)
+                mean, std, source = published_value(published, ref)
                 if mean is None or not isinstance(c, Cell):
                     continue
                 pub = f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
                 diff = f"{c.mean - mean:+.2f}" if c.mean is not None else "-"
-                rows.append([b.title, r, col, c.text(), pub, diff])
+                rows.append([b.title, r, col, c.text(), pub, diff, source])
     return rows
 
 
@@ -151,7 +153,7 @@ def write_report(root: str, table: str, out: str, published_files: list[str] | N
     write_values_csv(blocks, files[-1])
     comp = comparison(blocks, load_published(published_files))
     if comp:
-        header = ["block", "row", "column", "ours", "published", "ours - published"]
+        header = ["block", "row", "column", "ours", "published", "ours - published", "published in"]
         files.append(os.path.join(out, f"{table}_vs_published.md"))
         with open(files[-1], "w") as f:
             f.write(f"# {table}: ours vs published\n\n| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n")

@@ -1,6 +1,8 @@
 """The report's PNG plots, per dataset: accuracy per round per method, per-client accuracy, and
 accuracy against the bytes each client communicated. Lines / bars are seed means of finished runs;
-a line's label is the run key without dataset, seed and backbone (e.g. ``FedPGP`` or ``rank8 4shots``)."""
+a line's label is the run key without dataset, seed and backbone (e.g. ``FedPGP`` or ``rank8 4shots``).
+Zero-shot CLIP (a method that trains nothing, or else the runs' ``zero_shot`` reference) is a dashed
+horizontal line across the rounds labelled "zero-shot CLIP", not a single point."""
 from __future__ import annotations
 
 import os
@@ -43,6 +45,27 @@ def _mean_curve(runs: list[RunRecord], metric: str) -> tuple[list[int], list[flo
     return xs, [statistics.fmean(by_round[x]) for x in xs], [statistics.fmean(by_bytes[x]) for x in xs]
 
 
+def _trains_nothing(r: RunRecord) -> bool:
+    return (r.results.get("params") or {}).get("total", 1) == 0
+
+
+def zero_shot_lines(groups: dict[str, list[RunRecord]], metric: str) -> dict[str, float]:
+    """Horizontal reference lines: label -> seed-mean ``final[metric]`` of each group that trains nothing
+    (ZeroshotCLIP: one evaluation, no rounds to draw); without such a group, the runs' own zero-shot
+    reference (``results["zero_shot"]``, ``FED.ZS_REFERENCE``) averaged over the runs, under the label ""."""
+    lines = {}
+    for label, g in groups.items():
+        vals = [r.final(metric) for r in g if _trains_nothing(r) and r.final(metric) is not None]
+        if vals and len(vals) == len(g):
+            lines[label] = statistics.fmean(vals)
+    if not lines:
+        vals = [(r.results.get("zero_shot") or {}).get(metric) for g in groups.values() for r in g]
+        vals = [v for v in vals if v is not None]
+        if vals:
+            lines[""] = statistics.fmean(vals)
+    return lines
+
+
 def _save(fig, path: str) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -58,11 +81,17 @@ def plot_dataset(runs: list[RunRecord], dataset: str, metric: str, out_dir: str)
     metric = metric if any(r.final(metric) is not None for g in groups.values() for r in g) else "local"
     name = metric.upper() if metric == "hm" else metric.capitalize()
     paths = []
+    references = zero_shot_lines(groups, metric)
     for kind in ("rounds", "bytes"):
         fig, ax = plt.subplots(figsize=(6.5, 4))
         for label, g in groups.items():
+            if label in references:
+                continue
             xs, ys, bs = _mean_curve(g, metric)
             ax.plot(xs if kind == "rounds" else [max(b, 1.0) for b in bs], ys, marker="o", label=label)
+        for i, (label, y) in enumerate(references.items()):
+            ax.axhline(y, color="0.35", linestyle=("--", ":", "-.")[i % 3], linewidth=1.2,
+                       label="zero-shot CLIP" if label in ("", "ZeroshotCLIP") else f"zero-shot CLIP ({label})")
         if kind == "rounds":
             ax.set(xlabel="round", ylabel=f"{name} accuracy (%)", title=f"{dataset}: {name} per round")
         else:

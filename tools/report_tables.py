@@ -216,14 +216,16 @@ def cost(runs: list[RunRecord], reference: str = "FedFFT") -> list[Block]:
         cells = []
         for m in methods:
             s = stats[m]
-            faster = (f"{ref['secs'] / s['secs']:.2f}" if ref.get("secs") and s["secs"] else "-")
-            less = (f"{ref['mem'] / s['mem']:.2f}" if ref.get("mem") and s["mem"] else "-")
+            faster = Cell([ref["secs"] / s["secs"]] if ref.get("secs") and s["secs"] else [], 1)
+            less = Cell([ref["mem"] / s["mem"]] if ref.get("mem") and s["mem"] else [], 1)
             cells.append([_num(s["shared"]), _num(s["personal"]), _bytes(s["up"]),
                           "missing" if s["secs"] is None else f"{s['secs']:.3f}",
                           "missing" if s["mem"] is None else _bytes(s["mem"]), faster, less, s["local"]])
         kinds = {(r.info or {}).get("memory_kind") for r in dsruns if r.info}
-        blocks.append(Block(f"{ds}: cost per client-round", "method", methods, columns, cells,
-                            [[None] * len(columns) for _ in methods],
+        # the ratios next to a paper's claim (tools/published/flora.json: FLoRA vs full fine-tuning)
+        refs = [[("cost", m, col) if col in ("faster x", "less memory x") else None for col in columns]
+                for m in methods]
+        blocks.append(Block(f"{ds}: cost per client-round", "method", methods, columns, cells, refs,
                             [f"ratios: {reference} / method (> 1: cheaper than {reference}); "
                              f"peak memory: {', '.join(sorted(k for k in kinds if k)) or 'not recorded'}"]))
     return blocks
