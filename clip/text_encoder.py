@@ -18,6 +18,17 @@ def token_embedding(clip_model: nn.Module, tokens: torch.Tensor) -> torch.Tensor
     return clip_model.token_embedding(tokens).to(clip_dtype(clip_model))
 
 
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Scaled dot-product attention ``(..., Lq, hd)`` over ``(..., Lk, hd)`` keys where ``allowed (Lq, Lk)``.
+
+    Written out (not ``F.scaled_dot_product_attention``) so that ``torch.func.vmap`` maps it natively
+    (batched clients); the prompt suffixes are a few tokens, so the fused kernels would gain little.
+    """
+    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+    weights = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+    return weights.to(v.dtype) @ v
+
+
 class TextEncoder(nn.Module):
     """Runs ``clip_model``'s text tower from token embeddings.
 
@@ -123,6 +134,7 @@ class TextEncoder(nn.Module):
         pos = self.positional_embedding.to(dtype)
         xp = prefix.to(dtype) + pos[:p]  # (G, P, d)
         xs = (suffix.to(dtype) + pos[p : p + s]).unsqueeze(0).expand(g, c, s, d)  # (G, C, S, d)
+        causal_prefix = torch.ones(p, p, dtype=torch.bool, device=xp.device).tril()
         allowed = torch.ones(s, p + s, dtype=torch.bool, device=xp.device).tril(diagonal=p)  # causal in the suffix
         for block in self.transformer.resblocks:
             attn = block.attn
@@ -131,10 +143,10 @@ class TextEncoder(nn.Module):
             qs, ks, vs = F.linear(block.ln_1(xs), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
             qp, kp, vp = (t.unflatten(-1, (heads, -1)).transpose(-3, -2) for t in (qp, kp, vp))  # (G, H, P, hd)
             qs, ks, vs = (t.unflatten(-1, (heads, -1)).transpose(-3, -2) for t in (qs, ks, vs))  # (G, C, H, S, hd)
-            out_p = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True)
+            out_p = _attention(qp, kp, vp, causal_prefix)
             keys = torch.cat([kp.unsqueeze(1).expand(g, c, *kp.shape[1:]), ks], dim=-2)  # (G, C, H, P+S, hd)
             values = torch.cat([vp.unsqueeze(1).expand(g, c, *vp.shape[1:]), vs], dim=-2)
-            out_s = F.scaled_dot_product_attention(qs, keys, values, attn_mask=allowed)
+            out_s = _attention(qs, keys, values, allowed)
             out_p = attn.out_proj(out_p.transpose(-3, -2).flatten(-2))  # (G, P, d)
             out_s = attn.out_proj(out_s.transpose(-3, -2).flatten(-2))  # (G, C, S, d)
             xp = xp + block.ls_1(out_p)

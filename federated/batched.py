@@ -1,14 +1,17 @@
-"""Clients of a round trained together (``FED.BATCH_CLIENTS``): stacked parameters, one text pass.
+"""Clients of a round trained together (``FED.BATCH_CLIENTS``): stacked parameters, one vectorised step.
 
 The clients of a round start from their downloaded states and never interact until aggregation, so
 ``K`` clients can be trained as ONE optimisation problem on one device:
 
 * every trainable tensor ``(...)`` of the trainer becomes a stacked tensor ``(K, ...)``; client ``k``
-  sees row ``k`` (:class:`ParameterRows` substitutes the rows for the parameters of the trainer's own
-  model, so every method's own ``compute_loss`` -- adapters, contrastive / orthogonality / proximal terms --
-  is used unchanged);
-* the text tower, where the time goes, runs ONCE per step over all active clients' prompts
-  (``sum_k N_k`` prompts, e.g. ``K * C`` for PromptFL, ``K * 2C`` for FedPGP / FedTV);
+  sees row ``k``: :class:`ParameterRows` substitutes the rows for the parameters of the trainer's own
+  model and ``torch.func.vmap`` maps the trainer's own ``compute_loss`` (adapters, contrastive /
+  orthogonality / proximal terms) over the clients, so every method is used unchanged;
+* the text tower, where the time goes, therefore runs ONCE per step over all clients' prompts (e.g.
+  ``K`` shared prefixes and ``K x C`` class suffixes for PromptFL, ``2K`` and ``2K x C`` for FedPGP /
+  FedTV), and so does every small per-client operation (one kernel for all clients instead of ``K``);
+* clients whose batch has the same size in a step are mapped together (usually all of them; a
+  client's smaller last batch forms its own group);
 * the loss is ``sum_k L_k``: row ``k`` of every stacked tensor only influences ``L_k``, so the gradient
   of the sum with respect to row ``k`` is exactly client ``k``'s gradient;
 * the optimiser (:class:`MaskedOptimizer`: SGD with momentum / dampening / Nesterov / weight decay,
@@ -21,20 +24,12 @@ The clients of a round start from their downloaded states and never interact unt
 Hence batched and sequential training give the same tensors up to floating-point summation order
 (``tests/test_speed_batched.py``).
 
-How the single text pass is obtained without changing any trainer: during a step the model's
-``text_encoder`` is replaced by a proxy. Pass 1 runs each active client's ``compute_loss`` until its
-first text-encoder call, records its inputs (dense prompt embeddings ``(N_k, L, d)`` and token ids, or
-the ``G_k`` shared prefixes of ``encode_shared_prefix``; with their autograd graph back to the client's
-rows) and stops there; the real text tower then encodes the concatenation of every client's prompts
-once (:func:`encode_together`); pass 2 runs each ``compute_loss`` again with the proxy
-returning the client's slice of the features. A ``compute_loss`` that never calls the text tower is
-used directly from pass 1.
-
 Requirements (:func:`batching_support` names the one that fails; the server then trains the clients
-one after another): frozen, cached image features (``FED.FEATURE_CACHE``), a frozen text tower called
-at most once per step (``text_encoder(prompts, tokenized)`` or ``text_encoder.encode_shared_prefix``),
-the base class' training step and local loop, no fp16 gradient scaling, and an elementwise optimiser
-(``sgd``, ``adam``, ``adamw``, ``amsgrad``).
+one after another): frozen, cached image features (``FED.FEATURE_CACHE``), a frozen text tower, the
+base class' training step and local loop, no fp16 gradient scaling, an elementwise optimiser (``sgd``,
+``adam``, ``adamw``, ``amsgrad``), and a ``compute_loss`` that ``vmap`` can map (no ``.item()`` or
+data-dependent Python branches; a failure raises :class:`BatchingUnsupported` with vmap's reason
+before any state changes, and the server falls back to sequential training).
 
 Deviation from sequential training: a non-finite loss is detected at the end of the epoch (one
 host sync per epoch instead of one per step); the round is aborted either way.
@@ -67,9 +62,7 @@ def batching_support(trainer: FederatedTrainer) -> str | None:
         if getattr(cls, name) is not getattr(FederatedTrainer, name):
             return f"{cls.__name__} overrides {name}"
     encoder = getattr(trainer.model, "text_encoder", None)
-    if not isinstance(encoder, nn.Module):
-        return f"{cls.__name__}'s model has no text_encoder module"
-    if any(p.requires_grad for p in encoder.parameters()):
+    if isinstance(encoder, nn.Module) and any(p.requires_grad for p in encoder.parameters()):
         return f"{cls.__name__} trains its text tower (each client has its own text encoder)"
     if trainer.device.type == "cuda" and trainer.precision in ("fp16", "amp"):
         return "PREC fp16 uses gradient scaling (use bf16 or fp32)"
@@ -175,63 +168,6 @@ class MaskedOptimizer:
         return p - step_size * exp_avg_new / denom
 
 
-class _Recorded(Exception):
-    """Raised by the proxy in pass 1 once the client's text-encoder inputs are recorded."""
-
-
-class _TextEncoderProxy(nn.Module):
-    """Stands in for ``model.text_encoder`` during a batched step (see the module docstring).
-
-    Both ways of calling the text tower are recorded: ``forward(prompts, tokenized)`` (dense prompts)
-    and ``encode_shared_prefix(prefix, suffix, eos)`` (``G`` context sets sharing the class suffixes).
-    """
-
-    def __init__(self, encoder: nn.Module):
-        super().__init__()
-        self.supports_shared_prefix = bool(getattr(encoder, "supports_shared_prefix", False))
-        self.mode = "record"
-        self.recorded: tuple | None = None
-        self.output: torch.Tensor | None = None
-
-    def _call(self, kind: str, *inputs: torch.Tensor) -> torch.Tensor:
-        if self.mode == "record":
-            self.recorded = (kind, *inputs)
-            raise _Recorded
-        if self.output is None or self.output.shape[0] != inputs[0].shape[0]:
-            raise BatchingUnsupported("compute_loss calls the text encoder more than once per step")
-        out, self.output = self.output, None
-        return out
-
-    def forward(self, prompts: torch.Tensor, tokenized: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if args or kwargs:
-            raise BatchingUnsupported("the text encoder is called with extra inputs (deep prompts?)")
-        return self._call("dense", prompts, tokenized)
-
-    def encode_shared_prefix(self, prefix: torch.Tensor, suffix: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
-        return self._call("prefix", prefix, suffix, eos)
-
-
-def encode_together(encoder: nn.Module, recorded: list[tuple]) -> list[torch.Tensor]:
-    """One text-tower pass over every client's recorded call; returns each client's slice of the output.
-
-    ``recorded[k]`` is ``("dense", prompts (N_k, L, d), tokenized (N_k, L))`` or ``("prefix", prefix
-    (G_k, P, d), suffix (C, S, d), eos (C,))``; every client must call the tower the same way (and, for
-    the prefix pass, with the same class suffixes: the clients share the class set).
-    """
-    kinds = {r[0] for r in recorded}
-    if len(kinds) != 1:
-        raise BatchingUnsupported(f"clients call the text tower in different ways: {sorted(kinds)}")
-    sizes = [r[1].shape[0] for r in recorded]
-    if kinds == {"dense"}:
-        feats = encoder(torch.cat([r[1] for r in recorded]), torch.cat([r[2] for r in recorded]))
-    else:
-        suffix, eos = recorded[0][2], recorded[0][3]
-        if any(r[2] is not suffix and not torch.equal(r[2], suffix) for r in recorded[1:]):
-            raise BatchingUnsupported("clients encode different class sets")
-        feats = encoder.encode_shared_prefix(torch.cat([r[1] for r in recorded]), suffix, eos)
-    return list(feats.split(sizes))
-
-
 class ParameterRows:
     """Substitutes tensors for a model's trainable parameters for the duration of a ``with`` block.
 
@@ -292,92 +228,94 @@ class BatchedClients:
         device, k = t.device, len(starts)
         stacked = {n: torch.stack([s[n].to(device, torch.float32) for s in starts]).requires_grad_(True)
                    for n in self.names}
-        round_start = [{n: s[n].to(device) for n in self.names if n in self.shared} for s in starts]
+        anchors = {n: torch.stack([s[n].to(device) for s in starts]) for n in self.names if n in self.shared}
         optim = MaskedOptimizer(list(stacked.values()), t.cfg.OPTIM, k)
         lrs = epoch_learning_rates(t.cfg.OPTIM, epochs)
-        swap = ParameterRows(t.model, self.names)
-        encoder = t.model.text_encoder
-        proxy = _TextEncoderProxy(encoder)
+        mapped = self._mapped_loss(ParameterRows(t.model, self.names))
         summaries: list[dict[str, float]] = [{} for _ in range(k)]
         t.set_model_mode("train")
         t.max_epoch = epochs
-        t.model.text_encoder = proxy
         try:
             for epoch in range(epochs):
                 t.epoch = epoch
-                sums: list[dict[str, torch.Tensor]] = [{} for _ in range(k)]
-                counts = [0] * k
+                sums: dict[str, torch.Tensor] = {}
+                counts = torch.zeros(k, device=device)
                 iterators = [iter(loader) for loader in loaders]
                 for _ in range(max((len(loader) for loader in loaders), default=0)):
                     batches = [next(it, None) for it in iterators]
                     active = [j for j in range(k) if batches[j] is not None]
                     if not active:
                         break
-                    losses = self._step(swap, proxy, encoder, stacked, round_start, batches, active, sums, counts)
+                    loss = self._step(mapped, stacked, anchors, batches, active, sums, counts)
                     optim.zero_grad()
-                    torch.stack(losses).sum().backward()
+                    loss.backward()
                     mask = torch.zeros(k, dtype=torch.bool, device=device)
                     mask[active] = True
                     optim.step(mask, lrs[epoch])
                 summaries = self._epoch_summaries(sums, counts, contexts, summaries)
         finally:
-            t.model.text_encoder = encoder
             t.round_start_shared = {}
         dtypes = {n: p.dtype for n, p in t.trainable_parameters().items()}
         states = [{n: stacked[n][j].detach().to("cpu", dtypes[n], copy=True) for n in self.names} for j in range(k)]
         return list(zip(summaries, states, strict=True))
 
-    def _step(self, swap: ParameterRows, proxy: _TextEncoderProxy, encoder: nn.Module, stacked: dict,
-              round_start: list[dict], batches: list, active: list[int], sums: list[dict],
-              counts: list[int]) -> list[torch.Tensor]:
-        """Both passes of one step for the ``active`` clients; returns their losses (scalars)."""
+    def _mapped_loss(self, swap: ParameterRows):
+        """``compute_loss`` mapped over clients: ``(rows, anchors, feats (k, B, *F), labels (k, B))`` ->
+        ``(loss (k,), logits (k, B, C), extra {name: (k,)})``; ``anchors`` are the downloaded shared
+        tensors (``round_start_shared``, e.g. FedProx's anchor)."""
         t = self.trainer
-        inputs = {j: (batches[j]["feat"].to(t.device), batches[j]["label"].to(t.device)) for j in active}
-        rows = {n: stacked[n].unbind(0) for n in self.names}  # one backward node per tensor, not one per client
-        params = {j: {n: rows[n][j] for n in self.names} for j in active}
-        results, recorded = {}, {}
-        proxy.mode = "record"
-        with t.autocast():
-            for j in active:  # pass 1: record each client's prompts
-                t.round_start_shared = round_start[j]
-                try:
-                    with swap.use(params[j]):
-                        results[j] = t.compute_loss(*inputs[j])
-                except _Recorded:
-                    recorded[j] = proxy.recorded
-            if recorded:  # one text-tower pass over every client's prompts
-                order = list(recorded)
-                pieces = encode_together(encoder, [recorded[j] for j in order])
-                proxy.mode = "replay"
-                for j, piece in zip(order, pieces, strict=True):  # pass 2: the losses
-                    t.round_start_shared = round_start[j]
-                    proxy.output = piece
-                    with swap.use(params[j]):
-                        results[j] = t.compute_loss(*inputs[j])
-                    proxy.output = None
-        losses = []
+
+        def client_loss(rows: dict, anchors: dict, feats: torch.Tensor, labels: torch.Tensor):
+            t.round_start_shared = anchors
+            with swap.use(rows):
+                loss, logits, extra = t.compute_loss(feats, labels)
+            return loss.float(), logits, {key: torch.as_tensor(v).float() for key, v in extra.items()}
+
+        return torch.func.vmap(client_loss, randomness="different")
+
+    def _step(self, mapped, stacked: dict, anchors: dict, batches: list, active: list[int],
+              sums: dict[str, torch.Tensor], counts: torch.Tensor) -> torch.Tensor:
+        """One step of the ``active`` clients (grouped by batch size); adds their batch-size-weighted
+        ``loss`` / ``acc`` / extra terms to ``sums`` (``(K,)`` each) and returns ``sum_k L_k``."""
+        t = self.trainer
+        groups: dict[int, list[int]] = {}
         for j in active:
-            loss, logits, extra = results[j]
-            labels = inputs[j][1]
-            bs = int(labels.shape[0])
-            acc = (logits.argmax(dim=1) == labels).float().mean() * 100.0
+            groups.setdefault(int(batches[j]["label"].shape[0]), []).append(j)
+        total = None
+        for size, members in groups.items():
+            everyone = len(members) == len(stacked[self.names[0]]) if self.names else False
+            idx = torch.tensor(members, device=t.device)
+            rows = {n: v if everyone else v.index_select(0, idx) for n, v in stacked.items()}
+            anchor_rows = {n: v if everyone else v.index_select(0, idx) for n, v in anchors.items()}
+            feats = torch.stack([batches[j]["feat"] for j in members]).to(t.device)
+            labels = torch.stack([batches[j]["label"] for j in members]).to(t.device)
+            with t.autocast():
+                try:
+                    loss, logits, extra = mapped(rows, anchor_rows, feats, labels)
+                except BatchingUnsupported:
+                    raise
+                except (RuntimeError, ValueError, TypeError) as err:
+                    raise BatchingUnsupported(f"{type(t).__name__}.compute_loss cannot be mapped over clients "
+                                              f"with torch.func.vmap: {err}") from err
+            acc = (logits.argmax(dim=-1) == labels).float().mean(dim=-1) * 100.0
             for key, value in {"loss": loss, "acc": acc, **extra}.items():
-                value = torch.as_tensor(value, device=t.device).detach().float() * bs
-                sums[j][key] = sums[j][key] + value if key in sums[j] else value
-            counts[j] += bs
-            losses.append(loss.float())
-        return losses
+                value = value.detach().float().expand(len(members)) * size
+                sums[key] = sums.get(key, torch.zeros_like(counts)).index_add(0, idx, value)
+            counts.index_add_(0, idx, torch.full((len(members),), float(size), device=t.device))
+            total = loss.sum() if total is None else total + loss.sum()
+        return total
 
     @staticmethod
-    def _epoch_summaries(sums: list[dict], counts: list[int], contexts: list[dict],
+    def _epoch_summaries(sums: dict[str, torch.Tensor], counts: torch.Tensor, contexts: list[dict],
                          previous: list[dict]) -> list[dict[str, float]]:
         """Size-weighted epoch means per client (one host sync); a non-finite loss raises."""
+        host = {key: v.tolist() for key, v in sums.items()}
         out = []
-        for j, (s, n) in enumerate(zip(sums, counts, strict=True)):
+        for j, n in enumerate(counts.tolist()):
             if not n:
                 out.append(previous[j])
                 continue
-            summary = {key: float(v) / n for key, v in s.items()}
+            summary = {key: v[j] / n for key, v in host.items()}
             if not math.isfinite(summary["loss"]):
                 where = ", ".join(f"{a} {b}" for a, b in contexts[j].items())
                 raise NonFiniteLossError(f"loss is {summary['loss']} ({where})", contexts[j])

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from dassl.data import build_data_loader, build_transform
 from dassl.engine import NonFiniteLossError
-from federated.batched import BatchedClients, batching_support
+from federated.batched import BatchedClients, BatchingUnsupported, batching_support
 from federated.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, set_rng_state
 from federated.data import FederatedData
 from federated.feature_cache import EvalFeatureCache, TrainFeatureCache
@@ -73,6 +73,7 @@ class FederatedServer:
             if union:
                 self.feature_cache = TrainFeatureCache(cfg, trainer, union, self.tfm_train)
         self.batched = None
+        self.execution: dict = {}  # how the run is executed (results.json "execution")
         if cfg.FED.BATCH_CLIENTS and not reference:
             reason = batching_support(trainer) or (None if self.feature_cache else "no training feature cache")
             if reason:
@@ -224,10 +225,10 @@ class FederatedServer:
                                     "personal": sum(params[k].numel() for k in personal_keys),
                                     "total": sum(p.numel() for p in params.values())}
         # how the run was executed (speed mechanisms; results agree up to the documented tolerances)
-        writer.results["execution"] = {"reference_mode": bool(self.cfg.FED.REFERENCE_MODE),
-                                       "feature_cache": self.feature_cache is not None,
-                                       "batched_clients": self.batched is not None,
-                                       "precision": t.precision}
+        self.execution.update({"reference_mode": bool(self.cfg.FED.REFERENCE_MODE),
+                               "feature_cache": self.feature_cache is not None,
+                               "batched_clients": self.batched is not None, "precision": t.precision})
+        writer.results["execution"] = self.execution
         if start_round == 0 and self.cfg.FED.ZS_REFERENCE:
             writer.set_zero_shot(self.evaluate_zero_shot())
             logger.info("zero-shot CLIP: %s", writer.results["zero_shot"])
@@ -294,9 +295,15 @@ class FederatedServer:
             return out
         cids = list(starts)
         seed_everything(derive_seed(self.seed, round_idx, 0))
-        trained = self.batched.train([starts[c] for c in cids], [self.train_loader(c, round_idx) for c in cids],
-                                     int(self.cfg.OPTIM.MAX_EPOCH),
-                                     [{"client": c, "round": round_idx + 1} for c in cids])
+        try:
+            trained = self.batched.train([starts[c] for c in cids], [self.train_loader(c, round_idx) for c in cids],
+                                         int(self.cfg.OPTIM.MAX_EPOCH),
+                                         [{"client": c, "round": round_idx + 1} for c in cids])
+        except BatchingUnsupported as err:  # raised before anything was trained
+            logger.warning("FED.BATCH_CLIENTS: clients are trained one after another: %s", err)
+            self.batched = None
+            self.execution["batched_clients"] = False
+            return self.train_round(round_idx, starts)
         return [(cid, summary, state) for cid, (summary, state) in zip(cids, trained, strict=True)]
 
     def train_client(self, cid: int, round_idx: int, state: dict) -> dict[str, float]:

@@ -105,7 +105,8 @@ def test_shared_prefix_pass_equals_the_dense_pass(loaded):
     (grad_shared,) = torch.autograd.grad(shared.square().sum(), ctx)
     assert shared.shape == (g, c, loaded.embed_dim)
     assert torch.allclose(shared, dense, atol=1e-5)
-    assert torch.allclose(grad_shared, grad_dense, atol=1e-4, rtol=1e-4)
+    scale = float(grad_dense.abs().max())  # float32 summation noise relative to the largest entry
+    assert torch.allclose(grad_shared, grad_dense, atol=1e-5 * scale, rtol=1e-4)
 
 
 def test_shared_prefix_needs_a_causal_tower(loaded):

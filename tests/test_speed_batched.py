@@ -77,7 +77,7 @@ def _final_states(tmp_path, trainer: str, batch: bool) -> tuple[dict, dict]:
     return torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True), results
 
 
-@pytest.mark.parametrize("trainer", ["PromptFL", "CoOp", "FedPGP", "FedTV"])
+@pytest.mark.parametrize("trainer", ["PromptFL", "CoOp", "PromptProx", "KgCoOp", "FedCoCoOp", "FedPGP", "FedTV"])
 def test_batched_clients_equal_sequential(tmp_path, trainer):
     """Clients with different numbers of batches, 2 rounds x 2 epochs, momentum SGD: the same tensors and
     the same logged losses (fp32 on CPU: only the summation order differs)."""
@@ -106,3 +106,26 @@ def test_unsupported_trainers_are_named(tmp_path):
     cfg = build_cfg(parse_args(fast_args(tmp_path, ["--trainer", "PromptFL"], ["OPTIM.NAME", "rmsprop"])))
     trainer = build_trainer(cfg, classnames=["red circle", "blue square"])
     assert "rmsprop" in batching_support(trainer)
+
+
+def test_a_loss_vmap_cannot_map_falls_back_to_sequential_training(tmp_path, monkeypatch, caplog):
+    """A compute_loss with a data-dependent Python branch cannot be mapped over clients: the server says
+    why and trains the clients one after another, with the same result as asking for sequential training."""
+    from trainers.coop import PromptFL
+
+    original = PromptFL.compute_loss
+
+    def branching(self, features, labels):
+        loss, logits, extra = original(self, features, labels)
+        if loss.item() > 1e9:  # a host sync on a mapped value: vmap refuses it
+            loss = loss * 0
+        return loss, logits, extra
+
+    monkeypatch.setattr(PromptFL, "compute_loss", branching)
+    seq, _ = _final_states(tmp_path, "PromptFL", False)
+    with caplog.at_level("WARNING", logger="fedtv.server"):
+        fallback, results = _final_states(tmp_path, "PromptFL", True)
+    assert "cannot be mapped over clients" in caplog.text
+    assert not results["execution"]["batched_clients"]
+    for key in seq["global"]:
+        torch.testing.assert_close(fallback["global"][key], seq["global"][key])

@@ -19,6 +19,8 @@ Config ``TRAINER.PROMPTPROX``: the CoOp prompt keys (``N_CTX`` 16, ``CSC``, ``CT
 """
 from __future__ import annotations
 
+from operator import attrgetter
+
 import torch
 import torch.nn.functional as F
 
@@ -76,5 +78,6 @@ class PromptProx(PromptFL):
             raise RuntimeError("PromptProx.compute_loss needs round_start_shared: train through local_train()")
         logits = self.model.logits(image_features, self.model.eval_context())
         ce = F.cross_entropy(logits, labels)
-        prox = proximal_term(self.trainable_parameters(), anchors, self.tcfg.MU, self.tcfg.PROX_DETACHED)
+        params = {k: attrgetter(k)(self.model) for k in anchors}  # the live tensors (client rows when batched)
+        prox = proximal_term(params, anchors, self.tcfg.MU, self.tcfg.PROX_DETACHED)
         return ce + prox, logits, {"ce": ce.detach(), "prox": prox.detach()}
