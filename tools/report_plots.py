@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from tools.report_data import RunRecord, ordered, select  # noqa: E402
 
@@ -94,6 +95,7 @@ def plot_dataset(runs: list[RunRecord], dataset: str, metric: str, out_dir: str)
                        label="zero-shot CLIP" if label in ("", "ZeroshotCLIP") else f"zero-shot CLIP ({label})")
         if kind == "rounds":
             ax.set(xlabel="round", ylabel=f"{name} accuracy (%)", title=f"{dataset}: {name} per round")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         else:
             ax.set(xlabel="bytes communicated per client (up + down, cumulative)", xscale="log",
                    ylabel=f"{name} accuracy (%)", title=f"{dataset}: accuracy vs bytes communicated")
