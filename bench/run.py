@@ -17,9 +17,11 @@ Sizes: ``cpu`` = the tiny CLIP (runs anywhere); ``paper`` = ViT-B/16 with random
 not depend on them), 10 clients, 50 base classes (toy world of 100), 16 shots, 2 local epochs,
 batch 32, 224 px -- for a GPU.
 
-The reference mode does not reproduce the published codes' redundant text passes (FedPGP encodes
-its prompts three times per step, z_C included): its cost is a lower bound of the published cost,
-so the ratios are conservative.
+The reference mode pays what the published codes pay per step: the image tower on every batch in
+fp32, every prompt at the text tower's full context length, FedPGP / FedTV's four text passes (z_C
+re-encoded, z_G, the unused personal-term pass, z_i; REFERENCE.md 10), clients one after another.
+The fast path: cached image features, prompts trimmed after the EOS with the shared SOS + context
+prefix encoded once per context set, all clients of a round in one vmapped step.
 """
 from __future__ import annotations
 
