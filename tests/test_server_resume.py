@@ -86,22 +86,33 @@ def test_results_files(tmp_path):
     assert len(csv_lines) == 3 and csv_lines[0].startswith("round,")
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    from trainers.coop import PromptFL
+class _PoisonedLoader:
+    """A training loader whose features are NaN (the client's loss becomes non-finite)."""
 
-    original = PromptFL.compute_loss
-    calls = {"n": 0}
+    def __init__(self, loader):
+        self.loader = loader
 
-    def poisoned(self, feats, labels):
-        loss, logits, extra = original(self, feats, labels)
-        calls["n"] += 1
-        if self.anomaly_context.get("round") == 2 and self.anomaly_context.get("client") == 1:
-            loss = loss * float("nan")
-        return loss, logits, extra
+    def __len__(self) -> int:
+        return len(self.loader)
 
-    monkeypatch.setattr(PromptFL, "compute_loss", poisoned)
+    def __iter__(self):
+        for batch in self.loader:
+            yield {**batch, "feat": batch["feat"] * float("nan")}
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, batched):
+    from federated.server import FederatedServer
+
+    original = FederatedServer.train_loader
+
+    def poisoned(self, cid, round_idx):
+        loader = original(self, cid, round_idx)
+        return _PoisonedLoader(loader) if (cid, round_idx) == (1, 1) else loader
+
+    monkeypatch.setattr(FederatedServer, "train_loader", poisoned)
     with pytest.raises(TrainingDiverged, match="client 1 in round 2"):
-        main(fast_args(tmp_path, ["--trainer", "PromptFL", "--rounds", "3"]))
+        main(fast_args(tmp_path, ["--trainer", "PromptFL", "--rounds", "3"], ["FED.BATCH_CLIENTS", str(batched)]))
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert ckpt["round"] == 1
     assert all(torch.isfinite(v).all() for v in ckpt["global"].values())
