@@ -19,6 +19,14 @@ Sources of the image counts (``SIZES``; "val" images are not used for training b
   stated in the seeds); replace them with the counts of your pickles for a closer estimate.
 
 ``exact`` says whether the numbers are the dataset's published counts.
+
+Prompt suffix length (``DatasetSize.suffix``, used by the text-tower cost of ``tools/gpu_time.py``): a
+CoOp-style prompt ``[SOS] context [CLASS] . [EOS]`` is encoded up to its last EOS, and every class's suffix
+is padded to the longest one, so ``suffix = longest class name in CLIP BPE tokens + 2`` ('.' and EOS).
+It is **computed** from the class names where the code has them (the dataset class's ``CLASSNAMES``, the
+toy world's names, CIFAR-10's ten names below); for the datasets that read their names from files it is
+an **assumption** (``NAME_TOKENS``: the longest name's tokens as we expect them, e.g. Stanford Cars' "2012
+Chevrolet Silverado 1500 Extended Cab" is 12 tokens); ``suffix_exact`` says which.
 """
 from __future__ import annotations
 
@@ -36,6 +44,8 @@ class DatasetSize:
     test: int
     domains: dict[str, tuple[int, int]] = field(default_factory=dict)
     exact: bool = True
+    suffix: int = 0  # prompt suffix tokens after the context: longest class name + '.' + EOS
+    suffix_exact: bool = True  # computed from the class names (else NAME_TOKENS' assumption)
 
 
 def _split80(total: int) -> tuple[int, int]:
@@ -75,6 +85,36 @@ SIZES: dict[str, dict] = {
 }
 
 
+#: ASSUMPTION: the longest class name of the datasets whose names live in their files, in CLIP BPE tokens
+#: (without '.' and EOS); an estimate from the names' typical shape, not a count.
+NAME_TOKENS: dict[str, int] = {
+    "OxfordPets": 5, "OxfordFlowers": 6, "Caltech101": 4, "Food101": 5, "DescribableTextures": 3,
+    "ImageNet": 8, "SUN397": 6, "StanfordCars": 14, "FGVCAircraft": 6, "EuroSAT": 5, "UCF101": 6,
+    "CIFAR100": 3, "TinyImageNet": 8,
+}
+#: CIFAR-10's class names (its batches.meta), so that its suffix is computed.
+CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def suffix_length(classnames) -> int:
+    """Tokens after the context of the longest ``"<name>."`` prompt: its BPE tokens (name and '.') + EOS."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    tokenizer = SimpleTokenizer()
+    return max(len(tokenizer.encode(f"{n.replace('_', ' ')}.")) for n in classnames) + 1
+
+
+def _classnames_in_code(name: str) -> list[str]:
+    """The class names the code holds for dataset ``name`` ([] when they are read from its files)."""
+    import datasets  # noqa: F401  (registers the datasets)
+    from dassl.data.datasets import DATASET_REGISTRY
+
+    if name == "CIFAR10":
+        return list(CIFAR10_NAMES)
+    cls = DATASET_REGISTRY.get(name)
+    return list(getattr(cls, "CLASSNAMES", ()) or getattr(sys.modules[cls.__module__], "CLASSNAMES", ()) or ())
+
+
 def class_count(name: str) -> int:
     """Classes of the registered dataset ``name`` (its ``NUM_CLASSES`` / ``CLASSNAMES``, else ``SIZES``)."""
     import datasets  # noqa: F401  (registers the datasets)
@@ -99,4 +139,7 @@ def dataset_size(name: str) -> DatasetSize:
     domains = dict(entry.get("domains", {}))
     train = entry.get("train", sum(t for t, _ in domains.values()))
     test = entry.get("test", sum(t for _, t in domains.values()))
-    return DatasetSize(name, class_count(name), int(train), int(test), domains, bool(entry.get("exact", True)))
+    names = _classnames_in_code(name)
+    suffix = suffix_length(names) if names else NAME_TOKENS[name] + 2
+    return DatasetSize(name, class_count(name), int(train), int(test), domains, bool(entry.get("exact", True)),
+                       suffix, bool(names))

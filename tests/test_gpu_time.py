@@ -1,35 +1,43 @@
 """tools/gpu_time.py: the GPU-time estimate of a hand-made run equals the hand-computed sum of its
-operations' costs; it grows with rounds, clients and classes; the published (reference) way never costs
-less than the fast path; every script's paper grid gets an estimate; a bad costs file is a clear error;
-the table scripts' integer axes refuse non-integers."""
+operations' costs (text cost from token rows: shared prefix, trimmed, full-length); it grows with rounds,
+clients and classes; batched clients cost less than sequential ones and a shared prefix less than dense
+prompts; the published (reference) way never costs less than the fast path; every script's paper grid
+and the bench's paper size get an estimate; prompt suffix lengths come from class names; a bad costs
+file is a clear error; the table scripts' integer axes refuse non-integers."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
 import os
+import re
 
 import pytest
 
+from datasets.sizes import dataset_size, suffix_length
 from tools.experiments import ExperimentError
 from tools.gpu_time import (
+    METHOD_COSTS,
     MODES,
     REPO,
     CostsError,
     EvalSet,
     RunShape,
+    bench_paper_shape,
     estimate,
     estimate_runs,
     load_costs,
     load_script,
     script_paths,
     shape_from_argv,
+    text_rows,
 )
+from tools.gpu_time import main as gpu_time_main
 
 #: A costs file with round numbers, so that the test can add the operations up by hand.
 COSTS = {
     "device": "test GPU",
-    "text_fwd_bwd_ms": {"bf16": [[10, 20.0], [100, 30.0]], "fp32": [[10, 40.0], [100, 90.0]]},
+    "text_fwd_bwd_ms_by_token_rows": {"bf16": [[50, 20.0], [1000, 39.0]], "fp32": [[50, 40.0], [1000, 97.0]]},
     "image_fwd_ms_per_32": {"bf16": 8.0, "fp32": 32.0},
     "forward_only_fraction": 0.25,
     "image_fwd_bwd_factor": 3.0,
@@ -49,44 +57,138 @@ def costs(tmp_path):
 
 def tiny_shape(method: str = "PromptFL", **changes) -> RunShape:
     """2 clients of 20 images, batch 10, 10 classes, 2 rounds (round 2 samples 1 client), 1 local epoch;
-    both rounds evaluate two test sets of 50 images of 10 classes; 2 cached views."""
+    both rounds evaluate two test sets of 50 images of 10 classes; 2 cached views; prompts of 4 context
+    tokens and a 3-token suffix (name, '.', EOS)."""
     shape = RunShape(method=method, backbone="ViT-B/16", rounds=2, epochs=1, batch=10, classes=10,
                      client_images=[20.0, 20.0], sampled=[2, 1], eval_rounds=2,
                      eval_sets=[EvalSet(1, 50.0, 10), EvalSet(1, 50.0, 10)], zero_shot=[], cache_views=2,
-                     batched=False)
+                     batched=False, n_ctx=4, suffix=3)
     return dataclasses.replace(shape, **changes)
+
+
+def bf16(rows: float) -> float:
+    """The test file's bf16 text cost: 20 ms up to 50 token rows, then linear to 39 ms at 1000."""
+    return 20.0 if rows <= 50 else 20.0 + 19.0 * (rows - 50) / 950
+
+
+def test_token_rows_by_prompt_layout():
+    shape = tiny_shape()
+    # shared prefix: G (1 + n_ctx) + G C S; reference: C prompts x 77 tokens
+    assert text_rows(shape, "fast", 10) == 1 * 5 + 10 * 3 == 35
+    assert text_rows(shape, "fast", 10, context_sets=4) == 4 * 5 + 4 * 10 * 3 == 140
+    assert text_rows(shape, "reference", 10) == 10 * 77
+    # trimmed (FedOTP: 2 prompts per class): every prompt 1 + n_ctx + S tokens
+    assert text_rows(tiny_shape("FedOTP"), "fast", 10) == 2 * 10 * (1 + 4 + 3)
+    # CoCoOp: one prompt set per image, trimmed; hand-crafted prompts (FLoRA): 77 tokens also on the fast path
+    assert text_rows(tiny_shape("FedCoCoOp"), "fast", 10, images=10) == 10 * 10 * 8
+    assert text_rows(tiny_shape("FLoRA"), "fast", 10) == 10 * 77
 
 
 def test_hand_computed_estimate(costs):
     shape = tiny_shape()
     steps = 2 * 2 + 2  # round 1: 2 clients x ceil(20 / 10) steps; round 2: one client, 2 steps
-    # fast: text pass of C = 10 prompts (bf16: 20 ms) + overhead; evaluation: text forward (1/4) per set
+    # fast: text pass of 5 + 10 x 3 = 35 token rows (bf16 floor: 20 ms) + overhead; evaluation: text
+    # forward (1/4) per set
     fast = estimate(shape, costs, "fast")
     assert fast.train == pytest.approx(steps * (20.0 + 1.0) / 1000)
     assert fast.evaluate == pytest.approx(2 * 2 * 0.25 * 20.0 / 1000)
     # cache: 2 views of the 40 training images + the 100 test images, bf16 image tower (8 ms / 32 images)
     assert fast.cache == pytest.approx((2 * 40 + 100) * 8.0 / 32 / 1000)
-    # reference: fp32 text (40 ms) + fp32 image tower on the batch (10 x 32 / 32 ms) + overhead per step;
-    # evaluation re-encodes the 50 images of each set
+    # reference: fp32 text over 10 x 77 = 770 token rows (40 + 57 x 720 / 950 ms) + fp32 image tower on the
+    # batch (10 x 32 / 32 ms) + overhead per step; evaluation re-encodes the 50 images of each set
+    ref_text = 40.0 + 57.0 * (770 - 50) / 950
     ref = estimate(shape, costs, "reference")
     assert ref.cache == 0
-    assert ref.train == pytest.approx(steps * (40.0 + 10.0 + 1.0) / 1000)
-    assert ref.evaluate == pytest.approx(2 * 2 * (0.25 * 40.0 + 50.0) / 1000)
+    assert ref.train == pytest.approx(steps * (ref_text + 10.0 + 1.0) / 1000)
+    assert ref.evaluate == pytest.approx(2 * 2 * (0.25 * ref_text + 50.0) / 1000)
     assert ref.total == pytest.approx(ref.train + ref.evaluate)
-    # FedPGP: fast = one pass of 2C = 20 prompts (interpolated: 20 + 10 x 10 / 90 ms); reference = 4 passes of C
+    # FedPGP: fast = one shared-prefix pass of 2 context sets: 2 x 5 + 2 x 10 x 3 = 70 rows (20.4 ms);
+    # reference = 4 passes of C = 10 full-length prompts
     pgp = tiny_shape("FedPGP")
-    assert estimate(pgp, costs, "fast").train == pytest.approx(steps * (20.0 + 10.0 * 10 / 90 + 1.0) / 1000)
-    assert estimate(pgp, costs, "reference").train == pytest.approx(steps * (4 * 40.0 + 10.0 + 1.0) / 1000)
-    # batched clients: round 1 = 2 steps of ONE pass over both clients' 20 prompts; round 2 = 2 single steps
+    assert estimate(pgp, costs, "fast").train == pytest.approx(steps * (bf16(70) + 1.0) / 1000)
+    assert bf16(70) == pytest.approx(20.4)
+    assert estimate(pgp, costs, "reference").train == pytest.approx(steps * (4 * ref_text + 10.0 + 1.0) / 1000)
+    # batched clients: round 1 = 2 steps of ONE pass over both clients' prompts (2 x 5 + 2 x 30 = 70 rows) and
+    # one overhead; round 2 = 2 single-client steps (35 rows)
     batched = estimate(shape, costs, "fast", batch_clients=True)
-    assert batched.train == pytest.approx((2 * (20.0 + 10.0 * 10 / 90 + 1.0) + 2 * 21.0) / 1000)
+    assert batched.train == pytest.approx((2 * (bf16(70) + 1.0) + 2 * 21.0) / 1000)
     assert estimate(dataclasses.replace(shape, batched=True), costs, "fast").train == pytest.approx(batched.train)
+    # FedPGP batched: 4 context sets in the step: 4 x 5 + 4 x 30 = 140 rows
+    pgp_batched = estimate(pgp, costs, "fast", batch_clients=True)
+    assert pgp_batched.train == pytest.approx((2 * (bf16(140) + 1.0) + 2 * (bf16(70) + 1.0)) / 1000)
+    # a trimmed learner (FedOTP, 2 prompts per class, never batched): 160 rows of 8 tokens per step
+    otp = estimate(tiny_shape("FedOTP"), costs, "fast", batch_clients=True)
+    assert otp.train == pytest.approx(steps * (bf16(160) + 1.0) / 1000)
     # a personal model per client: base / novel style sets are evaluated by each of the 2 clients
     per = tiny_shape("FedPGP", eval_sets=[EvalSet(2, 50.0, 10)])
-    assert estimate(per, costs, "reference").evaluate == pytest.approx(2 * 2 * (0.25 * 40.0 + 50.0) / 1000)
-    # extrapolation above the last measured point follows the last slope
-    assert costs.text(190, "bf16", "ViT-B/16") == pytest.approx(40.0)
+    assert estimate(per, costs, "reference").evaluate == pytest.approx(2 * 2 * (0.25 * ref_text + 50.0) / 1000)
+    # extrapolation above the last measured point follows the last slope; the floor below the first
+    assert costs.text(1950, "bf16", "ViT-B/16") == pytest.approx(58.0)
     assert costs.text(5, "bf16", "ViT-B/16") == pytest.approx(20.0)
+
+
+@pytest.mark.parametrize("method", ["PromptFL", "CoOp", "KgCoOp", "FedCoCoOp", "FedPGP", "FedTV", "FedLC"])
+def test_batched_clients_cost_less_than_sequential(method):
+    costs = load_costs()
+    shape = tiny_shape(method, classes=50, client_images=[80.0] * 10, sampled=[10, 10], n_ctx=16, suffix=6,
+                       batch=32)
+    assert METHOD_COSTS[method].batchable
+    batched = estimate(shape, costs, "fast", batch_clients=True)
+    sequential = estimate(shape, costs, "fast", batch_clients=False)
+    assert batched.train < sequential.train
+    assert (batched.cache, batched.evaluate) == (sequential.cache, sequential.evaluate)
+    # a method batching does not support costs the same either way
+    lora = dataclasses.replace(shape, method="FLoRA")
+    assert estimate(lora, costs, "fast", True).train == estimate(lora, costs, "fast", False).train
+
+
+@pytest.mark.parametrize("batch_clients", [False, True])
+def test_shared_prefix_is_cheaper_than_dense_prompts(monkeypatch, batch_clients):
+    costs = load_costs()
+    shape = tiny_shape("FedTV", classes=100, client_images=[160.0] * 10, sampled=[10, 10], n_ctx=16, suffix=6,
+                       batch=32)
+    shared = estimate(shape, costs, "fast", batch_clients).train
+    rows = {}
+    for layout in ("shared", "trimmed", "full"):
+        monkeypatch.setitem(METHOD_COSTS, "FedTV", dataclasses.replace(METHOD_COSTS["FedTV"], prompt=layout))
+        rows[layout] = text_rows(shape, "fast", 100, context_sets=2)
+        if layout != "shared":
+            assert estimate(shape, costs, "fast", batch_clients).train > shared, layout
+    # 2 x 17 + 2 x 100 x 6 < 2 x 100 x 23 < 2 x 100 x 77
+    assert rows == {"shared": 2 * 17 + 1200, "trimmed": 200 * 23, "full": 200 * 77}
+
+
+def test_suffix_length_from_class_names():
+    # "red circle." is red / circle / . in CLIP's BPE, + EOS; the longest name sets every class's suffix
+    assert suffix_length(["red circle"]) == 4
+    assert suffix_length(["cat", "red_circle"]) == 4
+    assert suffix_length(["cat"]) == 3
+    pacs = dataset_size("PACS")  # class names in the code: computed
+    assert pacs.suffix_exact and pacs.suffix == suffix_length(
+        ["dog", "elephant", "giraffe", "guitar", "horse", "house", "person"])
+    cars = dataset_size("StanfordCars")  # names in the files: the stated assumption (14 + '.' + EOS)
+    assert not cars.suffix_exact and cars.suffix == 16
+
+
+def test_bench_paper_size_per_round(capsys):
+    costs = load_costs()
+    shape = bench_paper_shape("FedTV")
+    # 10 clients x 16 shots x 50 base classes / 10 = 80 images: 3 steps of 32 per epoch, 2 epochs
+    assert shape.client_images == [80.0] * 10 and shape.steps(80.0) == 6
+    assert (shape.n_ctx, shape.classes, shape.batch) == (16, 50, 32)
+    rows = 20 * 17 + 20 * 50 * shape.suffix  # 10 clients x 2 context sets in one vmapped step
+    fast = estimate(shape, costs, "fast")
+    assert fast.train == pytest.approx(6 * (costs.text(rows, "bf16", "ViT-B/16") + 2.0) / 1000)
+    ref = estimate(shape, costs, "reference")
+    step = 4 * costs.text(50 * 77, "fp32", "ViT-B/16") + 31.0 + 2.0  # four text passes, fp32 image tower
+    assert ref.train == pytest.approx(60 * step / 1000)
+    assert fast.evaluate == fast.cache == ref.evaluate == 0
+    assert gpu_time_main(["--bench-paper"]) == 0
+    out = capsys.readouterr().out
+    table = [ln for ln in out.splitlines() if ln.startswith("| Prompt") or ln.startswith("| Fed")]
+    assert [ln.split(" | ")[0] for ln in table] == ["| PromptFL", "| FedPGP", "| FedTV"]
+    for ln in table:
+        assert float(ln.split(" | ")[-1].rstrip(" x|")) >= 10
 
 
 def test_shape_of_a_paper_run_follows_its_flags():
@@ -100,6 +202,9 @@ def test_shape_of_a_paper_run_follows_its_flags():
     assert shape.sampled == [10] * 25
     # local sets (one model each) + base / novel evaluated by each client (FedPGP is personalised)
     assert [s.models for s in shape.eval_sets] == [1] * 10 + [10, 10]
+    # FedPGP's 16 context tokens; DTD's names are read from its files: the assumed 3-token name + '.' + EOS
+    assert (shape.n_ctx, shape.suffix) == (16, 5)
+    assert any("DescribableTextures: prompt suffix of 5 tokens assumed" in n for n in shape.notes)
     assert sum(s.images for s in shape.eval_sets[:10]) == pytest.approx(1692 * 24 / 47)
     exp5 = load_script(os.path.join(REPO, "scripts", "table5_cifar_dirichlet.py"))
     (run5,) = exp5.runs(exp5.parser().parse_args(["--datasets", "cifar10", "--methods", "PromptFL", "--seeds", "1"]))
@@ -129,7 +234,7 @@ def test_every_script_grid_is_estimated_and_reference_never_cheaper():
         exp = load_script(path)
         runs = exp.runs(exp.parser().parse_args([]))
         shapes = [shape_from_argv(r.argv) for r in runs]
-        for batch_clients in (None, True):
+        for batch_clients in (None, False):
             grid = estimate_runs(runs, costs, batch_clients, shapes=shapes)
             assert len(grid.rows) == len(runs)
             for key, est in grid.rows:
@@ -147,12 +252,15 @@ def test_bad_costs_file_is_a_clear_error(tmp_path, capsys):
         load_costs(str(tmp_path / "broken.json"))
     for change, message in (({"image_fwd_ms_per_32": None}, "missing key 'image_fwd_ms_per_32'"),
                             ({"forward_only_fraction": -1}, "forward_only_fraction must be a positive number"),
-                            ({"text_fwd_bwd_ms": {"bf16": [[10, 20]]}}, "text_fwd_bwd_ms.fp32"),
-                            ({"backbone_scale": {"ViT-B/16": {"text": 1}}}, "backbone_scale.ViT-B/16.image")):
+                            ({"text_fwd_bwd_ms_by_token_rows": {"bf16": [[10, 20]]}},
+                             "text_fwd_bwd_ms_by_token_rows.fp32"),
+                            ({"backbone_scale": {"ViT-B/16": {"text": 1}}}, "backbone_scale.ViT-B/16.image"),
+                            ({"text_fwd_bwd_ms_by_token_rows": None, "text_fwd_bwd_ms": {"bf16": [[10, 20]]}},
+                             "'text_fwd_bwd_ms' (per prompt count) is the old format")):
         raw = {k: v for k, v in {**COSTS, **change}.items() if v is not None}
         path = tmp_path / "bad.json"
         path.write_text(json.dumps(raw))
-        with pytest.raises(CostsError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        with pytest.raises(CostsError, match=re.escape(message)):
             load_costs(str(path))
     # a backbone the file has no costs for
     path = tmp_path / "costs.json"

@@ -1,6 +1,7 @@
 """Estimated wall time of the table scripts' runs on one GPU, from per-operation costs (not a measurement).
 
     python -m tools.gpu_time                       # every script's paper grid, as a Markdown table
+    python -m tools.gpu_time --bench-paper         # seconds per round at bench/run.py's paper size
     python -m tools.gpu_time --costs my_gpu.json   # with your own measured per-operation costs
     python scripts/table1_base2novel.py --estimate # per-run and total hours of one script's selection
 
@@ -9,21 +10,30 @@ epochs, clients, fraction sampled, shots, batch size, base / all classes, evalua
 dataset's size (``datasets/sizes.py``), with the per-operation costs of ``bench/gpu_costs.json`` (issue 8's
 H100 timings; the file's ``source`` says which numbers are measured and which are assumptions). Two modes:
 
-* **fast** (FedTV's way): image features cached once -- ``FED.CACHE_VIEWS`` augmented views of every
-  training image and every test image through the frozen image tower in bf16 -- then every training
-  step is the text tower only (bf16); FedPGP / FedTV encode their ``2C`` trainable prompts in one pass
-  (the hand-crafted ``z_C`` once). With ``FED.BATCH_CLIENTS`` (and a method that allows it) the clients
-  of a round share one text pass per step; otherwise they train one after another. A cache is paid once
-  per image set: runs over the same images (seeds, methods) share it, so a table's total counts it once.
+* **fast** (FedTV's way, the default): image features cached once -- ``FED.CACHE_VIEWS`` augmented views
+  of every training image and every test image through the frozen image tower in bf16 -- then every
+  training step is the text tower only (bf16), prompts trimmed after their last EOS and, for a prompt
+  learner with one context for all classes and the class token at the end, the SOS + context prefix
+  encoded once per context set (each class adds its suffix: name, '.', EOS). FedPGP / FedTV encode
+  their two trainable context sets (z_G, z_i) in one pass (the hand-crafted ``z_C`` once). With
+  ``FED.BATCH_CLIENTS`` (True by default) and a method that allows it (``federated/batched.py``), the
+  clients of a round are one vmapped step: one text pass over all clients' prompts and one step
+  overhead; otherwise (``FED.BATCH_CLIENTS False``, or a method batching does not support) they train
+  one after another. A cache is paid once per image set: runs over the same images (seeds, methods)
+  share it, so a table's total counts it once.
 * **reference** (the published way, ``--reference-mode``): every step pushes its batch through the image
-  tower in fp32 and runs the text passes of the published code (PromptFL / CoOp: one pass of ``C``
-  prompts; FedPGP and FedTV: four passes of ``C`` -- z_C, z_G, the unused z_UV, z_i; REFERENCE.md
-  section 10); clients one after another; evaluation re-encodes the test images.
+  tower in fp32 and runs the text passes of the published code at the full 77-token context (PromptFL /
+  CoOp: one pass of ``C`` prompts; FedPGP and FedTV: four passes of ``C`` -- z_C, z_G, the unused z_UV,
+  z_i; REFERENCE.md section 10); clients one after another; evaluation re-encodes the test images.
 
-Per step: ``text(P) + image + overhead`` where ``text(P)`` interpolates the measured forward+backward
-time of ``P`` prompts (:meth:`Costs.text`). Evaluations: each client (each model: once when every client
-holds the same model) on its local test split and, in base-to-novel runs, on every base and novel test
-image: one text forward over the set's class prompts (+ the images in reference mode). ``FED.ZS_REFERENCE``
+Per step: ``text(rows) + image + overhead`` where ``rows`` is the number of **token rows** the text pass
+processes (:func:`text_rows`: ``G (1 + n_ctx) + G C S`` with a shared prefix, ``prompts x (1 + n_ctx + S)``
+trimmed, ``prompts x 77`` dense; ``G`` context sets, ``C`` classes, ``S`` the dataset's suffix length from
+``datasets/sizes.py``) and ``text(rows)`` interpolates the measured forward+backward time of that many
+token rows (:meth:`Costs.text`; issue 8's prompt counts x 77). Evaluations: each client (each model: once
+when every client holds the same model) on its local test split and, in base-to-novel runs, on every
+base and novel test image: one text forward over the set's class prompts (+ the images in reference
+mode). ``FED.ZS_REFERENCE``
 adds one zero-shot evaluation. Not modelled: data loading, Python overhead beyond ``step_overhead_ms``,
 the server's aggregation, uneven client sizes (clients are equal shares of the data).
 """
@@ -41,6 +51,8 @@ from dataclasses import dataclass, field
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_COSTS = os.path.join(REPO, "bench", "gpu_costs.json")
 MODES = ("fast", "reference")
+TEXT_KEY = "text_fwd_bwd_ms_by_token_rows"
+CONTEXT_LENGTH = 77  # CLIP's text context: every prompt's length in the reference mode
 
 
 class CostsError(ValueError):
@@ -52,7 +64,7 @@ class CostsError(ValueError):
 class Costs:
     """Per-operation GPU costs (milliseconds) read from a JSON file (``bench/gpu_costs.json`` documents each)."""
 
-    text_points: dict[str, list[tuple[float, float]]]  # precision -> [(prompts, ms forward+backward)], sorted
+    text_points: dict[str, list[tuple[float, float]]]  # precision -> [(token rows, ms forward+backward)], sorted
     image_ms_per_32: dict[str, float]  # precision -> ms of an image-tower forward on 32 images
     forward_only_fraction: float
     image_fwd_bwd_factor: float
@@ -68,17 +80,18 @@ class Costs:
                              f"{', '.join(self.backbone_scale)}); measure it and pass the file with --costs")
         return self.backbone_scale[backbone][tower]
 
-    def text(self, prompts: float, precision: str, backbone: str, forward_only: bool = False) -> float:
-        """ms of one text-tower pass over ``prompts`` prompts (forward+backward, or forward only)."""
-        if prompts <= 0:
+    def text(self, rows: float, precision: str, backbone: str, forward_only: bool = False) -> float:
+        """ms of one text-tower pass over ``rows`` token rows (forward+backward, or forward only): the first
+        point's time at or below it (the launch-bound floor), linear between points, last slope above."""
+        if rows <= 0:
             return 0.0
         pts = self.text_points[precision]
-        if prompts <= pts[0][0] or len(pts) == 1:
-            ms = pts[0][1] if prompts <= pts[0][0] else pts[0][1] * prompts / pts[0][0]
+        if rows <= pts[0][0] or len(pts) == 1:
+            ms = pts[0][1] if rows <= pts[0][0] else pts[0][1] * rows / pts[0][0]
         else:
-            i = next((j for j in range(1, len(pts)) if prompts <= pts[j][0]), len(pts) - 1)
+            i = next((j for j in range(1, len(pts)) if rows <= pts[j][0]), len(pts) - 1)
             (x0, y0), (x1, y1) = pts[i - 1], pts[i]
-            ms = y0 + (y1 - y0) * (prompts - x0) / (x1 - x0)
+            ms = y0 + (y1 - y0) * (rows - x0) / (x1 - x0)
         return ms * (self.forward_only_fraction if forward_only else 1.0) * self.scale(backbone, "text")
 
     def image(self, images: float, precision: str, backbone: str, backward: bool = False) -> float:
@@ -112,14 +125,17 @@ def load_costs(path: str | None = None) -> Costs:
         return float(value)
 
     text_points = {}
+    key = TEXT_KEY
+    if "text_fwd_bwd_ms" in raw and key not in raw:
+        raise CostsError(f"costs file {path}: 'text_fwd_bwd_ms' (per prompt count) is the old format; give "
+                         f"'{key}': [token rows, ms] pairs (prompts x 77 tokens for full-length prompts)")
     for prec in ("bf16", "fp32"):
-        pts = need("text_fwd_bwd_ms").get(prec) if isinstance(need("text_fwd_bwd_ms"), dict) else None
+        pts = need(key).get(prec) if isinstance(need(key), dict) else None
         if not isinstance(pts, list) or not pts or not all(isinstance(p, list) and len(p) == 2 for p in pts):
-            raise CostsError(f"costs file {path}: text_fwd_bwd_ms.{prec} must be a list of [prompts, ms] pairs")
-        pts = sorted((positive(n, f"text_fwd_bwd_ms.{prec} prompts"), positive(ms, f"text_fwd_bwd_ms.{prec} ms"))
-                     for n, ms in pts)
+            raise CostsError(f"costs file {path}: {key}.{prec} must be a list of [token rows, ms] pairs")
+        pts = sorted((positive(n, f"{key}.{prec} token rows"), positive(ms, f"{key}.{prec} ms")) for n, ms in pts)
         if len({n for n, _ in pts}) != len(pts):
-            raise CostsError(f"costs file {path}: text_fwd_bwd_ms.{prec} lists a prompt count twice")
+            raise CostsError(f"costs file {path}: {key}.{prec} lists a token-row count twice")
         text_points[prec] = pts
     image = need("image_fwd_ms_per_32")
     if not isinstance(image, dict):
@@ -147,10 +163,14 @@ def load_costs(path: str | None = None) -> Costs:
 class MethodCost:
     """The per-step work of a trainer (``C`` = classes of the run, ``B`` = batch size).
 
-    ``prompts``: trainable prompts per class encoded per step on the fast path, in one pass (FedPGP /
-    FedTV: 2 = z_G and z_i; FedOTP: its N prompts per class); ``ref_passes``: separate text passes of
-    ``per_class x C`` prompts per step in the published code; ``per_image``: the prompts depend on the
-    image (CoCoOp: ``B x C`` prompts per step, published as ``B`` passes of ``C``); ``text_per_step``:
+    ``prompt`` says how the fast path lays out the text pass: ``"shared"`` (one context for all classes,
+    class token at the end: the SOS + context prefix once per context set, then each class's suffix),
+    ``"trimmed"`` (every prompt up to its EOS, ``1 + n_ctx + S`` tokens) or ``"full"`` (hand-crafted
+    prompts tokenised at the full 77 tokens); ``context_sets``: trainable context sets per client in the
+    fast pass (FedPGP / FedTV: 2 = z_G and z_i); ``per_class``: prompts per class (FedOTP: its N prompts);
+    ``ref_passes``: separate text passes of ``per_class x C`` full-length prompts per step in the
+    published code; ``per_image``: the prompts depend on the image (CoCoOp: ``B x C`` prompts per step,
+    published as ``B`` passes of ``C``); ``text_per_step``:
     False when the class text features are fixed (linear head, feature adapters); ``text_weights``: the
     text tower's weights are trained; ``image_trainable``: the image path is prompted / adapted (not
     cacheable: forward+backward every step); ``personal``: clients hold different models (evaluated one
@@ -158,7 +178,8 @@ class MethodCost:
     zero-shot (one evaluation round).
     """
 
-    prompts: float = 1.0
+    prompt: str = "trimmed"
+    context_sets: int = 1
     ref_passes: int = 1
     per_class: int = 1
     per_image: bool = False
@@ -170,22 +191,26 @@ class MethodCost:
     trains: bool = True
 
 
+#: ``batchable``: what a ``FED.BATCH_CLIENTS True`` run does (``federated/batched.batching_support`` and the
+#: vmap check; checked on toy runs): FedOTP's loss cannot be vmapped and FedMaPLe / the LoRA and full
+#: fine-tuning trainers are refused, so they train clients one after another. FedMaPLe is counted as
+#: trimmed, not shared-prefix (its deep text prompts act inside the blocks).
 METHOD_COSTS: dict[str, MethodCost] = {
-    "ZeroshotCLIP": MethodCost(trains=False, batchable=False),
-    "CoOp": MethodCost(personal=True),
-    "PromptFL": MethodCost(),
-    "PromptProx": MethodCost(),
-    "KgCoOp": MethodCost(),
+    "ZeroshotCLIP": MethodCost(prompt="full", trains=False, batchable=False),
+    "CoOp": MethodCost(prompt="shared", personal=True),
+    "PromptFL": MethodCost(prompt="shared"),
+    "PromptProx": MethodCost(prompt="shared"),
+    "KgCoOp": MethodCost(prompt="shared"),
     "FedCoCoOp": MethodCost(per_image=True),
-    "FedOTP": MethodCost(prompts=2.0, per_class=2, personal=True),
+    "FedOTP": MethodCost(per_class=2, personal=True, batchable=False),
     "FedMaPLe": MethodCost(image_trainable=True, batchable=False),
-    "FedPGP": MethodCost(prompts=2.0, ref_passes=4, personal=True),
-    "FedTV": MethodCost(prompts=2.0, ref_passes=4, personal=True),
-    "FLoRA": MethodCost(batchable=False),
-    "CELoRA": MethodCost(personal=True, batchable=False),
-    "FedFFT": MethodCost(text_weights=True, batchable=False),
-    "FedLC": MethodCost(text_per_step=False, batchable=False),
-    "FedAA": MethodCost(text_per_step=False, batchable=False),
+    "FedPGP": MethodCost(prompt="shared", context_sets=2, ref_passes=4, personal=True),
+    "FedTV": MethodCost(prompt="shared", context_sets=2, ref_passes=4, personal=True),
+    "FLoRA": MethodCost(prompt="full", batchable=False),
+    "CELoRA": MethodCost(prompt="full", personal=True, batchable=False),
+    "FedFFT": MethodCost(prompt="full", text_weights=True, batchable=False),
+    "FedLC": MethodCost(prompt="full", text_per_step=False),
+    "FedAA": MethodCost(prompt="full", text_per_step=False),
 }
 
 
@@ -216,6 +241,8 @@ class RunShape:
     zero_shot: list[EvalSet]  # the zero-shot evaluation ([] when off)
     cache_views: int
     batched: bool  # FED.BATCH_CLIENTS (used when the method allows it)
+    n_ctx: int = 16  # context tokens of the prompt learner (TRAINER.<node>.N_CTX)
+    suffix: int = 4  # prompt tokens after the context: longest class name + '.' + EOS (datasets/sizes.py)
     cache_key: tuple = ()  # runs with the same key share their feature cache
     notes: list[str] = field(default_factory=list)
 
@@ -253,6 +280,12 @@ def shape_from_cfg(cfg) -> RunShape:
     c_train = {"base": n_base, "new": c_all - n_base}.get(subsample, c_all)
     shots = int(ds_cfg.NUM_SHOTS)
     notes = [] if size.exact else [f"{size.name}: image counts are assumptions (datasets/sizes.py)"]
+    if not size.suffix_exact and prof.text_per_step and prof.prompt != "full":
+        notes.append(f"{size.name}: prompt suffix of {size.suffix} tokens assumed (datasets/sizes.py NAME_TOKENS)")
+    from dassl.engine import TRAINER_REGISTRY
+
+    node = cfg.TRAINER.get(getattr(TRAINER_REGISTRY.get(method), "CFG_NODE", ""), None)
+    n_ctx = int(node.N_CTX) if node is not None and "N_CTX" in node else 0
     partition = str(ds_cfg.PARTITION)
     if partition == "domain":
         sites = list(size.domains)
@@ -294,7 +327,8 @@ def shape_from_cfg(cfg) -> RunShape:
                     client_images=client_images, sampled=sampled,
                     eval_rounds=_evaluated(rounds, int(cfg.TEST.EVAL_FREQ)), eval_sets=evals,
                     zero_shot=zero_shot if bool(cfg.FED.ZS_REFERENCE) else [],
-                    cache_views=int(cfg.FED.CACHE_VIEWS), batched=bool(cfg.FED.BATCH_CLIENTS), cache_key=key,
+                    cache_views=int(cfg.FED.CACHE_VIEWS), batched=bool(cfg.FED.BATCH_CLIENTS), n_ctx=n_ctx,
+                    suffix=size.suffix, cache_key=key,
                     notes=notes)
 
 
@@ -327,17 +361,32 @@ class Estimate:
         return self.cache + self.train + self.evaluate
 
 
+def text_rows(shape: RunShape, mode: str, classes: int, context_sets: int = 1, images: float = 1) -> float:
+    """Token rows of one text pass over ``classes`` classes' prompts of ``context_sets`` context sets.
+
+    ``images``: images the prompts are conditioned on (``per_image`` methods: one prompt set each).
+    fast: ``G (1 + n_ctx) + G C S`` (shared prefix), ``G C' (1 + n_ctx + S)`` (trimmed; ``C' = per_class x
+    C x images``) or ``G C' 77`` (hand-crafted prompts); reference: ``G C' 77`` (dense, full length).
+    """
+    p = shape.cost
+    prompts = context_sets * p.per_class * classes * (images if p.per_image else 1)
+    if mode == "reference" or p.prompt == "full":
+        return prompts * CONTEXT_LENGTH
+    if p.prompt == "shared" and not p.per_image:
+        return context_sets * (1 + shape.n_ctx) + prompts * shape.suffix
+    return prompts * min(1 + shape.n_ctx + shape.suffix, CONTEXT_LENGTH)
+
+
 def _step_ms(shape: RunShape, costs: Costs, mode: str, clients: int) -> float:
     """ms of one training step of ``clients`` clients trained together (1: one client alone)."""
     p, bb, c = shape.cost, shape.backbone, shape.classes
     if mode == "reference":
-        prompts = p.per_class * c
         passes = p.ref_passes * (shape.batch if p.per_image else 1)
-        text = passes * costs.text(prompts, "fp32", bb) if p.text_per_step else 0.0
+        text = passes * costs.text(text_rows(shape, mode, c), "fp32", bb) if p.text_per_step else 0.0
         image = costs.image(shape.batch, "fp32", bb, backward=p.image_trainable)
     else:
-        prompts = p.prompts * c * (shape.batch if p.per_image else 1) * clients
-        text = costs.text(prompts, "bf16", bb) if p.text_per_step else 0.0
+        rows = text_rows(shape, mode, c, p.context_sets * clients, shape.batch)
+        text = costs.text(rows, "bf16", bb) if p.text_per_step else 0.0
         image = costs.image(shape.batch * clients, "bf16", bb, backward=True) if p.image_trainable else 0.0
     if p.text_weights:
         text *= costs.text_weight_grad_factor
@@ -349,8 +398,7 @@ def _eval_ms(shape: RunShape, costs: Costs, mode: str, sets: list[EvalSet]) -> f
     prec = "fp32" if mode == "reference" else "bf16"
     ms = 0.0
     for s in sets:
-        prompts = p.per_class * s.classes * (s.images if p.per_image else 1)
-        per_model = costs.text(prompts, prec, bb, forward_only=True)
+        per_model = costs.text(text_rows(shape, mode, s.classes, images=s.images), prec, bb, forward_only=True)
         if mode == "reference" or p.image_trainable:
             per_model += costs.image(s.images, prec, bb)
         ms += s.models * per_model
@@ -439,20 +487,21 @@ def script_paths() -> list[str]:
 
 
 def scripts_table(costs: Costs) -> str:
-    """Markdown: every script's paper grid with its estimated hours in both modes (and batched clients)."""
-    lines = ["| script | runs | fast h | fast, `FED.BATCH_CLIENTS True` h | reference h | reference / fast |",
-             "|---|---|---|---|---|---|"]
+    """Markdown: every script's paper grid with its estimated hours: fast (the default, clients batched where
+    the method allows), fast with clients one after another (``FED.BATCH_CLIENTS False``), reference."""
+    lines = ["| script | runs | fast h | fast, clients one after another (`FED.BATCH_CLIENTS False`) h | "
+             "reference h | reference / fast |", "|---|---|---|---|---|---|"]
     totals = [0.0, 0.0, 0.0]
     notes: list[str] = []
     for path in script_paths():
         exp = load_script(path)
         runs = exp.runs(exp.parser().parse_args([]))
         shapes = [shape_from_argv(r.argv) for r in runs]
-        plain = estimate_runs(runs, costs, shapes=shapes)
-        batched = estimate_runs(runs, costs, batch_clients=True, shapes=shapes)
-        hours = [plain.hours["fast"], batched.hours["fast"], plain.hours["reference"]]
+        default = estimate_runs(runs, costs, shapes=shapes)
+        sequential = estimate_runs(runs, costs, batch_clients=False, shapes=shapes)
+        hours = [default.hours["fast"], sequential.hours["fast"], default.hours["reference"]]
         totals = [a + b for a, b in zip(totals, hours, strict=True)]
-        notes += [n for n in plain.notes if n not in notes]
+        notes += [n for n in default.notes if n not in notes]
         lines.append(f"| `scripts/{os.path.basename(path)}` | {len(runs)} | {hours[0]:.1f} | {hours[1]:.1f} | "
                      f"{hours[2]:.1f} | {hours[2] / hours[0]:.1f}x |")
     lines.append(f"| **all tables** | | **{totals[0]:.1f}** | **{totals[1]:.1f}** | **{totals[2]:.1f}** | "
@@ -463,12 +512,68 @@ def scripts_table(costs: Costs) -> str:
     return "\n".join(lines)
 
 
+#: ``bench/run.py --size paper``: ViT-B/16, 10 clients, 50 base classes (a toy world of 100), 16 shots,
+#: 2 local epochs, batch 32, the pathological split (each client 16 x 50 / 10 = 80 training images).
+BENCH_PAPER = {"backbone": "ViT-B/16", "clients": 10, "classes": 50, "shots": 16, "epochs": 2, "batch": 32}
+BENCH_METHODS = ("PromptFL", "FedPGP", "FedTV")
+
+
+def bench_paper_shape(method: str, batched: bool = True) -> RunShape:
+    """One training round of ``bench/run.py``'s paper size (no evaluation, no cache: the bench's per-round
+    seconds exclude both); ``n_ctx`` from the trainer's default config, the suffix from the toy world's names."""
+    from dassl.engine import TRAINER_REGISTRY
+    from datasets.sizes import suffix_length
+    from datasets.toyworld import all_classnames
+    from federated_main import build_cfg, parse_args
+
+    if method not in METHOD_COSTS:
+        raise CostsError(f"no cost profile for trainer '{method}' (tools/gpu_time.py METHOD_COSTS)")
+    spec = BENCH_PAPER
+    cfg = build_cfg(parse_args(["--trainer", method, "--clip-weights", "none"]))
+    node = cfg.TRAINER.get(TRAINER_REGISTRY.get(method).CFG_NODE)
+    images = spec["shots"] * spec["classes"] / spec["clients"]
+    return RunShape(method=method, backbone=spec["backbone"], rounds=1, epochs=spec["epochs"], batch=spec["batch"],
+                    classes=spec["classes"], client_images=[images] * spec["clients"], sampled=[spec["clients"]],
+                    eval_rounds=0, eval_sets=[], zero_shot=[], cache_views=0, batched=batched,
+                    n_ctx=int(node.N_CTX) if "N_CTX" in node else 0, suffix=suffix_length(all_classnames()))
+
+
+def bench_paper_table(costs: Costs, methods=BENCH_METHODS) -> str:
+    """Markdown: estimated training seconds per round at the bench's paper size, fast vs reference."""
+    spec = BENCH_PAPER
+    lines = [f"Estimated seconds per training round at bench/run.py's paper size ({spec['backbone']}, "
+             f"{spec['clients']} clients, {spec['classes']} base classes, {spec['shots']} shots, {spec['epochs']} "
+             f"local epochs, batch {spec['batch']}, pathological split); {costs.device}; an estimate, not a "
+             f"measurement", "",
+             "| method | text token rows per step: fast (all clients) / reference (per pass x passes) | "
+             "fast s | fast, clients one after another s | reference s | reference / fast |",
+             "|---|---|---|---|---|---|"]
+    for method in methods:
+        shape = bench_paper_shape(method)
+        p = shape.cost
+        fast = estimate(shape, costs, "fast").train
+        sequential = estimate(shape, costs, "fast", batch_clients=False).train
+        reference = estimate(shape, costs, "reference").train
+        clients = spec["clients"] if p.batchable else 1
+        rows_fast = text_rows(shape, "fast", shape.classes, p.context_sets * clients, shape.batch)
+        rows_ref = f"{text_rows(shape, 'reference', shape.classes):.0f} x {p.ref_passes}"
+        lines.append(f"| {method} | {rows_fast:.0f} / {rows_ref} | {fast:.3f} | {sequential:.3f} | "
+                     f"{reference:.3f} | {reference / fast:.1f}x |")
+    lines += ["", f"prompt suffix {shape.suffix} tokens (the toy world's '<colour> <shape>.' + EOS); "
+                  f"bench/run.py measures the same on a GPU"]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--costs", default=None, help=f"per-operation cost file (default {os.path.relpath(DEFAULT_COSTS)})")
+    p.add_argument("--bench-paper", action="store_true",
+                   help="print the estimated seconds per round of bench/run.py's paper size (PromptFL, FedPGP, "
+                        "FedTV; fast vs reference) instead of the tables' hours")
     args = p.parse_args(argv)
     try:
-        print(scripts_table(load_costs(args.costs)))
+        costs = load_costs(args.costs)
+        print(bench_paper_table(costs) if args.bench_paper else scripts_table(costs))
     except CostsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
