@@ -11,16 +11,19 @@ dataset's size (``datasets/sizes.py``), with the per-operation costs of ``bench/
 H100 timings; the file's ``source`` says which numbers are measured and which are assumptions). Two modes:
 
 * **fast** (FedTV's way, the default): image features cached once -- ``FED.CACHE_VIEWS`` augmented views
-  of every training image and every test image through the frozen image tower in bf16 -- then every
-  training step is the text tower only (bf16), prompts trimmed after their last EOS and, for a prompt
-  learner with one context for all classes and the class token at the end, the SOS + context prefix
-  encoded once per context set (each class adds its suffix: name, '.', EOS). FedPGP / FedTV encode
+  of every training image and every test image through the frozen image tower -- then every training
+  step is the text tower only, prompts trimmed after their last EOS and, for a prompt learner with one
+  context for all classes and the class token at the end, the SOS + context prefix encoded once per
+  context set (each class adds its suffix: name, '.', EOS). FedPGP / FedTV encode
   their two trainable context sets (z_G, z_i) in one pass (the hand-crafted ``z_C`` once). With
   ``FED.BATCH_CLIENTS`` (True by default) and a method that allows it (``federated/batched.py``), the
   clients of a round are one vmapped step: one text pass over all clients' prompts and one step
   overhead; otherwise (``FED.BATCH_CLIENTS False``, or a method batching does not support) they train
-  one after another. A cache is paid once per image set: runs over the same images (seeds, methods)
-  share it, so a table's total counts it once.
+  one after another. Precision: the run's ``TRAINER.<node>.PREC`` (most configs say fp32: fp32 costs;
+  bf16; fp16 / amp counted at bf16's speed, and their gradient scaling keeps clients sequential);
+  ``precision="bf16"`` estimates what adding ``TRAINER.<node>.PREC bf16`` gives. A cache is paid once
+  per image set: runs over the same images (seeds, methods) share it, so a table's total counts it once
+  (a short run over many images can pay more for its cache than the reference mode for the whole run).
 * **reference** (the published way, ``--reference-mode``): every step pushes its batch through the image
   tower in fp32 and runs the text passes of the published code at the full 77-token context (PromptFL /
   CoOp: one pass of ``C`` prompts; FedPGP and FedTV: four passes of ``C`` -- z_C, z_G, the unused z_UV,
@@ -33,13 +36,13 @@ trimmed, ``prompts x 77`` dense; ``G`` context sets, ``C`` classes, ``S`` the da
 token rows (:meth:`Costs.text`; issue 8's prompt counts x 77). Evaluations: each client (each model: once
 when every client holds the same model) on its local test split and, in base-to-novel runs, on every
 base and novel test image: one text forward over the set's class prompts (+ the images in reference
-mode). ``FED.ZS_REFERENCE``
-adds one zero-shot evaluation. Not modelled: data loading, Python overhead beyond ``step_overhead_ms``,
+mode). ``FED.ZS_REFERENCE`` adds one zero-shot evaluation. Not modelled: data loading, Python overhead beyond ``step_overhead_ms``,
 the server's aggregation, uneven client sizes (clients are equal shares of the data).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import importlib.util
 import json
@@ -242,6 +245,7 @@ class RunShape:
     cache_views: int
     batched: bool  # FED.BATCH_CLIENTS (used when the method allows it)
     n_ctx: int = 16  # context tokens of the prompt learner (TRAINER.<node>.N_CTX)
+    precision: str = "bf16"  # TRAINER.<node>.PREC of the fast path on a GPU: fp32, bf16, fp16 / amp
     suffix: int = 4  # prompt tokens after the context: longest class name + '.' + EOS (datasets/sizes.py)
     cache_key: tuple = ()  # runs with the same key share their feature cache
     notes: list[str] = field(default_factory=list)
@@ -286,6 +290,7 @@ def shape_from_cfg(cfg) -> RunShape:
 
     node = cfg.TRAINER.get(getattr(TRAINER_REGISTRY.get(method), "CFG_NODE", ""), None)
     n_ctx = int(node.N_CTX) if node is not None and "N_CTX" in node else 0
+    precision = str(node.PREC) if node is not None and "PREC" in node else "fp32"
     partition = str(ds_cfg.PARTITION)
     if partition == "domain":
         sites = list(size.domains)
@@ -328,7 +333,7 @@ def shape_from_cfg(cfg) -> RunShape:
                     eval_rounds=_evaluated(rounds, int(cfg.TEST.EVAL_FREQ)), eval_sets=evals,
                     zero_shot=zero_shot if bool(cfg.FED.ZS_REFERENCE) else [],
                     cache_views=int(cfg.FED.CACHE_VIEWS), batched=bool(cfg.FED.BATCH_CLIENTS), n_ctx=n_ctx,
-                    suffix=size.suffix, cache_key=key,
+                    precision=precision, suffix=size.suffix, cache_key=key,
                     notes=notes)
 
 
@@ -377,17 +382,24 @@ def text_rows(shape: RunShape, mode: str, classes: int, context_sets: int = 1, i
     return prompts * min(1 + shape.n_ctx + shape.suffix, CONTEXT_LENGTH)
 
 
+def _cost_precision(shape: RunShape, mode: str) -> str:
+    """The precision whose costs a pass pays: fp32 in reference mode and for ``PREC fp32``; bf16 (fp16 /
+    amp counted at bf16's speed) otherwise."""
+    return "fp32" if mode == "reference" or shape.precision == "fp32" else "bf16"
+
+
 def _step_ms(shape: RunShape, costs: Costs, mode: str, clients: int) -> float:
     """ms of one training step of ``clients`` clients trained together (1: one client alone)."""
     p, bb, c = shape.cost, shape.backbone, shape.classes
+    prec = _cost_precision(shape, mode)
     if mode == "reference":
         passes = p.ref_passes * (shape.batch if p.per_image else 1)
         text = passes * costs.text(text_rows(shape, mode, c), "fp32", bb) if p.text_per_step else 0.0
         image = costs.image(shape.batch, "fp32", bb, backward=p.image_trainable)
     else:
         rows = text_rows(shape, mode, c, p.context_sets * clients, shape.batch)
-        text = costs.text(rows, "bf16", bb) if p.text_per_step else 0.0
-        image = costs.image(shape.batch * clients, "bf16", bb, backward=True) if p.image_trainable else 0.0
+        text = costs.text(rows, prec, bb) if p.text_per_step else 0.0
+        image = costs.image(shape.batch * clients, prec, bb, backward=True) if p.image_trainable else 0.0
     if p.text_weights:
         text *= costs.text_weight_grad_factor
     return text + image + costs.step_overhead_ms
@@ -395,7 +407,7 @@ def _step_ms(shape: RunShape, costs: Costs, mode: str, clients: int) -> float:
 
 def _eval_ms(shape: RunShape, costs: Costs, mode: str, sets: list[EvalSet]) -> float:
     p, bb = shape.cost, shape.backbone
-    prec = "fp32" if mode == "reference" else "bf16"
+    prec = _cost_precision(shape, mode)
     ms = 0.0
     for s in sets:
         per_model = costs.text(text_rows(shape, mode, s.classes, images=s.images), prec, bb, forward_only=True)
@@ -405,12 +417,17 @@ def _eval_ms(shape: RunShape, costs: Costs, mode: str, sets: list[EvalSet]) -> f
     return ms
 
 
-def estimate(shape: RunShape, costs: Costs, mode: str, batch_clients: bool | None = None) -> Estimate:
-    """Seconds of the run in ``mode`` (fast / reference); ``batch_clients`` overrides ``FED.BATCH_CLIENTS``."""
+def estimate(shape: RunShape, costs: Costs, mode: str, batch_clients: bool | None = None,
+             precision: str | None = None) -> Estimate:
+    """Seconds of the run in ``mode`` (fast / reference); ``batch_clients`` overrides ``FED.BATCH_CLIENTS``,
+    ``precision`` the run's ``PREC`` (fp16 / amp: gradient scaling, so clients are not batched)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode}")
+    if precision is not None:
+        shape = dataclasses.replace(shape, precision=precision)
     p = shape.cost
-    batched = (shape.batched if batch_clients is None else batch_clients) and p.batchable and mode == "fast"
+    batched = ((shape.batched if batch_clients is None else batch_clients) and p.batchable and mode == "fast"
+               and shape.precision not in ("fp16", "amp"))
     train_ms = 0.0
     if p.trains:
         users = len(shape.client_images)
@@ -426,7 +443,7 @@ def estimate(shape: RunShape, costs: Costs, mode: str, batch_clients: bool | Non
     if mode == "fast" and not p.image_trainable:
         train_images = sum(shape.client_images) * shape.cache_views if p.trains else 0.0
         test_images = sum(s.images for s in shape.eval_sets)
-        cache_ms = costs.image(train_images + test_images, "bf16", shape.backbone)
+        cache_ms = costs.image(train_images + test_images, _cost_precision(shape, mode), shape.backbone)
     return Estimate(cache_ms / 1000, train_ms / 1000, eval_ms / 1000)
 
 
@@ -441,13 +458,14 @@ class GridEstimate:
 
 
 def estimate_runs(runs, costs: Costs, batch_clients: bool | None = None,
-                  shapes: list[RunShape] | None = None) -> GridEstimate:
+                  shapes: list[RunShape] | None = None, precision: str | None = None) -> GridEstimate:
     """Estimates of ``tools.experiments.Run`` s: ``rows`` = (run key, {mode: Estimate}), ``hours`` per mode.
-    ``shapes``: the runs' shapes when already resolved (``shape_from_argv`` of each run)."""
+    ``shapes``: the runs' shapes when already resolved (``shape_from_argv`` of each run); ``batch_clients``
+    and ``precision`` as in :func:`estimate`."""
     rows, seen, notes = [], set(), []
     total = dict.fromkeys(MODES, 0.0)
     for run, shape in zip(runs, shapes or [shape_from_argv(r.argv) for r in runs], strict=True):
-        est = {m: estimate(shape, costs, m, batch_clients) for m in MODES}
+        est = {m: estimate(shape, costs, m, batch_clients, precision) for m in MODES}
         rows.append((run.key, est))
         total["reference"] += est["reference"].total
         fast = est["fast"]
@@ -488,10 +506,11 @@ def script_paths() -> list[str]:
 
 def scripts_table(costs: Costs) -> str:
     """Markdown: every script's paper grid with its estimated hours: fast (the default, clients batched where
-    the method allows), fast with clients one after another (``FED.BATCH_CLIENTS False``), reference."""
+    the method allows, each config's ``PREC``), fast with clients one after another (``FED.BATCH_CLIENTS
+    False``), fast with ``PREC bf16`` for every method, reference."""
     lines = ["| script | runs | fast h | fast, clients one after another (`FED.BATCH_CLIENTS False`) h | "
-             "reference h | reference / fast |", "|---|---|---|---|---|---|"]
-    totals = [0.0, 0.0, 0.0]
+             "fast, `PREC bf16` h | reference h | reference / fast |", "|---|---|---|---|---|---|---|"]
+    totals = [0.0, 0.0, 0.0, 0.0]
     notes: list[str] = []
     for path in script_paths():
         exp = load_script(path)
@@ -499,13 +518,14 @@ def scripts_table(costs: Costs) -> str:
         shapes = [shape_from_argv(r.argv) for r in runs]
         default = estimate_runs(runs, costs, shapes=shapes)
         sequential = estimate_runs(runs, costs, batch_clients=False, shapes=shapes)
-        hours = [default.hours["fast"], sequential.hours["fast"], default.hours["reference"]]
+        bf16 = estimate_runs(runs, costs, shapes=shapes, precision="bf16")
+        hours = [default.hours["fast"], sequential.hours["fast"], bf16.hours["fast"], default.hours["reference"]]
         totals = [a + b for a, b in zip(totals, hours, strict=True)]
         notes += [n for n in default.notes if n not in notes]
-        lines.append(f"| `scripts/{os.path.basename(path)}` | {len(runs)} | {hours[0]:.1f} | {hours[1]:.1f} | "
-                     f"{hours[2]:.1f} | {hours[2] / hours[0]:.1f}x |")
-    lines.append(f"| **all tables** | | **{totals[0]:.1f}** | **{totals[1]:.1f}** | **{totals[2]:.1f}** | "
-                 f"{totals[2] / totals[0]:.1f}x |")
+        lines.append(f"| `scripts/{os.path.basename(path)}` | {len(runs)} | "
+                     + " | ".join(f"{h:.1f}" for h in hours) + f" | {hours[3] / hours[0]:.1f}x |")
+    lines.append("| **all tables** | | " + " | ".join(f"**{h:.1f}**" for h in totals)
+                 + f" | {totals[3] / totals[0]:.1f}x |")
     lines += ["", f"_Estimated from per-operation costs ({costs.device}; `{os.path.relpath(costs.path, REPO)}`), "
                   f"not measured: `python -m tools.gpu_time`._"]
     lines += [f"_{n}._" for n in notes]
@@ -520,7 +540,8 @@ BENCH_METHODS = ("PromptFL", "FedPGP", "FedTV")
 
 def bench_paper_shape(method: str, batched: bool = True) -> RunShape:
     """One training round of ``bench/run.py``'s paper size (no evaluation, no cache: the bench's per-round
-    seconds exclude both); ``n_ctx`` from the trainer's default config, the suffix from the toy world's names."""
+    seconds exclude both); ``n_ctx`` from the trainer's default config, the suffix from the toy world's names;
+    bf16, as ``bench/run.py`` runs the fast path on a GPU."""
     from dassl.engine import TRAINER_REGISTRY
     from datasets.sizes import suffix_length
     from datasets.toyworld import all_classnames
@@ -534,7 +555,7 @@ def bench_paper_shape(method: str, batched: bool = True) -> RunShape:
     images = spec["shots"] * spec["classes"] / spec["clients"]
     return RunShape(method=method, backbone=spec["backbone"], rounds=1, epochs=spec["epochs"], batch=spec["batch"],
                     classes=spec["classes"], client_images=[images] * spec["clients"], sampled=[spec["clients"]],
-                    eval_rounds=0, eval_sets=[], zero_shot=[], cache_views=0, batched=batched,
+                    eval_rounds=0, eval_sets=[], zero_shot=[], cache_views=0, batched=batched, precision="bf16",
                     n_ctx=int(node.N_CTX) if "N_CTX" in node else 0, suffix=suffix_length(all_classnames()))
 
 
