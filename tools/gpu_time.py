@@ -36,8 +36,9 @@ trimmed, ``prompts x 77`` dense; ``G`` context sets, ``C`` classes, ``S`` the da
 token rows (:meth:`Costs.text`; issue 8's prompt counts x 77). Evaluations: each client (each model: once
 when every client holds the same model) on its local test split and, in base-to-novel runs, on every
 base and novel test image: one text forward over the set's class prompts (+ the images in reference
-mode). ``FED.ZS_REFERENCE`` adds one zero-shot evaluation. Not modelled: data loading, Python overhead beyond ``step_overhead_ms``,
-the server's aggregation, uneven client sizes (clients are equal shares of the data).
+mode). ``FED.ZS_REFERENCE`` adds one zero-shot evaluation. Not modelled: data loading, Python overhead
+beyond ``step_overhead_ms``, the server's aggregation, uneven client sizes (clients are equal shares of
+the data).
 """
 from __future__ import annotations
 
