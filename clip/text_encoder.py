@@ -63,12 +63,14 @@ class TextEncoder(nn.Module):
 
     @property
     def supports_shared_prefix(self) -> bool:
-        """Whether ``encode_shared_prefix`` is exact for this tower (see the class docstring)."""
+        """Whether ``encode_shared_prefix`` is exact for this tower (see the class docstring). Blocks with
+        hooks (e.g. MaPLe's deep prompts, installed per call) need their own ``forward``: not supported."""
         blocks = list(getattr(self.transformer, "resblocks", []))
         return (self.attn_mask is not None and self.pool_type in ("argmax", "eos") and bool(blocks)
                 and not getattr(self.transformer, "grad_checkpointing", False)
                 and all(type(b) is ResidualAttentionBlock and type(b.attn) is nn.MultiheadAttention
-                        and b.attn._qkv_same_embed_dim and not hasattr(b, "ln_1_kv") for b in blocks))
+                        and b.attn._qkv_same_embed_dim and not hasattr(b, "ln_1_kv")
+                        and not (b._forward_hooks or b._forward_pre_hooks) for b in blocks))
 
     @property
     def dtype(self) -> torch.dtype:

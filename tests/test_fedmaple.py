@@ -11,6 +11,7 @@ from federated.config import ConfigError
 from federated.data import build_federated_data
 from federated_main import build_cfg, main, parse_args
 from tests.fedtv_testing import REPO, fast_args
+from trainers.prompt_learner import PromptCLIP
 
 WEIGHTS = os.path.join(REPO, "clip", "weights", "tiny_toyworld.safetensors")
 #: A harder toy world (noise, two distractors, small objects) where zero-shot CLIP is far from perfect.
@@ -81,6 +82,22 @@ def test_prompts_change_both_towers_and_get_gradients(trainer):
     trainer.set_model_mode("test")
     with torch.no_grad():
         assert not trainer.encode_images(images).requires_grad
+
+
+def test_deep_text_prompts_are_kept_by_the_fast_text_path(trainer):
+    """The deep prompts are block hooks: the fast text path (trimmed, no shared prefix: hooked blocks)
+    gives the dense full-length features, which differ from the features without deep prompts."""
+    model, learner = trainer.model, trainer.model.prompt_learner
+    with torch.no_grad():
+        fast = model.text_features()
+        learner.set_fast_text(False)
+        try:
+            dense = model.text_features()
+            without_deep = PromptCLIP.text_features(model)
+        finally:
+            learner.set_fast_text(True)
+    torch.testing.assert_close(fast, dense, rtol=1e-4, atol=1e-5)
+    assert (dense - without_deep).abs().max() > 1e-3
 
 
 def test_shared_clip_unchanged_for_other_trainers(tmp_path):
