@@ -69,6 +69,8 @@ def batching_support(trainer: FederatedTrainer) -> str | None:
     name = str(trainer.cfg.OPTIM.NAME).lower()
     if name not in MASKED_OPTIMIZERS:
         return f"OPTIM.NAME {name} has no masked elementwise version (supported: {', '.join(MASKED_OPTIMIZERS)})"
+    if trainer.shared_optimizer:
+        return "FED.SHARED_OPTIMIZER (one optimiser carried from client to client) is sequential by nature"
     if bool(trainer.cfg.OPTIM.STAGED_LR):
         return "OPTIM.STAGED_LR (per-group learning rates) is not supported"
     if not trainer.trainable_parameters():

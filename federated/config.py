@@ -68,6 +68,11 @@ def add_federated_keys(cfg: CN) -> None:
     # as sequential training up to floating-point order; trainers that do not qualify are trained one
     # after another (logged, and recorded in results.json "execution").
     cfg.FED.BATCH_CLIENTS = True
+    # The published codes' single optimiser (momentum buffers, LR schedule) created once and shared by
+    # every client and round (REFERENCE.md pitfall 1: momentum leaks between clients). Off: a fresh
+    # optimiser per client per round. For comparisons with the published numbers; sequential clients
+    # only, per process (each Flower node has its own), not saved in checkpoints.
+    cfg.FED.SHARED_OPTIMIZER = False
     # The published way of running, for measurement and as the correctness baseline: no feature cache
     # (training or evaluation), clients one after another, fp32.
     cfg.FED.REFERENCE_MODE = False

@@ -6,7 +6,7 @@ import torch
 from dassl.engine import TRAINER_REGISTRY, build_trainer
 from federated.data import build_federated_data
 from federated.server import FederatedServer
-from federated_main import build_cfg, parse_args
+from federated_main import build_cfg, main, parse_args
 from tests.fedtv_testing import fast_args
 
 
@@ -67,3 +67,30 @@ def test_promptfl_clients_share_the_averaged_context(tmp_path):
     assert all(p == {} for p in ckpt["personal"])
     weights = ckpt["results"]["rounds"][0]["aggregation"]["weights"]
     assert sum(weights) == pytest.approx(1.0)
+
+
+def _momentum_at_each_client_start(tmp_path, monkeypatch, shared: bool) -> list[bool]:
+    """Run PromptFL (SGD with momentum) and record, at the start of each client's local training,
+    whether the optimiser it trains with already holds momentum buffers."""
+    from trainers.base import FederatedTrainer
+
+    seen = []
+    original = FederatedTrainer.train
+
+    def spying(self, start_epoch, max_epoch):
+        optim = self._optims["model"]
+        seen.append((id(optim), any(optim.state.get(p) for g in optim.param_groups for p in g["params"])))
+        return original(self, start_epoch, max_epoch)
+
+    monkeypatch.setattr(FederatedTrainer, "train", spying)
+    main(fast_args(tmp_path / str(shared), ["--trainer", "PromptFL", "--rounds", "2"],
+                   ["FED.SHARED_OPTIMIZER", str(shared), "OPTIM.MOMENTUM", "0.9", "FED.BATCH_CLIENTS", "False"]))
+    return seen
+
+
+def test_optimiser_is_fresh_per_client_unless_the_published_shared_optimiser_is_asked_for(tmp_path, monkeypatch):
+    fresh = _momentum_at_each_client_start(tmp_path, monkeypatch, False)
+    assert len(fresh) == 6 and not any(has_momentum for _, has_momentum in fresh)
+    shared = _momentum_at_each_client_start(tmp_path, monkeypatch, True)
+    assert len({optim_id for optim_id, _ in shared}) == 1  # one optimiser for every client and round
+    assert [has_momentum for _, has_momentum in shared] == [False] + [True] * 5  # momentum carried over

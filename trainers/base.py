@@ -7,7 +7,9 @@ its trainable parameters. The server drives it through:
 
 * ``shared_keys()`` / ``personal_keys()``, ``get_state(keys)`` / ``load_state(state)``;
 * ``local_train(loader, epochs, context)``: fresh optimiser and scheduler per call (per client per
-  round), so no momentum leaks between clients;
+  round), so no momentum leaks between clients (``FED.SHARED_OPTIMIZER True``: the published codes'
+  single optimiser and scheduler, created once and carried across clients and rounds, REFERENCE.md
+  pitfall 1; for comparisons only);
 * ``evaluate(data, key)``: accuracy / error / macro-F1, with frozen image features cached per
   evaluation set when the image path is frozen (``image_features_cacheable``);
 * ``set_classnames(names)``: switch the label space (base -> novel evaluation);
@@ -70,6 +72,7 @@ class FederatedTrainer(TrainerX):
 
     def __init__(self, cfg, classnames: list[str] | None = None, dm=None):
         self._feature_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._shared_optimizers_built = False
         super().__init__(cfg, dm=dm, classnames=classnames)
         self.model.to(self.device)
         self.scaler = None
@@ -88,6 +91,11 @@ class FederatedTrainer(TrainerX):
     def reference_mode(self) -> bool:
         """``FED.REFERENCE_MODE``: the published way of running (fp32, no cached image features)."""
         return bool(self.cfg.get("FED", {}).get("REFERENCE_MODE", False))
+
+    @property
+    def shared_optimizer(self) -> bool:
+        """``FED.SHARED_OPTIMIZER``: one optimiser for every client and round, as the published codes."""
+        return bool(self.cfg.get("FED", {}).get("SHARED_OPTIMIZER", False))
 
     @property
     def precision(self) -> str:
@@ -181,7 +189,11 @@ class FederatedTrainer(TrainerX):
 
     # ------------------------------------------------------------------ local training
     def build_optimizers(self, epochs: int) -> None:
-        """A fresh optimiser and LR scheduler (over ``epochs`` local epochs) for every registered model."""
+        """A fresh optimiser and LR scheduler (over ``epochs`` local epochs) for every registered model;
+        with ``FED.SHARED_OPTIMIZER`` only on the first call (then the same ones, state and schedule kept)."""
+        if self.shared_optimizer and self._shared_optimizers_built:
+            return
+        self._shared_optimizers_built = self.shared_optimizer
         optim_cfg = self.cfg.OPTIM.clone()
         optim_cfg.defrost()
         optim_cfg.MAX_EPOCH = epochs
