@@ -283,9 +283,9 @@ class BatchedClients:
         groups: dict[int, list[int]] = {}
         for j in active:
             groups.setdefault(int(batches[j]["label"].shape[0]), []).append(j)
-        total = None
+        total, num_clients = None, len(batches)
         for size, members in groups.items():
-            everyone = len(members) == len(stacked[self.names[0]]) if self.names else False
+            everyone = len(members) == num_clients  # no gather needed
             idx = torch.tensor(members, device=t.device)
             rows = {n: v if everyone else v.index_select(0, idx) for n, v in stacked.items()}
             anchor_rows = {n: v if everyone else v.index_select(0, idx) for n, v in anchors.items()}
