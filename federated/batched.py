@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -291,7 +292,9 @@ class BatchedClients:
             anchor_rows = {n: v if everyone else v.index_select(0, idx) for n, v in anchors.items()}
             feats = torch.stack([batches[j]["feat"] for j in members]).to(t.device)
             labels = torch.stack([batches[j]["label"] for j in members]).to(t.device)
-            with t.autocast():
+            with t.autocast(), warnings.catch_warnings():
+                # torch's note that an op (e.g. fused attention in a dense text pass) is mapped by a loop
+                warnings.filterwarnings("ignore", message="There is a performance drop", category=UserWarning)
                 try:
                     loss, logits, extra = mapped(rows, anchor_rows, feats, labels)
                 except BatchingUnsupported:
