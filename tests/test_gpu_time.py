@@ -316,3 +316,16 @@ def test_integer_axes_refuse_other_values(flags, message, capsys):
     assert exp.cli([*flags, "--dry-run"]) == 2
     assert message in capsys.readouterr().err
     assert len(exp.runs(exp.parser().parse_args(["--shots", "2", "--ranks", "4", "--seeds", "0"]))) == 4
+
+
+def test_the_documented_gpu_time_table_is_the_generated_one():
+    """docs/REPRODUCING.md carries `python -m tools.gpu_time`'s table: it must not go stale when the
+    scripts, the cost model or bench/gpu_costs.json change (regenerate it and paste it)."""
+    from tools.gpu_time import scripts_table
+
+    generated = [ln for ln in scripts_table(load_costs()).splitlines() if ln.startswith("| ")]
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                           "REPRODUCING.md")) as f:
+        documented = [ln for ln in f.read().splitlines() if ln.startswith("| `scripts/") or
+                      ln.startswith("| **all tables**")]
+    assert documented == [ln for ln in generated if ln.startswith(("| `scripts/", "| **all tables**"))]
