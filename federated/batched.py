@@ -45,6 +45,7 @@ from torch import nn
 
 from dassl.engine import NonFiniteLossError
 from dassl.optim import build_lr_scheduler, build_optimizer
+from federated.config import ConfigError
 from trainers.base import FederatedTrainer
 
 MASKED_OPTIMIZERS = ("sgd", "adam", "adamw", "amsgrad")
@@ -213,6 +214,10 @@ class BatchedClients:
         self.trainer = trainer
         self.names = list(trainer.trainable_parameters())
         self.shared = set(trainer.shared_keys())
+        chunk = int(trainer.cfg.FED.get("BATCH_CLIENTS_CHUNK", 0))
+        if chunk < 0:
+            raise ConfigError(f"FED.BATCH_CLIENTS_CHUNK must be >= 0 (0: every client in one pass), got {chunk}")
+        self.chunk = chunk or 10**9
 
     def train(self, starts: list[dict[str, torch.Tensor]], loaders: list, epochs: int,
               contexts: list[dict]) -> list[tuple[dict[str, float], dict[str, torch.Tensor]]]:
@@ -249,9 +254,8 @@ class BatchedClients:
                     active = [j for j in range(k) if batches[j] is not None]
                     if not active:
                         break
-                    loss = self._step(mapped, stacked, anchors, batches, active, sums, counts)
                     optim.zero_grad()
-                    loss.backward()
+                    self._step(mapped, stacked, anchors, batches, active, sums, counts)
                     mask = torch.zeros(k, dtype=torch.bool, device=device)
                     mask[active] = True
                     optim.step(mask, lrs[epoch])
@@ -277,16 +281,19 @@ class BatchedClients:
         return torch.func.vmap(client_loss, randomness="different")
 
     def _step(self, mapped, stacked: dict, anchors: dict, batches: list, active: list[int],
-              sums: dict[str, torch.Tensor], counts: torch.Tensor) -> torch.Tensor:
-        """One step of the ``active`` clients (grouped by batch size); adds their batch-size-weighted
-        ``loss`` / ``acc`` / extra terms to ``sums`` (``(K,)`` each) and returns ``sum_k L_k``."""
+              sums: dict[str, torch.Tensor], counts: torch.Tensor) -> None:
+        """One step of the ``active`` clients: forward and backward of ``sum_k L_k``, by groups of clients
+        with the same batch size, at most ``chunk`` clients per pass (each pass's backward frees its
+        activations; a client's rows only receive its own gradient, so chunking changes nothing else).
+        Adds the batch-size-weighted ``loss`` / ``acc`` / extra terms to ``sums`` (``(K,)`` each)."""
         t = self.trainer
         groups: dict[int, list[int]] = {}
         for j in active:
             groups.setdefault(int(batches[j]["label"].shape[0]), []).append(j)
-        total, num_clients = None, len(batches)
-        for size, members in groups.items():
-            everyone = len(members) == num_clients  # no gather needed
+        passes = [(size, members[i : i + self.chunk]) for size, members in groups.items()
+                  for i in range(0, len(members), self.chunk)]
+        for size, members in passes:
+            everyone = len(members) == len(batches)  # no gather needed
             idx = torch.tensor(members, device=t.device)
             rows = {n: v if everyone else v.index_select(0, idx) for n, v in stacked.items()}
             anchor_rows = {n: v if everyone else v.index_select(0, idx) for n, v in anchors.items()}
@@ -302,13 +309,12 @@ class BatchedClients:
                 except (RuntimeError, ValueError, TypeError) as err:
                     raise BatchingUnsupported(f"{type(t).__name__}.compute_loss cannot be mapped over clients "
                                               f"with torch.func.vmap: {err}") from err
+            loss.sum().backward()
             acc = (logits.argmax(dim=-1) == labels).float().mean(dim=-1) * 100.0
             for key, value in {"loss": loss, "acc": acc, **extra}.items():
                 value = value.detach().float().expand(len(members)) * size
                 sums[key] = sums.get(key, torch.zeros_like(counts)).index_add(0, idx, value)
             counts.index_add_(0, idx, torch.full((len(members),), float(size), device=t.device))
-            total = loss.sum() if total is None else total + loss.sum()
-        return total
 
     @staticmethod
     def _epoch_summaries(sums: dict[str, torch.Tensor], counts: torch.Tensor, contexts: list[dict],

@@ -68,6 +68,9 @@ def add_federated_keys(cfg: CN) -> None:
     # as sequential training up to floating-point order; trainers that do not qualify are trained one
     # after another (logged, and recorded in results.json "execution").
     cfg.FED.BATCH_CLIENTS = True
+    # At most this many clients per vmapped pass (0: all of the round's clients at once). Lower it when
+    # many clients x classes do not fit in memory (e.g. 1000 clients of ViT-B/16); exact either way.
+    cfg.FED.BATCH_CLIENTS_CHUNK = 0
     # The published codes' single optimiser (momentum buffers, LR schedule) created once and shared by
     # every client and round (REFERENCE.md pitfall 1: momentum leaks between clients). Off: a fresh
     # optimiser per client per round. For comparisons with the published numbers; sequential clients

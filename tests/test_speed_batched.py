@@ -147,3 +147,22 @@ def test_bf16_autocast_path_batched_equals_sequential(tmp_path, monkeypatch, tra
         runs[batch] = [r["train_loss"] for r in results["rounds"]]
     assert runs[True] == pytest.approx(runs[False], rel=2e-2)
     assert runs[False][-1] < runs[False][0]  # it trains
+
+
+def test_clients_in_chunks_equal_one_pass(tmp_path):
+    """FED.BATCH_CLIENTS_CHUNK bounds the clients per vmapped pass (memory); the result does not change."""
+    one, _ = _final_states(tmp_path / "one", "FedPGP", True)
+    out = tmp_path / "chunks"
+    results = main(fast_args(out, ["--trainer", "FedPGP", *UNEVEN[0]],
+                             [*UNEVEN[1], "FED.BATCH_CLIENTS", "True", "FED.BATCH_CLIENTS_CHUNK", "3"]))
+    chunked = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
+    assert results["execution"]["batched_clients"]
+    for key in one["global"]:
+        torch.testing.assert_close(chunked["global"][key], one["global"][key], rtol=1e-4, atol=2e-5)
+    for p_one, p_chunk in zip(one["personal"], chunked["personal"], strict=True):
+        for key in p_one:
+            torch.testing.assert_close(p_chunk[key], p_one[key], rtol=1e-4, atol=2e-5)
+    from federated.config import ConfigError
+
+    with pytest.raises(ConfigError, match="BATCH_CLIENTS_CHUNK must be >= 0"):
+        main(fast_args(tmp_path / "bad", ["--trainer", "FedPGP"], ["FED.BATCH_CLIENTS_CHUNK", "-1"]))
