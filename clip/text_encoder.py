@@ -29,6 +29,25 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch
     return weights.to(v.dtype) @ v
 
 
+def _suffix_attention(qs: torch.Tensor, ks: torch.Tensor, vs: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor,
+                      causal: torch.Tensor) -> torch.Tensor:
+    """Attention of the class suffixes over their set's prefix (all of it) and their own suffix (causal).
+
+    ``qs, ks, vs``: (G, C, H, S, hd); ``kp, vp``: (G, H, P, hd); ``causal``: (S, S) bool. Returns
+    (G, C, H, S, hd). The prefix keys / values are used as they are (the C classes' queries are stacked
+    as rows), never copied C times: memory and time stay those of the suffix tokens.
+    """
+    g, c, h, s, hd = qs.shape
+    scale = hd ** -0.5
+    rows = qs.permute(0, 2, 1, 3, 4).reshape(g, h, c * s, hd)  # (G, H, C*S, hd)
+    to_prefix = (rows @ kp.transpose(-2, -1)).view(g, h, c, s, -1).permute(0, 2, 1, 3, 4)  # (G, C, H, S, P)
+    to_suffix = (qs @ ks.transpose(-2, -1)).masked_fill(~causal, float("-inf"))  # (G, C, H, S, S)
+    weights = (torch.cat([to_prefix, to_suffix], dim=-1) * scale).softmax(dim=-1).to(vs.dtype)
+    w_prefix, w_suffix = weights.split([kp.shape[-2], s], dim=-1)
+    from_prefix = (w_prefix.permute(0, 2, 1, 3, 4).reshape(g, h, c * s, -1) @ vp).view(g, h, c, s, hd)
+    return from_prefix.permute(0, 2, 1, 3, 4) + w_suffix @ vs
+
+
 class TextEncoder(nn.Module):
     """Runs ``clip_model``'s text tower from token embeddings.
 
@@ -137,7 +156,7 @@ class TextEncoder(nn.Module):
         xp = prefix.to(dtype) + pos[:p]  # (G, P, d)
         xs = (suffix.to(dtype) + pos[p : p + s]).unsqueeze(0).expand(g, c, s, d)  # (G, C, S, d)
         causal_prefix = torch.ones(p, p, dtype=torch.bool, device=xp.device).tril()
-        allowed = torch.ones(s, p + s, dtype=torch.bool, device=xp.device).tril(diagonal=p)  # causal in the suffix
+        causal_suffix = torch.ones(s, s, dtype=torch.bool, device=xp.device).tril()
         for block in self.transformer.resblocks:
             attn = block.attn
             heads = attn.num_heads
@@ -146,9 +165,7 @@ class TextEncoder(nn.Module):
             qp, kp, vp = (t.unflatten(-1, (heads, -1)).transpose(-3, -2) for t in (qp, kp, vp))  # (G, H, P, hd)
             qs, ks, vs = (t.unflatten(-1, (heads, -1)).transpose(-3, -2) for t in (qs, ks, vs))  # (G, C, H, S, hd)
             out_p = _attention(qp, kp, vp, causal_prefix)
-            keys = torch.cat([kp.unsqueeze(1).expand(g, c, *kp.shape[1:]), ks], dim=-2)  # (G, C, H, P+S, hd)
-            values = torch.cat([vp.unsqueeze(1).expand(g, c, *vp.shape[1:]), vs], dim=-2)
-            out_s = _attention(qs, keys, values, allowed)
+            out_s = _suffix_attention(qs, ks, vs, kp, vp, causal_suffix)
             out_p = attn.out_proj(out_p.transpose(-3, -2).flatten(-2))  # (G, P, d)
             out_s = attn.out_proj(out_s.transpose(-3, -2).flatten(-2))  # (G, C, S, d)
             xp = xp + block.ls_1(out_p)
