@@ -182,3 +182,18 @@ def test_toyworld_run_learns(tmp_path):
     assert set(ckpt["global"]) == {"prompt_learner.ctx_global"}
     locals_ = [p["prompt_learner.ctx_local"] for p in ckpt["personal"]]
     assert not torch.equal(locals_[0], locals_[1])
+
+
+def test_mapped_sinkhorn_equals_each_problem_with_its_own_early_stop():
+    """Under vmap (batched clients) the early stop becomes a per-problem freeze: same plans as solving
+    each problem alone, although the problems converge after different numbers of iterations."""
+    from trainers.optimal_transport import uniform_plan
+
+    gen = torch.Generator().manual_seed(0)
+    costs = torch.stack([torch.rand(3, 6, 4, generator=gen) * scale for scale in (0.1, 1.0, 3.0)])  # (K, B, M, N)
+    for method in ("sinkhorn", "cot"):
+        alone = torch.stack([uniform_plan(c, method, top_percent=0.8, eps=0.1, thresh=1e-3, max_iter=50)
+                             for c in costs])
+        mapped = torch.func.vmap(lambda c, m=method: uniform_plan(c, m, top_percent=0.8, eps=0.1, thresh=1e-3,
+                                                                  max_iter=50))(costs)
+        torch.testing.assert_close(mapped, alone)

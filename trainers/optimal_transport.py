@@ -31,6 +31,12 @@ import torch
 OT_METHODS = ("sinkhorn", "cot")
 
 
+def is_mapped(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is mapped by ``torch.func.vmap`` (batched clients): no host-side checks then;
+    the early stop becomes a per-problem freeze, with the same result."""
+    return torch._C._functorch.is_batchedtensor(tensor)
+
+
 def _check(cost: torch.Tensor, mu: torch.Tensor, nu: torch.Tensor, eps: float, max_iter: int) -> None:
     if cost.dim() < 2 or mu.shape != cost.shape[:-1] or nu.shape != cost.shape[:-2] + cost.shape[-1:]:
         raise ValueError(f"optimal transport expects cost (..., M, N), mu (..., M), nu (..., N); got "
@@ -51,19 +57,27 @@ def _scaling(cost: torch.Tensor, mu: torch.Tensor, nu: torch.Tensor, eps: float,
         log_mu, log_nu = mu.float().log(), nu.float().log()
         log_v = torch.zeros_like(log_nu)
         log_kv = torch.logsumexp(log_k + log_v.unsqueeze(-2), dim=-1)  # log (K v), (..., M)
+        mapped, done = is_mapped(cost), None
         for _ in range(max_iter):
-            log_u = log_mu - log_kv
+            new_u = log_mu - log_kv
             if partial:
-                log_u = log_u.clamp(max=0.0)
-            log_v = log_nu - torch.logsumexp(log_k + log_u.unsqueeze(-1), dim=-2)
-            log_kv = torch.logsumexp(log_k + log_v.unsqueeze(-2), dim=-1)
+                new_u = new_u.clamp(max=0.0)
+            new_v = log_nu - torch.logsumexp(log_k + new_u.unsqueeze(-1), dim=-2)
+            new_kv = torch.logsumexp(log_k + new_v.unsqueeze(-2), dim=-1)
+            if done is None:
+                log_u, log_v, log_kv = new_u, new_v, new_kv
+            else:  # a converged problem keeps its plan (what the early stop gives, mapped over clients)
+                log_u, log_v, log_kv = (torch.where(done, old, new) for old, new in
+                                        ((log_u, new_u), (log_v, new_v), (log_kv, new_kv)))
             # Patch marginals now, and after the next u-update (mu, or min(mu, K v) when partial).
             rows = (log_u + log_kv).exp()
             target = torch.minimum(log_mu, log_kv).exp() if partial else log_mu.exp()
-            if bool((rows - target).abs().sum(-1).mean() < thresh):
+            converged = (rows - target).abs().sum(-1).mean() < thresh
+            done = converged if done is None else done | converged
+            if not mapped and bool(done):
                 break
         plan = (log_u.unsqueeze(-1) + log_k + log_v.unsqueeze(-2)).exp()
-    if not torch.isfinite(plan).all():
+    if not mapped and not torch.isfinite(plan).all():
         raise FloatingPointError(
             "the optimal-transport plan has NaN/inf entries (non-finite similarities?); check the "
             "inputs, or raise EPS"
@@ -80,7 +94,7 @@ def sinkhorn(cost: torch.Tensor, mu: torch.Tensor, nu: torch.Tensor, eps: float 
 def partial_sinkhorn(cost: torch.Tensor, mu: torch.Tensor, nu: torch.Tensor, eps: float = 0.1,
                      thresh: float = 1e-3, max_iter: int = 100) -> torch.Tensor:
     """Unbalanced ("COT") plan ``(..., M, N)`` with ``T 1 <= mu`` and ``T^T 1 = nu``: total mass ``sum(nu)``."""
-    if bool((nu.sum(-1) > mu.sum(-1) * (1 + 1e-6)).any()):
+    if not is_mapped(nu) and bool((nu.sum(-1) > mu.sum(-1) * (1 + 1e-6)).any()):
         raise ValueError("partial transport needs sum(nu) <= sum(mu) (TOP_PERCENT <= 1)")
     return _scaling(cost, mu, nu, eps, thresh, max_iter, partial=True)
 
