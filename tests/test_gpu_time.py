@@ -116,9 +116,12 @@ def test_hand_computed_estimate(costs):
     # FedPGP batched: 4 context sets in the step: 4 x 5 + 4 x 30 = 140 rows
     pgp_batched = estimate(pgp, costs, "fast", batch_clients=True)
     assert pgp_batched.train == pytest.approx((2 * (bf16(140) + 1.0) + 2 * (bf16(70) + 1.0)) / 1000)
-    # a trimmed learner (FedOTP, 2 prompts per class, never batched): 160 rows of 8 tokens per step
-    otp = estimate(tiny_shape("FedOTP"), costs, "fast", batch_clients=True)
+    # a trimmed learner (FedOTP, 2 prompts per class): 160 rows of 8 tokens per client step; batched, round 1
+    # = 2 steps of one pass over both clients (320 rows), round 2 = 2 single-client steps
+    otp = estimate(tiny_shape("FedOTP"), costs, "fast", batch_clients=False)
     assert otp.train == pytest.approx(steps * (bf16(160) + 1.0) / 1000)
+    otp_batched = estimate(tiny_shape("FedOTP"), costs, "fast", batch_clients=True)
+    assert otp_batched.train == pytest.approx((2 * (bf16(320) + 1.0) + 2 * (bf16(160) + 1.0)) / 1000)
     # a personal model per client: base / novel style sets are evaluated by each of the 2 clients
     per = tiny_shape("FedPGP", eval_sets=[EvalSet(2, 50.0, 10)])
     assert estimate(per, costs, "reference").evaluate == pytest.approx(2 * 2 * (0.25 * ref_text + 50.0) / 1000)

@@ -196,8 +196,9 @@ class MethodCost:
 
 
 #: ``batchable``: what a ``FED.BATCH_CLIENTS True`` run does (``federated/batched.batching_support`` and the
-#: vmap check; checked on toy runs): FedOTP's loss cannot be vmapped and FedMaPLe / the LoRA and full
-#: fine-tuning trainers are refused, so they train clients one after another. FedMaPLe is counted as
+#: vmap check; checked on toy runs): FedMaPLe / the LoRA and full fine-tuning trainers are refused, so they
+#: train clients one after another; so does any run with ``PREC fp16`` (gradient scaling; e.g. the
+#: published FedOTP and FedCoCoOp configs: add ``PREC bf16`` to batch them). FedMaPLe is counted as
 #: trimmed, not shared-prefix (its deep text prompts act inside the blocks).
 METHOD_COSTS: dict[str, MethodCost] = {
     "ZeroshotCLIP": MethodCost(prompt="full", trains=False, batchable=False),
@@ -206,7 +207,7 @@ METHOD_COSTS: dict[str, MethodCost] = {
     "PromptProx": MethodCost(prompt="shared"),
     "KgCoOp": MethodCost(prompt="shared"),
     "FedCoCoOp": MethodCost(per_image=True),
-    "FedOTP": MethodCost(per_class=2, personal=True, batchable=False),
+    "FedOTP": MethodCost(per_class=2, personal=True),
     "FedMaPLe": MethodCost(image_trainable=True, batchable=False),
     "FedPGP": MethodCost(prompt="shared", context_sets=2, ref_passes=4, personal=True),
     "FedTV": MethodCost(prompt="shared", context_sets=2, ref_passes=4, personal=True),
