@@ -219,8 +219,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _run_flower_simulation(args: argparse.Namespace, cfg) -> dict:
-    if args.eval_only or args.resume:
-        raise ConfigError("--engine flower-sim runs a new experiment: --eval-only and --resume use --engine inprocess")
+    if args.eval_only:
+        raise ConfigError("--engine flower-sim trains: --eval-only uses --engine inprocess")
     import importlib.util
 
     if importlib.util.find_spec("flwr") is None:
@@ -228,7 +228,7 @@ def _run_flower_simulation(args: argparse.Namespace, cfg) -> dict:
     from federated.flower.simulation import run_flower_simulation
     from federated.results import format_table
 
-    results = run_flower_simulation(cfg)
+    results = run_flower_simulation(cfg, resume=bool(args.resume))
     print(format_table(results))
     return results
 

@@ -4,6 +4,9 @@ Content: ``round`` (rounds finished), ``trainer``, ``num_users``, ``global`` (sh
 ``personal`` (one dict of personal tensors per client), ``client_global`` (personalised
 aggregation: the shared tensors a client downloads instead of ``global``), ``rng`` (python / numpy / torch states),
 ``results`` (the results so far) and ``signature`` (key -> shape, to detect a mismatched model).
+A Flower run adds ``engine = "flower"`` and its ``experiment`` token (``federated/flower/strategy.py``):
+its personal tensors live on the nodes, so its ``personal`` entries are empty and only a Flower run can
+resume it (for a trainer with personal tensors; checkpoints without ``engine`` are in-process ones).
 """
 from __future__ import annotations
 
@@ -49,7 +52,9 @@ def signature(trainer) -> dict[str, list[int]]:
 
 
 def save_checkpoint(path: str, *, round_done: int, trainer, global_state: dict, personal: list[dict],
-                    results: dict, num_users: int, client_global: dict[int, dict] | None = None) -> None:
+                    results: dict, num_users: int, client_global: dict[int, dict] | None = None,
+                    extra: dict | None = None) -> None:
+    """Write the checkpoint atomically; ``extra``: further entries (the Flower engine's)."""
     atomic_torch_save({
         "round": round_done,
         "trainer": type(trainer).__name__,
@@ -60,11 +65,13 @@ def save_checkpoint(path: str, *, round_done: int, trainer, global_state: dict, 
         "client_global": {str(k): v for k, v in (client_global or {}).items()},
         "rng": rng_state(),
         "results": results,
+        **(extra or {}),
     }, path)
 
 
-def load_checkpoint(path: str, trainer, num_users: int) -> dict:
-    """Load and validate a checkpoint against ``trainer`` and the number of clients."""
+def load_checkpoint(path: str, trainer, num_users: int, engine: str = "inprocess") -> dict:
+    """Load and validate a checkpoint against ``trainer``, the number of clients and, for a trainer with
+    personal tensors, the ``engine`` that will use it (``inprocess`` or ``flower``)."""
     if os.path.isdir(path):
         path = os.path.join(path, CHECKPOINT_NAME)
     if not os.path.isfile(path):
@@ -96,4 +103,10 @@ def load_checkpoint(path: str, trainer, num_users: int) -> dict:
                               "use the same trainer settings (N_CTX, CSC, backbone, ranks ...) as the saved run")
     if ckpt["num_users"] != num_users:
         raise CheckpointError(f"{path} holds {ckpt['num_users']} clients, this run has {num_users} (--num-users)")
+    written_by = ckpt.get("engine", "inprocess")
+    if written_by != engine and trainer.personal_keys():
+        how = "--engine inprocess" if written_by == "inprocess" else "--engine flower-sim or flwr run with --resume"
+        raise CheckpointError(f"{path} was written by a {written_by} run of {name}, whose personal tensors "
+                              f"{'live on the Flower nodes' if written_by == 'flower' else 'the Flower nodes lack'}; "
+                              f"this is a {engine} run: use {how}")
     return ckpt

@@ -9,6 +9,7 @@ from federated.flower.settings import (  # noqa: E402
     cfg_from_text,
     cfg_to_text,
     node_identity,
+    resume_requested,
     run_setting,
 )
 from federated_main import main  # noqa: E402
@@ -28,8 +29,8 @@ def test_run_config_gives_the_command_line_config():
 def test_bad_run_and_node_config_fail_clearly():
     with pytest.raises(ConfigError, match="unknown config key 'OPTIM.NOPE'"):
         cfg_from_run_config({"opts": "OPTIM.NOPE 1"})
-    with pytest.raises(ConfigError, match="not available in Flower runs"):
-        cfg_from_run_config({"opts": "--resume"})
+    with pytest.raises(ConfigError, match="--eval-only is not available in Flower runs"):
+        cfg_from_run_config({"opts": "--eval-only --model-dir /x"})
     with pytest.raises(ConfigError, match="config file not found"):
         cfg_from_run_config({"dataset-config": "configs/datasets/missing.yaml"})
     with pytest.raises(ConfigError, match="round-timeout' must be a float"):
@@ -42,6 +43,15 @@ def test_bad_run_and_node_config_fail_clearly():
     assert ident.client_id == 2 and ident.state_dir == "/s"
 
 
-def test_flower_engine_refuses_resume(tmp_path):
-    with pytest.raises(ConfigError, match="--resume use --engine inprocess"):
-        main(fast_args(tmp_path, ["--engine", "flower-sim", "--resume"]))
+def test_resume_is_read_from_the_opts():
+    assert resume_requested({"opts": "--trainer FedPGP --resume"})
+    assert resume_requested({"opts": "--resume true OPTIM.LR 0.01"})
+    assert not resume_requested({"opts": "--trainer FedPGP --resume False"})
+    assert not resume_requested({})
+    cfg = cfg_from_run_config({"opts": "--resume --trainer FedPGP"}, clip_weights="none")
+    assert cfg.TRAINER.NAME == "FedPGP"  # --resume is no config key
+
+
+def test_flower_engine_refuses_eval_only(tmp_path):
+    with pytest.raises(ConfigError, match="--eval-only uses --engine inprocess"):
+        main(fast_args(tmp_path, ["--engine", "flower-sim", "--eval-only", "--model-dir", str(tmp_path)]))

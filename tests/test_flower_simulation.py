@@ -66,14 +66,16 @@ def test_simulation_matches_in_process_loop(runs):
     assert set(got["global"]) == set(ref["global"]) and got["global"]
     for k in ref["global"]:
         torch.testing.assert_close(got["global"][k], ref["global"][k], atol=1e-5, rtol=1e-5)
-    node_files = sorted((base / "flower" / "flower_nodes").glob("run*/client*.pt"))
+    node_files = sorted((base / "flower" / "flower_nodes").glob(f"exp-{got['experiment']}/client*.pt"))
     assert len(node_files) == 3
     for path in node_files:
         saved = torch.load(path, weights_only=True)
         expected = ref["personal"][saved["client"]]
-        assert set(saved["state"]) == set(expected) and expected
+        assert saved["round"] == 1 and sorted(saved["states"]) == [0, 1]  # the state after each round
+        latest = saved["states"][saved["round"]]
+        assert set(latest) == set(expected) and expected
         for k in expected:
-            torch.testing.assert_close(saved["state"][k], expected[k], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(latest[k], expected[k], atol=1e-5, rtol=1e-5)
 
 
 def test_only_shared_tensors_reach_the_server(runs):

@@ -4,12 +4,14 @@ Messages (``content`` keys):
 
 * ``query``: reply ``config["client-id"]`` and ``config["num-examples"]`` so the server can map its
   node ids to client ids (the node's client id comes from its ``--node-config``).
-* ``train``: ``arrays`` = the shared tensors this client downloads, ``config`` = ``round`` (0-based)
-  and ``seed``. The node adds its own personal tensors, trains through
+* ``train``: ``arrays`` = the shared tensors this client downloads, ``config`` = ``round`` (0-based),
+  ``seed``, ``experiment`` (the token that keys the node's personal-state store) and
+  ``personal-round`` (whose personal state to start from, ``node.PersonalStore``). The node adds
+  that personal state, trains through
   ``FederatedServer.train_client`` (seeded from ``(SEED, round, client)``, the same loader as the
-  in-process loop), keeps the new personal tensors, and replies ``arrays`` = **only the shared
+  in-process loop), keeps the new personal tensors as this round's, and replies ``arrays`` = **only the shared
   tensors** and ``metrics`` = ``num-examples``, ``loss``, ``acc``, ``client-id``.
-* ``evaluate``: ``arrays`` as in ``train``; replies ``metrics`` with this client's Local accuracy and
+* ``evaluate``: ``arrays`` and ``config`` as in ``train``; replies ``metrics`` with this client's Local accuracy and
   macro-F1 on its own test split and its Base / Novel accuracy (``FederatedServer.evaluate_client``);
   a value that is not measured is absent.
 
@@ -42,8 +44,16 @@ def _setup(context: Context, cfg_text: str | None) -> tuple[Experiment, NodeIden
     return exp, ident
 
 
-def _store(context: Context, exp: Experiment, ident: NodeIdentity) -> PersonalStore:
-    return PersonalStore(context, ident.client_id, ident.state_dir or os.path.join(exp.cfg.OUTPUT_DIR, "flower_nodes"))
+def _store(context: Context, exp: Experiment, ident: NodeIdentity, config) -> PersonalStore:
+    return PersonalStore(context, ident.client_id, ident.state_dir or os.path.join(exp.cfg.OUTPUT_DIR, "flower_nodes"),
+                         str(_setting(config, "experiment")))
+
+
+def _setting(config, key: str):
+    if key not in config:
+        raise ValueError(f"the server's message has no '{key}': the ServerApp and this node run different "
+                         "FedTV versions")
+    return config[key]
 
 
 def _download(msg: Message) -> dict:
@@ -59,12 +69,13 @@ def _query(msg: Message, context: Context, cfg_text: str | None) -> Message:
 def _train(msg: Message, context: Context, cfg_text: str | None) -> Message:
     exp, ident = _setup(context, cfg_text)
     config = msg.content["config"]
-    round_idx, seed = int(config["round"]), int(config["seed"])
+    round_idx, seed = int(_setting(config, "round")), int(_setting(config, "seed"))
     if seed != exp.server.seed:
         raise ValueError(f"the server trains with SEED {seed}, this node's config has SEED {exp.server.seed}")
     t, cid = exp.trainer, ident.client_id
-    store = _store(context, exp, ident)
-    summary = exp.server.train_client(cid, round_idx, {**_download(msg), **store.load(exp.initial_personal)})
+    store = _store(context, exp, ident, config)
+    personal = store.load(exp.initial_personal, int(_setting(config, "personal-round")))
+    summary = exp.server.train_client(cid, round_idx, {**_download(msg), **personal})
     store.save(t.get_state(t.personal_keys()), round_idx)
     metrics = MetricRecord({"num-examples": len(exp.server.data.train[cid]), "client-id": cid,
                             "loss": float(summary.get("loss", float("nan"))),
@@ -76,7 +87,9 @@ def _train(msg: Message, context: Context, cfg_text: str | None) -> Message:
 def _evaluate(msg: Message, context: Context, cfg_text: str | None) -> Message:
     exp, ident = _setup(context, cfg_text)
     cid = ident.client_id
-    personal = _store(context, exp, ident).load(exp.initial_personal)
+    config = msg.content["config"]
+    personal = _store(context, exp, ident, config).load(exp.initial_personal,
+                                                        int(_setting(config, "personal-round")))
     result = exp.server.evaluate_client(cid, {**_download(msg), **personal})
     metrics = MetricRecord({"client-id": cid, **{k: float(result[k]) for k in EVAL_KEYS if result[k] is not None}})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)

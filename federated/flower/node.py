@@ -7,16 +7,24 @@ build them once; a deployment SuperNode, which runs every message in a fresh pro
 from local disk (the frozen CLIP through ``trainers.base.load_frozen_clip``, the training-view image
 features memory-mapped from the on-disk feature cache).
 
-``PersonalStore``: a node's personal tensors live in Flower's ``context.state`` (one run, one node)
-and are mirrored to ``<state-dir>/run<run id>/client<k>.pt`` (``state-dir`` from the node config,
-default ``OUTPUT_DIR/flower_nodes``) with an atomic write after every local
-training, so a SuperNode restarted during the run resumes its own personalisation. Before its first
-training a client holds the trainer's initial personal tensors, as in the in-process loop.
+``PersonalStore``: a node's personal tensors after each of its last ``KEEP_ROUNDS`` trainings, by
+round, in Flower's ``context.state`` (one run, one node) and mirrored to
+``<state-dir>/exp-<experiment>/client<k>.pt`` (``state-dir`` from the node config, default
+``OUTPUT_DIR/flower_nodes``; ``experiment``: the token the server makes on a fresh start and keeps in
+its checkpoint) with an atomic write after every local training. The token survives a resumed run (a
+new Flower run id) and differs between unrelated runs, so a resumed run finds the nodes'
+personalisation and a fresh run in the same directories never does. The server names the round whose
+state a message needs (``personal-round``: the client's last aggregated training, -1 = none, i.e. the
+trainer's initial personal tensors); a node may hold a newer one (it trained a round the server died
+before checkpointing), which is ignored. A SuperNode restarted during the run reads its state back
+from disk. A state that was asked for and is gone (the node lost its ``state-dir``) is an error, not
+a silent restart from the initial tensors.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -63,33 +71,77 @@ def experiment(cfg) -> Experiment:
     return _EXPERIMENTS[key]
 
 
-class PersonalStore:
-    """Client ``client_id``'s personal tensors for run ``context.run_id`` (see the module docstring)."""
+#: States kept per client: the one the server may still ask for, a newer one it may not have
+#: aggregated (it died first) and one more for a lost reply.
+KEEP_ROUNDS = 3
+_TOKEN = re.compile(r"[0-9a-f]{8,64}")
 
-    def __init__(self, context: Context, client_id: int, state_dir: str):
+
+class PersonalStateMissing(RuntimeError):
+    """The server asked for a personal state this node does not hold."""
+
+
+class PersonalStore:
+    """Client ``client_id``'s personal tensors in experiment ``token`` (see the module docstring)."""
+
+    def __init__(self, context: Context, client_id: int, state_dir: str, token: str):
+        if not _TOKEN.fullmatch(token):
+            raise ValueError(f"the server sent a malformed experiment token {token!r}")
         self.context = context
         self.client_id = client_id
-        self.path = os.path.join(state_dir, f"run{context.run_id}", f"client{client_id}.pt")
+        self.token = token
+        self.path = os.path.join(state_dir, f"exp-{token}", f"client{client_id}.pt")
 
-    def load(self, initial: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Personal tensors from ``context.state``, else from disk (restarted node), else ``initial``."""
+    @staticmethod
+    def _key(round_idx: int) -> str:
+        return f"{PERSONAL_KEY}.{round_idx}"
+
+    def _memory_rounds(self) -> list[int]:
+        prefix = f"{PERSONAL_KEY}."
+        return sorted(int(k[len(prefix):]) for k in self.context.state.array_records if k.startswith(prefix))
+
+    def _disk(self, initial: dict[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor]]:
+        """The states mirrored on disk (round -> tensors), validated; {} without a file."""
+        if not os.path.isfile(self.path):
+            return {}
+        saved = torch.load(self.path, map_location="cpu", weights_only=True)
+        if (saved.get("client") != self.client_id or saved.get("experiment") != self.token
+                or any(set(state) != set(initial) for state in saved["states"].values())):
+            raise ValueError(f"{self.path} does not hold client {self.client_id}'s personal state of this model")
+        return {int(r): state for r, state in saved["states"].items()}
+
+    def load(self, initial: dict[str, torch.Tensor], round_idx: int) -> dict[str, torch.Tensor]:
+        """Personal tensors after this client's training in round ``round_idx`` (``initial`` when -1): from
+        ``context.state``, else from disk (restarted node, resumed run)."""
         if not initial:
             return {}
-        if PERSONAL_KEY in self.context.state.array_records:
-            return dict(self.context.state.array_records[PERSONAL_KEY].to_torch_state_dict())
-        if os.path.isfile(self.path):
-            saved = torch.load(self.path, map_location="cpu", weights_only=True)
-            if saved.get("client") != self.client_id or set(saved["state"]) != set(initial):
-                raise ValueError(f"{self.path} does not hold client {self.client_id}'s personal state of this model")
-            logger.warning("client %d: personal state restored from %s (restarted node)", self.client_id, self.path)
-            self.context.state.array_records[PERSONAL_KEY] = ArrayRecord(saved["state"])
-            return dict(saved["state"])
-        return {k: v.clone() for k, v in initial.items()}
+        if round_idx < 0:
+            return {k: v.clone() for k, v in initial.items()}
+        key = self._key(round_idx)
+        if key in self.context.state.array_records:
+            return dict(self.context.state.array_records[key].to_torch_state_dict())
+        states = self._disk(initial)
+        if round_idx not in states:
+            raise PersonalStateMissing(
+                f"client {self.client_id} has no personal state of round {round_idx + 1} in {self.path} (it holds "
+                f"rounds {[r + 1 for r in sorted(states)]}): start the node with the state-dir of its earlier runs")
+        logger.warning("client %d: personal state restored from %s (round %d)", self.client_id, self.path,
+                       round_idx + 1)
+        self.context.state.array_records[key] = ArrayRecord(states[round_idx])
+        return dict(states[round_idx])
 
     def save(self, state: dict[str, torch.Tensor], round_idx: int) -> None:
-        """Keep ``state`` in ``context.state`` and write it atomically to the node's disk."""
+        """Keep ``state`` as round ``round_idx``'s in ``context.state`` and on disk (atomically), with the
+        ``KEEP_ROUNDS - 1`` states before it."""
         if not state:
             return
-        self.context.state.array_records[PERSONAL_KEY] = ArrayRecord(state)
+        states = {r: s for r, s in self._disk(state).items() if r < round_idx}
+        states[round_idx] = state
+        keep = sorted(states)[-KEEP_ROUNDS:]
+        for r in self._memory_rounds():
+            if r not in keep:
+                del self.context.state.array_records[self._key(r)]
+        self.context.state.array_records[self._key(round_idx)] = ArrayRecord(state)
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        atomic_torch_save({"client": self.client_id, "round": round_idx, "state": state}, self.path)
+        atomic_torch_save({"client": self.client_id, "experiment": self.token, "round": round_idx,
+                           "states": {r: states[r] for r in keep}}, self.path)

@@ -5,6 +5,13 @@ tensors, the aggregator and the zero-shot reference, which it evaluates once on 
 evaluation sets unless ``FED.ZS_REFERENCE False``). It writes ``results.json``, ``metrics.csv``,
 TensorBoard scalars and ``checkpoint.pt`` to ``OUTPUT_DIR`` after every round.
 
+Resume (``--resume`` in the run config's ``opts``, or ``federated_main.py --engine flower-sim
+--resume``): the server loads the Flower checkpoint in ``OUTPUT_DIR`` (refused with a
+``CheckpointError`` when it holds another model, another number of clients, an in-process run of a
+personalised trainer, or a config that differs in a key other than ``RESUMABLE_CHANGES``) and runs
+only the remaining rounds (``FedTVStrategy.restore``); the nodes keep their personal state in their
+``state-dir`` under the checkpoint's experiment token. Without a checkpoint it starts from scratch.
+
 ``make_server_app(cfg_text)`` fixes the config (simulation from the command line); the module-level
 ``app`` (``flwr run``) reads it from the run config (``settings.RUN_CONFIG_DEFAULTS``).
 """
@@ -16,47 +23,87 @@ import os
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+from federated.checkpoint import CheckpointError, load_checkpoint
 from federated.flower.node import experiment
-from federated.flower.settings import cfg_from_run_config, cfg_from_text, run_setting
+from federated.flower.settings import cfg_from_run_config, cfg_from_text, resume_requested, run_setting
 from federated.flower.strategy import FedTVStrategy
-from federated.results import ResultsWriter
+from federated.results import ResultsWriter, cfg_to_dict
 
 logger = logging.getLogger("fedtv.flower")
 
+#: Config keys a resumed run may change: more rounds, where things are, how often it evaluates, logging.
+RESUMABLE_CHANGES = ("OPTIM.ROUND", "OUTPUT_DIR", "DATASET.ROOT", "MODEL.BACKBONE.WEIGHTS", "FED.CACHE_DIR",
+                     "TEST.EVAL_FREQ", "FED.SHOW_PROGRESS")
 
-def run_server(grid: Grid, cfg, run_config: dict) -> dict:
-    """Run the experiment of ``cfg`` over the nodes of ``grid``; returns the results dict."""
+
+def _flat(node: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in node.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def load_flower_checkpoint(server, cfg) -> dict | None:
+    """The Flower checkpoint in ``OUTPUT_DIR`` validated against this run, or None when there is none."""
+    if not os.path.isfile(server.checkpoint_path):
+        logger.warning("--resume: no checkpoint in %s, starting from scratch", server.output_dir)
+        return None
+    ckpt = load_checkpoint(server.checkpoint_path, server.trainer, server.num_users, engine="flower")
+    if "experiment" not in ckpt:
+        raise CheckpointError(f"{server.checkpoint_path} was not written by a Flower run (no experiment token)")
+    saved, now = _flat(ckpt["results"]["config"]), _flat(cfg_to_dict(cfg))
+    changed = sorted(k for k in saved.keys() | now.keys()
+                     if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+    if changed:
+        detail = ", ".join(f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
+        raise CheckpointError(f"{server.checkpoint_path} was written with another config ({detail}); resume with "
+                              f"the saved run's settings (only {', '.join(RESUMABLE_CHANGES)} may change)")
+    return ckpt
+
+
+def run_server(grid: Grid, cfg, run_config: dict, resume: bool = False) -> dict:
+    """Run (``resume``: continue) the experiment of ``cfg`` over the nodes of ``grid``; returns the results."""
     from dassl.utils import setup_logger
 
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     setup_logger(cfg.OUTPUT_DIR)
     server = experiment(cfg).server
-    writer = ResultsWriter(cfg.OUTPUT_DIR, cfg)
-    if cfg.FED.ZS_REFERENCE:
-        writer.set_zero_shot(server.evaluate_zero_shot())
+    ckpt = load_flower_checkpoint(server, cfg) if resume else None
+    if ckpt is None and os.path.isfile(server.checkpoint_path):
+        logger.warning("%s holds an earlier run: it is overwritten (use --resume to continue it)", cfg.OUTPUT_DIR)
+    writer = ResultsWriter(cfg.OUTPUT_DIR, cfg, ckpt["results"] if ckpt else None)
     strategy = FedTVStrategy(server, writer, round_timeout=run_setting(run_config, "round-timeout"),
                              join_timeout=run_setting(run_config, "join-timeout"),
                              rejoin_wait=run_setting(run_config, "rejoin-wait"),
                              min_clients=run_setting(run_config, "min-clients"))
-    strategy.start(grid=grid, initial_arrays=ArrayRecord(strategy.global_state), num_rounds=strategy.rounds,
-                   timeout=strategy.round_timeout)
+    if ckpt is not None:
+        strategy.restore(ckpt)
+        writer.write()
+        logger.info("resuming %s after round %d (experiment %s)", server.checkpoint_path, strategy.offset,
+                    strategy.token)
+    elif cfg.FED.ZS_REFERENCE:
+        writer.set_zero_shot(server.evaluate_zero_shot())
+    if strategy.remaining_rounds:
+        strategy.start(grid=grid, initial_arrays=ArrayRecord(strategy.global_state),
+                       num_rounds=strategy.remaining_rounds, timeout=strategy.round_timeout)
     return server.finish(writer)
 
 
-def make_server_app(cfg_text: str | None = None, run_config: dict | None = None) -> ServerApp:
-    """A ServerApp for the config ``cfg_text`` (YAML) and engine settings ``run_config``, or, with None,
-    for the run config of ``flwr run``."""
+def make_server_app(cfg_text: str | None = None, run_config: dict | None = None, resume: bool = False) -> ServerApp:
+    """A ServerApp for the config ``cfg_text`` (YAML), engine settings ``run_config`` and ``resume``, or,
+    with None, for the run config of ``flwr run`` (``--resume`` in its ``opts``)."""
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         settings = dict(context.run_config) if run_config is None else run_config
         if cfg_text is not None:
-            cfg = cfg_from_text(cfg_text)
+            cfg, resuming = cfg_from_text(cfg_text), resume
         else:
             cfg = cfg_from_run_config(settings, run_setting(settings, "data-root"),
                                       run_setting(settings, "clip-weights"))
-        run_server(grid, cfg, settings)
+            resuming = resume_requested(settings)
+        run_server(grid, cfg, settings, resume=resuming)
 
     return server_app
 

@@ -6,7 +6,8 @@ directory), an ``opts`` string of ``federated_main.py`` flags and ``KEY VALUE`` 
 engine settings (timeouts, minimum number of clients). Each SuperNode's ``--node-config`` carries
 what is machine-specific: ``client-id``, ``data-root``, ``clip-weights`` and ``state-dir``. The
 resolved config is the one ``federated_main.py`` builds from the same files and flags, so a Flower
-run and an in-process run of the same arguments use the same config.
+run and an in-process run of the same arguments use the same config. ``--resume`` in the ``opts``
+continues the Flower checkpoint in ``OUTPUT_DIR`` (``resume_requested``); ``--eval-only`` is refused.
 """
 from __future__ import annotations
 
@@ -47,10 +48,10 @@ def run_setting(run_config: dict, key: str):
         raise ConfigError(f"run config '{key}' must be a {type(default).__name__}, got {value!r}") from None
 
 
-def cfg_from_run_config(run_config: dict, data_root: str = "", clip_weights: str = "") -> CN:
-    """The frozen yacs config of a run: ``federated_main.build_cfg`` of the run config's YAML files and
-    ``opts``, then this machine's ``data_root`` / ``clip_weights`` when given."""
-    from federated_main import build_cfg, parse_args
+def _run_args(run_config: dict, data_root: str = "", clip_weights: str = ""):
+    """``federated_main.parse_args`` of the run config's YAML files and ``opts``, then this machine's
+    ``data_root`` / ``clip_weights`` when given."""
+    from federated_main import parse_args
 
     argv = ["--dataset-config-file", _path(run_setting(run_config, "dataset-config"))]
     trainer_cfg = run_setting(run_config, "trainer-config")
@@ -66,9 +67,23 @@ def cfg_from_run_config(run_config: dict, data_root: str = "", clip_weights: str
         args = parse_args([*argv, *opts, *local])  # local KEY VALUE pairs end the opts: they win
     except SystemExit:
         raise ConfigError(f"run config 'opts' is not valid federated_main.py arguments: {opts}") from None
-    if args.eval_only or args.resume:
-        raise ConfigError("--eval-only and --resume are not available in Flower runs (run config 'opts')")
-    return build_cfg(args)
+    if args.eval_only:
+        raise ConfigError("--eval-only is not available in Flower runs (run config 'opts'): evaluate a "
+                          "checkpoint with federated_main.py --eval-only")
+    return args
+
+
+def cfg_from_run_config(run_config: dict, data_root: str = "", clip_weights: str = "") -> CN:
+    """The frozen yacs config of a run: ``federated_main.build_cfg`` of the run config's YAML files and
+    ``opts``, then this machine's ``data_root`` / ``clip_weights`` when given."""
+    from federated_main import build_cfg
+
+    return build_cfg(_run_args(run_config, data_root, clip_weights))
+
+
+def resume_requested(run_config: dict) -> bool:
+    """Whether the run config's ``opts`` ask to continue the checkpoint in ``OUTPUT_DIR`` (``--resume``)."""
+    return bool(_run_args(run_config).resume)
 
 
 def cfg_to_text(cfg: CN) -> str:

@@ -2,7 +2,9 @@
 
 One virtual SuperNode per client (``partition-id`` = client id), one CPU per ClientApp actor, no GPU
 share unless ``USE_CUDA`` and a GPU is present. The config travels to the apps as YAML text, so the
-nodes use exactly the command line's config. Returns the ``results.json`` the ServerApp wrote.
+nodes use exactly the command line's config. ``resume`` continues the Flower checkpoint in
+``OUTPUT_DIR`` (``server_app.run_server``); the virtual nodes' personal state is on disk under
+``OUTPUT_DIR/flower_nodes``. Returns the ``results.json`` the ServerApp wrote.
 """
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ OFFLINE_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "RAY_DEDUP_LOGS": "0"}
 
 
-def run_flower_simulation(cfg, num_cpus_per_client: float = 1.0) -> dict:
-    """Run ``cfg`` (frozen yacs config) on Flower's simulation; returns the results dict."""
+def run_flower_simulation(cfg, num_cpus_per_client: float = 1.0, resume: bool = False) -> dict:
+    """Run (``resume``: continue) ``cfg`` (frozen yacs config) on Flower's simulation; returns the results."""
     import torch
 
     for k, v in OFFLINE_ENV.items():
@@ -26,17 +28,19 @@ def run_flower_simulation(cfg, num_cpus_per_client: float = 1.0) -> dict:
 
     from federated.flower.client_app import make_client_app
     from federated.flower.node import experiment
-    from federated.flower.server_app import make_server_app
+    from federated.flower.server_app import load_flower_checkpoint, make_server_app
 
     text = cfg_to_text(cfg)
     settings = {**RUN_CONFIG_DEFAULTS, "join-timeout": 0.0}  # every virtual node exists from the start
+    exp = experiment(cfg)  # cached: the ServerApp runs in this process and reuses it
+    if resume:
+        load_flower_checkpoint(exp.server, cfg)  # a mismatched checkpoint fails here, before Flower starts
     path = os.path.join(cfg.OUTPUT_DIR, "results.json")
     if os.path.isfile(path):
-        os.remove(path)  # an earlier run's results must not pass for this run's
-    exp = experiment(cfg)  # cached: the ServerApp runs in this process and reuses it
+        os.remove(path)  # an earlier run's results must not pass for this run's (a resumed run rewrites them)
     num_users = exp.server.num_users
     gpus = 1.0 / num_users if cfg.USE_CUDA and torch.cuda.is_available() else 0.0
-    run_simulation(server_app=make_server_app(text, settings), client_app=make_client_app(text),
+    run_simulation(server_app=make_server_app(text, settings, resume=resume), client_app=make_client_app(text),
                    num_supernodes=num_users,
                    backend_config={"client_resources": {"num_cpus": num_cpus_per_client, "num_gpus": gpus},
                                    "init_args": {"num_cpus": max(int(num_cpus_per_client), 1) * 2,

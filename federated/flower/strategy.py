@@ -17,12 +17,22 @@ Per round (``Strategy.start`` drives it):
 A client whose node is gone (killed, timed out, failed) is left out of the round and listed in
 ``missing_clients``; when its node (restarted) connects again it is queried and takes part again.
 Differences from the in-process checkpoint: the personal tensors live on the nodes, so the server's
-``checkpoint.pt`` holds empty personal states.
+``checkpoint.pt`` holds empty personal states, plus ``engine = "flower"`` and the ``experiment`` token.
+
+Resume (``restore``): a resumed run is a new Flower run whose rounds Flower numbers from 1 again;
+``offset`` (the rounds the checkpoint finished) turns Flower's ``server_round`` into FedTV's round
+everywhere (sampling, seeds, ``TEST.EVAL_FREQ``, records, checkpoint). Every message carries the
+``experiment`` token (made on a fresh start, kept in the checkpoint, so it survives a resume and differs
+between unrelated runs: the nodes key their personal-state store by it) and ``personal-round``: the
+round of the client's last training the server aggregated before this one (-1: none). The node loads
+its personal state of exactly that round, so a node that trained a round the server never
+checkpointed (it died first) still resumes exactly.
 """
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -62,11 +72,29 @@ class FedTVStrategy(Strategy):
         self.rounds = int(server.cfg.OPTIM.ROUND) if self.trainable else 1
         self._record: dict = {}
         self._started = 0.0
+        self.offset = 0  # rounds finished before this Flower run (a resumed run)
+        self.token = uuid.uuid4().hex  # the experiment's identity on the nodes
+        self.last_trained: dict[int, int] = {}  # client id -> last round (0-based) whose training was aggregated
+
+    def restore(self, ckpt: dict) -> None:
+        """Continue the Flower checkpoint ``ckpt`` (``federated.checkpoint.load_checkpoint``): its global
+        and personalised shared tensors, its experiment token and round; ``writer`` holds its results."""
+        self.offset = min(int(ckpt["round"]), self.rounds)
+        self.token = str(ckpt["experiment"])
+        self.global_state = ckpt["global"]
+        self.client_global = {int(k): v for k, v in ckpt.get("client_global", {}).items()}
+        for record in self.writer.results["rounds"][:self.offset]:
+            for cid in record["clients"]:
+                self.last_trained[int(cid)] = int(record["round"]) - 1
+
+    @property
+    def remaining_rounds(self) -> int:
+        return max(self.rounds - self.offset, 0)
 
     def summary(self) -> None:
-        logger.info("FedTVStrategy: trainer %s, aggregator %s, %d clients, %d rounds, min %d clients per round",
+        logger.info("FedTVStrategy: trainer %s, aggregator %s, %d clients, rounds %d..%d, min %d clients per round",
                     type(self.server.trainer).__name__, type(self.server.aggregator).__name__,
-                    self.server.num_users, self.rounds, self.min_clients)
+                    self.server.num_users, self.offset + 1, self.rounds, self.min_clients)
 
     # ------------------------------------------------------------------ nodes
     def discover(self, grid: Grid) -> None:
@@ -110,8 +138,15 @@ class FedTVStrategy(Strategy):
         return self.client_global.get(cid, self.global_state)
 
     def _messages(self, clients: list[int], message_type: str, config: dict) -> list[Message]:
-        return [Message(RecordDict({"arrays": ArrayRecord(self._download(cid)), "config": ConfigRecord(config)}),
+        def config_of(cid: int) -> ConfigRecord:
+            return ConfigRecord({**config, "experiment": self.token, "personal-round": self.last_trained.get(cid, -1)})
+
+        return [Message(RecordDict({"arrays": ArrayRecord(self._download(cid)), "config": config_of(cid)}),
                         dst_node_id=self.node_of[cid], message_type=message_type) for cid in clients]
+
+    def _round(self, server_round: int) -> int:
+        """FedTV's 0-based round of Flower's ``server_round`` (1-based within this Flower run)."""
+        return self.offset + server_round - 1
 
     def _ok_replies(self, replies: Iterable[Message], step: str) -> list[Message]:
         ok = []
@@ -126,9 +161,9 @@ class FedTVStrategy(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._started = time.time()
-        r = server_round - 1
+        r = self._round(server_round)
         sampled = self.server.sample_clients(r)
-        if server_round == 1:
+        if server_round == 1:  # the first round of this Flower run (a resumed run waits as a fresh one)
             self.wait_for_clients(grid, list(range(self.server.num_users)), self.join_timeout)
         else:
             self.wait_for_clients(grid, sampled, self.rejoin_wait)
@@ -140,11 +175,11 @@ class FedTVStrategy(Strategy):
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        r = server_round - 1
+        r = self._round(server_round)
         by_client = {int(m.content["metrics"]["client-id"]): m for m in self._ok_replies(replies, "train")}
         clients = sorted(by_client)
         if self.trainable and len(clients) < self.min_clients:
-            raise NotEnoughClients(f"round {server_round}: {len(clients)} client(s) finished training "
+            raise NotEnoughClients(f"round {r + 1}: {len(clients)} client(s) finished training "
                                    f"(min-clients {self.min_clients}); finished rounds are in {self.server.output_dir}")
         uploads = [dict(by_client[c].content["arrays"].to_torch_state_dict()) for c in clients]
         metrics = [by_client[c].content["metrics"] for c in clients]
@@ -153,6 +188,7 @@ class FedTVStrategy(Strategy):
         if uploads and self.server.trainer.shared_keys():
             self.global_state, agg_info = self.server.aggregator(uploads, sizes, self.global_state, clients)
             self.client_global.update(agg_info.pop("per_client", {}))
+        self.last_trained.update({cid: r for cid in clients})
         record = round_record(r, clients, sizes, [float(m["loss"]) for m in metrics],
                               [float(m["acc"]) for m in metrics], agg_info,
                               up=state_nbytes(uploads[0]) if uploads else 0, down=self._record["down"])
@@ -164,9 +200,10 @@ class FedTVStrategy(Strategy):
     # ------------------------------------------------------------------ evaluation
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        if server_round % self.eval_freq and server_round != self.rounds:
+        done = self._round(server_round) + 1
+        if done % self.eval_freq and done != self.rounds:
             return []
-        return self._messages(sorted(self.node_of), MessageType.EVALUATE, {"round": server_round - 1})
+        return self._messages(sorted(self.node_of), MessageType.EVALUATE, {"round": done - 1})
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         per_client = {}
@@ -180,12 +217,12 @@ class FedTVStrategy(Strategy):
             record["evaluated_clients"] = sorted(per_client)
         record["seconds"] = time.time() - self._started
         self.writer.add_round(record)
-        save_checkpoint(self.server.checkpoint_path, round_done=server_round, trainer=self.server.trainer,
+        save_checkpoint(self.server.checkpoint_path, round_done=record["round"], trainer=self.server.trainer,
                         global_state=self.global_state, personal=[{} for _ in range(self.server.num_users)],
                         results=self.writer.results, num_users=self.server.num_users,
-                        client_global=self.client_global)
+                        client_global=self.client_global, extra={"engine": "flower", "experiment": self.token})
         if record.get("local") is not None:
-            logger.info("round %d: local %.2f base %s novel %s (%d clients evaluated, %.1fs)", server_round,
+            logger.info("round %d: local %.2f base %s novel %s (%d clients evaluated, %.1fs)", record["round"],
                         record["local"], record.get("base"), record.get("novel"), len(per_client), record["seconds"])
             return MetricRecord({k: record[k] for k in ("local", "base", "novel", "hm") if record.get(k) is not None})
         return None
