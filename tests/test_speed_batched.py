@@ -77,7 +77,10 @@ def _final_states(tmp_path, trainer: str, batch: bool) -> tuple[dict, dict]:
     return torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True), results
 
 
-@pytest.mark.parametrize("trainer", ["PromptFL", "CoOp", "PromptProx", "KgCoOp", "FedCoCoOp", "FedOTP", "FedPGP", "FedTV"])
+BATCHABLE = ["PromptFL", "CoOp", "PromptProx", "KgCoOp", "FedCoCoOp", "FedOTP", "FedPGP", "FedTV"]
+
+
+@pytest.mark.parametrize("trainer", BATCHABLE)
 def test_batched_clients_equal_sequential(tmp_path, trainer):
     """Clients with different numbers of batches, 2 rounds x 2 epochs, momentum SGD: the same tensors and
     the same logged losses (fp32 on CPU: only the summation order differs)."""

@@ -91,3 +91,18 @@ def test_reference_mode_pays_the_published_text_passes_for_the_same_loss(tmp_pat
     assert calls[True] == [("dense", 5, full)] * 4
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
     assert torch.allclose(grads[True], grads[False], atol=1e-5, rtol=1e-4), (grads[True] - grads[False]).abs().max()
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_host_syncs_per_step_only_in_reference_mode(tmp_path, monkeypatch, reference):
+    """The fast sequential path checks the loss once per epoch (no host sync per step); reference mode
+    checks every step as Dassl does. Both give the same epoch summary."""
+    from trainers.base import FederatedTrainer
+
+    checks = []
+    original = FederatedTrainer.detect_anomaly
+    monkeypatch.setattr(FederatedTrainer, "detect_anomaly", lambda self, loss: checks.append(1) or original(self, loss))
+    results = main(fast_args(tmp_path, ["--trainer", "PromptFL", "--reference-mode", str(reference)],
+                             ["FED.BATCH_CLIENTS", "False"]))
+    assert (len(checks) > 0) == reference
+    assert all(r["train_loss"] is not None and r["train_loss"] > 0 for r in results["rounds"])

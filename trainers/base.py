@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dassl.engine import TrainerX
+from dassl.engine import NonFiniteLossError, TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
 
 logger = logging.getLogger("fedtv.trainer")
@@ -163,8 +164,13 @@ class FederatedTrainer(TrainerX):
         logits = self.model.logits(image_features, self.model.eval_context())
         return F.cross_entropy(logits, labels), logits, {}
 
-    def forward_backward(self, batch: dict) -> dict[str, float]:
-        """One step. ``batch`` holds images (``img``) or cached frozen image features (``feat``)."""
+    def forward_backward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """One step. ``batch`` holds images (``img``) or cached frozen image features (``feat``).
+
+        Returns the step's ``loss``, ``acc`` (percent) and the method's extra terms as detached 0-d
+        tensors on the device: no host sync per step (``run_epoch`` syncs once per epoch and checks the
+        loss there). Reference mode checks every step's loss on the host, as Dassl does.
+        """
         if "feat" in batch:
             features, labels = batch["feat"].to(self.device), batch["label"].to(self.device)
         else:
@@ -172,20 +178,39 @@ class FederatedTrainer(TrainerX):
             features = self.encode_images(images)
         with self.autocast():
             loss, logits, extra = self.compute_loss(features, labels)
-        if self.scaler is not None:
-            self.model_zero_grad()
+        self.model_zero_grad()
+        if self.reference_mode:
             self.detect_anomaly(loss)
+        if self.scaler is not None:
             self.scaler.scale(loss).backward()
             for name in self.get_model_names():
                 if self._optims[name] is not None:
                     self.scaler.step(self._optims[name])
             self.scaler.update()
         else:
-            self.model_backward_and_update(loss)
-        acc = (logits.argmax(dim=1) == labels).float().mean().item() * 100.0
-        summary = {"loss": float(loss.detach()), "acc": acc}
-        summary.update({k: float(v) for k, v in extra.items()})
+            loss.backward()
+            self.model_update()
+        acc = (logits.argmax(dim=1) == labels).float().mean() * 100.0
+        summary = {"loss": loss.detach().float(), "acc": acc}
+        summary.update({k: torch.as_tensor(v).detach().float() for k, v in extra.items()})
         return summary
+
+    def run_epoch(self) -> dict[str, float]:
+        """One local epoch; the batch-size-weighted means of the step summaries, with ONE host sync at the
+        end, where a non-finite loss raises ``NonFiniteLossError`` (with the client / round context)."""
+        self.set_model_mode("train")
+        sums: dict[str, torch.Tensor] = {}
+        n = 0
+        for batch in self.train_loader_x:
+            bs = int(batch["label"].shape[0])
+            for k, v in self.forward_backward(batch).items():
+                sums[k] = sums[k] + v * bs if k in sums else v * bs
+            n += bs
+        means = {k: float(v) / max(n, 1) for k, v in sums.items()}
+        if "loss" in means and not math.isfinite(means["loss"]):
+            where = ", ".join(f"{k} {v}" for k, v in self.anomaly_context.items())
+            raise NonFiniteLossError(f"loss is {means['loss']} ({where or 'during training'})", self.anomaly_context)
+        return means
 
     # ------------------------------------------------------------------ local training
     def build_optimizers(self, epochs: int) -> None:
