@@ -77,13 +77,17 @@ def test_batched_text_features_equal_the_per_image_loop(tmp_path):
         assert torch.allclose(logits, expected, atol=1e-4)
 
 
-def test_chunked_passes_give_the_same_logits_and_gradients(tmp_path):
+def test_chunked_passes_give_the_same_logits_and_gradients(tmp_path, monkeypatch):
     whole = _trainer(tmp_path)
     chunked = _trainer(tmp_path, "TRAINER.FEDCOCOOP.PROMPT_CHUNK", str(2 * whole.num_classes))
     chunked.load_state(whole.get_state(whole.shared_keys()))
     feats, labels = _features(5, whole.model.clip.embed_dim), torch.arange(5) % whole.num_classes
-    calls = []
-    chunked.model.text_encoder.register_forward_hook(lambda m, inp, out: calls.append(inp[0].shape[0]))
+    calls = []  # prompts per text-tower pass (images x classes of a shared-prefix pass)
+    encoder = chunked.model.text_encoder
+    encoder.register_forward_hook(lambda m, inp, out: calls.append(inp[0].shape[0]))
+    shared = encoder.encode_shared_prefix
+    monkeypatch.setattr(encoder, "encode_shared_prefix",
+                        lambda p, s, e: calls.append(p.shape[0] * s.shape[0]) or shared(p, s, e), raising=False)
     grads = []
     for trainer in (whole, chunked):
         params = trainer.trainable_parameters()

@@ -89,10 +89,15 @@ class ConditionalCLIP(PromptCLIP):
         self.prompt_chunk = int(prompt_chunk)
 
     def encode_conditional(self, bias: torch.Tensor) -> torch.Tensor:
-        """Normalised text features ``(B, C, D)`` for per-image biases ``(B, d)``: one pass of B*C prompts."""
-        prompts = self.prompt_learner.conditional_prompts(bias)
+        """Normalised text features ``(B, C, D)`` for per-image biases ``(B, d)``: one pass over the B*C
+        prompts -- with fast text, each image's SOS + context prefix once and the C class suffixes."""
+        learner = self.prompt_learner
+        if learner.shares_prefix and getattr(self.text_encoder, "supports_shared_prefix", False):
+            contexts = learner.ctx.unsqueeze(0) + bias.unsqueeze(1)  # (B, M, d)
+            return F.normalize(self.text_encoder.encode_shared_prefix(*learner.prefix_parts(contexts)), dim=-1)
+        prompts = learner.conditional_prompts(bias)
         b, c, length, d = prompts.shape
-        tokenized = self.prompt_learner.tokenized_prompts.repeat(b, 1)  # (B*C, L), image-major like prompts
+        tokenized = learner.tokenized_prompts.repeat(b, 1)  # (B*C, L), image-major like prompts
         feats = self.text_encoder(prompts.reshape(b * c, length, d), tokenized)
         return F.normalize(feats, dim=-1).reshape(b, c, -1)
 
