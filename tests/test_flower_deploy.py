@@ -1,10 +1,12 @@
 """Real Flower deployments on 127.0.0.1 (``tools/flower_deploy.py``): TLS with node authentication,
-and a SuperNode killed in the middle of a run that rejoins with its personal state.
+a SuperNode killed in the middle of a run that rejoins with its personal state, and a run whose
+SuperLink dies, resumed with ``--resume``.
 
 Each test starts a SuperLink and SuperNodes as separate processes; every Flower message runs in a
 fresh ClientApp process, so one run takes a few minutes on 2 shared cores. Bounded by the tool's
 ``--timeout``; the tool stops exactly the processes it started.
 """
+import shlex
 import shutil
 
 import pytest
@@ -12,6 +14,7 @@ import torch
 
 pytest.importorskip("flwr", reason="Flower is optional: pip install -r requirements-flower.txt")
 
+from federated_main import main  # noqa: E402
 from tests.fedtv_testing import FAST_OPTS  # noqa: E402
 from tools.flower_deploy import main as deploy  # noqa: E402
 
@@ -37,7 +40,7 @@ def test_tls_deployment_with_node_authentication(tmp_path):
     # Personal tensors stayed on the nodes: the server's checkpoint has none, each node has its own.
     ckpt = torch.load(tmp_path / "output" / "checkpoint.pt", weights_only=True)
     assert all(p == {} for p in ckpt["personal"]) and ckpt["global"]
-    saved = sorted(tmp_path.glob("node_state/run*/client*.pt"))
+    saved = sorted(tmp_path.glob(f"node_state/exp-{ckpt['experiment']}/client*.pt"))
     assert [torch.load(p, weights_only=True)["client"] for p in saved] == [0, 1]
 
 
@@ -56,5 +59,35 @@ def test_killed_node_does_not_stop_the_run_and_rejoins(tmp_path):
     assert rounds[2]["clients"] == [0, 1, 2]  # the restarted node is back
     assert set(rounds[2]["local_per_client"]) == {"0", "1", "2"}
     assert "client 2: personal state restored" in (tmp_path / "logs" / "node2.log").read_text()
-    saved = torch.load(next(tmp_path.glob("node_state/run*/client2.pt")), weights_only=True)
+    saved = torch.load(next(tmp_path.glob("node_state/exp-*/client2.pt")), weights_only=True)
     assert saved["round"] == 2  # trained again in the third round (0-based 2)
+
+
+def test_deployment_resumes_after_the_superlink_dies(tmp_path):
+    # Everything is restarted (SuperLink, ServerApp, SuperNodes); the nodes keep their state-dir. The
+    # resumed run ends as the in-process run of the same arguments (same seeds; the tolerance of
+    # tests/test_flower_simulation.py): with a wrong personal state on the nodes round 3 would differ.
+    work, opts = tmp_path / "deploy", _opts(3, 3)
+    first = deploy(["--work-dir", str(work), "--num-nodes", "3", "--port", "9350", "--timeout", "400",
+                    "--round-timeout", "120", "--opts", opts, "--kill-superlink-after-round", "2"])
+    assert [r["round"] for r in first["rounds"]] == [1, 2]
+    assert torch.load(work / "output" / "checkpoint.pt", weights_only=True)["round"] == 2
+    resumed = deploy(["--work-dir", str(work), "--num-nodes", "3", "--port", "9370", "--timeout", "400",
+                      "--round-timeout", "120", "--opts", opts, "--resume"])
+    assert [r["round"] for r in resumed["rounds"]] == [1, 2, 3]
+    assert resumed["rounds"][:2] == first["rounds"]
+    ckpt = torch.load(work / "output" / "checkpoint.pt", weights_only=True)
+    assert ckpt["round"] == 3
+    assert [p.name for p in (work / "node_state").iterdir()] == [f"exp-{ckpt['experiment']}"]
+    ref_dir = tmp_path / "inprocess"
+    reference = main(["--output-dir", str(ref_dir), *shlex.split(opts)])
+    for a, b in zip(reference["rounds"], resumed["rounds"], strict=True):
+        assert a["clients"] == b["clients"]
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+    ref = torch.load(ref_dir / "checkpoint.pt", weights_only=True)
+    for k, v in ref["global"].items():
+        torch.testing.assert_close(ckpt["global"][k], v, atol=1e-5, rtol=1e-5)
+    for path in (work / "node_state").glob("exp-*/client*.pt"):
+        saved = torch.load(path, weights_only=True)
+        for k, v in ref["personal"][saved["client"]].items():
+            torch.testing.assert_close(saved["states"][saved["round"]][k], v, atol=1e-5, rtol=1e-5)

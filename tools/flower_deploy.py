@@ -12,6 +12,12 @@ copy ``results.json``, and stop exactly the processes it started, by PID. Everyt
 ``--timeout``. Fault injection for tests: ``--kill-node K --kill-after-round R`` kills node K
 (SIGKILL) once R rounds are in ``results.json``; ``--restart-after-round Q`` starts it again once Q
 rounds are there (it rejoins with the personal state its previous process left on disk).
+``--kill-superlink-after-round R`` kills the SuperLink (and the ServerApp it runs) once R rounds are
+in ``results.json``, stops the rest and returns the rounds finished so far.
+
+Resume: ``--resume`` (the same ``--work-dir`` and ``--opts``; ``--rounds`` may grow) continues the
+server's checkpoint in ``<work-dir>/output`` with a new SuperLink and new SuperNodes; the nodes keep
+their ``<work-dir>/node_state``, which holds their personal tensors under the run's experiment token.
 Logs of every process are in ``<work-dir>/logs``.
 """
 from __future__ import annotations
@@ -162,6 +168,12 @@ class Deployment:
         deadline = time.time() + a.timeout
         killed = False
         while self.procs["flwr_run"].poll() is None:
+            if a.kill_superlink_after_round is not None and _rounds_done(results_path) >= a.kill_superlink_after_round:
+                link = self.procs["superlink"]
+                os.killpg(link.pid, signal.SIGKILL)
+                link.wait()
+                print(f"killed the SuperLink (pid {link.pid}) after round {a.kill_superlink_after_round}", flush=True)
+                return
             if time.time() > deadline:
                 raise DeployError(f"the run did not finish within {a.timeout}s: see {self.logs}")
             done = _rounds_done(results_path)
@@ -223,6 +235,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kill-after-round", type=int, default=1, help="... once this many rounds are finished")
     p.add_argument("--restart-after-round", type=int, default=None,
                    help="restart the killed node once this many rounds are finished")
+    p.add_argument("--kill-superlink-after-round", type=int, default=None,
+                   help="fault injection: SIGKILL the SuperLink and its ServerApp once this many rounds are finished")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the checkpoint in <work-dir>/output (same --work-dir; the nodes keep node_state)")
     return p.parse_args(argv)
 
 
@@ -233,9 +249,12 @@ def main(argv: list[str] | None = None) -> dict:
         if shutil.which(tool) is None:
             raise DeployError(f"{tool} not found: pip install -r requirements-flower.txt (openssl from the system)")
     output_dir = os.path.join(os.path.abspath(args.work_dir), "output")
-    args.opts = f"{args.opts} OUTPUT_DIR {output_dir} FED.SHOW_PROGRESS False".strip()
+    resume = ["--resume"] if args.resume else []  # flags before the KEY VALUE overrides
+    args.opts = " ".join([*resume, args.opts, f"OUTPUT_DIR {output_dir} FED.SHOW_PROGRESS False"]).strip()
     results_path = os.path.join(output_dir, "results.json")
-    if os.path.isfile(results_path):
+    if args.resume and not os.path.isfile(os.path.join(output_dir, "checkpoint.pt")):
+        raise DeployError(f"--resume: no checkpoint in {output_dir} (pass the --work-dir of the earlier run)")
+    if os.path.isfile(results_path) and not args.resume:
         os.remove(results_path)
     dep = Deployment(args)
     try:
