@@ -79,8 +79,9 @@ def test_token_rows_by_prompt_layout():
     assert text_rows(shape, "reference", 10) == 10 * 77
     # trimmed (FedOTP: 2 prompts per class): every prompt 1 + n_ctx + S tokens
     assert text_rows(tiny_shape("FedOTP"), "fast", 10) == 2 * 10 * (1 + 4 + 3)
-    # CoCoOp: one prompt set per image, trimmed; hand-crafted prompts (FLoRA): 77 tokens also on the fast path
-    assert text_rows(tiny_shape("FedCoCoOp"), "fast", 10, images=10) == 10 * 10 * 8
+    # CoCoOp: one context per image: 10 prefixes of 1 + 4 tokens, 10 x 10 class suffixes of 3 tokens;
+    # hand-crafted prompts (FLoRA): 77 tokens also on the fast path
+    assert text_rows(tiny_shape("FedCoCoOp"), "fast", 10, images=10) == 10 * (1 + 4) + 10 * 10 * 3
     assert text_rows(tiny_shape("FLoRA"), "fast", 10) == 10 * 77
 
 

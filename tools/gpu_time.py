@@ -206,7 +206,7 @@ METHOD_COSTS: dict[str, MethodCost] = {
     "PromptFL": MethodCost(prompt="shared"),
     "PromptProx": MethodCost(prompt="shared"),
     "KgCoOp": MethodCost(prompt="shared"),
-    "FedCoCoOp": MethodCost(per_image=True),
+    "FedCoCoOp": MethodCost(prompt="shared", per_image=True),
     "FedOTP": MethodCost(per_class=2, personal=True),
     "FedMaPLe": MethodCost(image_trainable=True, batchable=False),
     "FedPGP": MethodCost(prompt="shared", context_sets=2, ref_passes=4, personal=True),
@@ -372,15 +372,16 @@ def text_rows(shape: RunShape, mode: str, classes: int, context_sets: int = 1, i
     """Token rows of one text pass over ``classes`` classes' prompts of ``context_sets`` context sets.
 
     ``images``: images the prompts are conditioned on (``per_image`` methods: one prompt set each).
-    fast: ``G (1 + n_ctx) + G C S`` (shared prefix), ``G C' (1 + n_ctx + S)`` (trimmed; ``C' = per_class x
-    C x images``) or ``G C' 77`` (hand-crafted prompts); reference: ``G C' 77`` (dense, full length).
+    fast: ``G' (1 + n_ctx) + G' C S`` (shared prefix; ``G' = G x images`` for per-image contexts),
+    ``G C' (1 + n_ctx + S)`` (trimmed; ``C' = per_class x C x images``) or ``G C' 77`` (hand-crafted
+    prompts); reference: ``G C' 77`` (dense, full length).
     """
     p = shape.cost
     prompts = context_sets * p.per_class * classes * (images if p.per_image else 1)
     if mode == "reference" or p.prompt == "full":
         return prompts * CONTEXT_LENGTH
-    if p.prompt == "shared" and not p.per_image:
-        return context_sets * (1 + shape.n_ctx) + prompts * shape.suffix
+    if p.prompt == "shared":  # one prefix per context set (per image for CoCoOp) + every class suffix
+        return context_sets * (images if p.per_image else 1) * (1 + shape.n_ctx) + prompts * shape.suffix
     return prompts * min(1 + shape.n_ctx + shape.suffix, CONTEXT_LENGTH)
 
 
