@@ -39,7 +39,7 @@ sys.path.insert(0, REPO)
 
 SIZES = {
     "cpu": {"backbone": "tiny", "weights": "", "clients": 10, "classes": 20, "shots": 16, "epochs": 2,
-            "batch": 32, "rounds": 4, "input": 0},
+            "batch": 32, "rounds": 8, "input": 0},
     "paper": {"backbone": "ViT-B/16", "weights": "none", "clients": 10, "classes": 100, "shots": 16, "epochs": 2,
               "batch": 32, "rounds": 4, "input": 224},
 }
