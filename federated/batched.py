@@ -37,13 +37,12 @@ host sync per epoch instead of one per step); the round is aborted either way.
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 
 import torch
 from torch import nn
 
-from dassl.engine import NonFiniteLossError
+from dassl.engine.trainer import check_finite_loss
 from dassl.optim import build_lr_scheduler, build_optimizer
 from federated.config import ConfigError
 from trainers.base import FederatedTrainer
@@ -327,8 +326,6 @@ class BatchedClients:
                 out.append(previous[j])
                 continue
             summary = {key: v[j] / n for key, v in host.items()}
-            if not math.isfinite(summary["loss"]):
-                where = ", ".join(f"{a} {b}" for a, b in contexts[j].items())
-                raise NonFiniteLossError(f"loss is {summary['loss']} ({where})", contexts[j])
+            check_finite_loss(summary["loss"], contexts[j])
             out.append(summary)
         return out

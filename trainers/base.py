@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dassl.engine import NonFiniteLossError, TrainerX
+from dassl.engine import TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
 
 logger = logging.getLogger("fedtv.trainer")
@@ -168,8 +167,8 @@ class FederatedTrainer(TrainerX):
         """One step. ``batch`` holds images (``img``) or cached frozen image features (``feat``).
 
         Returns the step's ``loss``, ``acc`` (percent) and the method's extra terms as detached 0-d
-        tensors on the device: no host sync per step (``run_epoch`` syncs once per epoch and checks the
-        loss there). Reference mode checks every step's loss on the host, as Dassl does.
+        tensors on the device: no host sync per step (Dassl's ``run_epoch`` reads them once per epoch and
+        checks the loss there). Reference mode checks every step's loss on the host, as Dassl does.
         """
         if "feat" in batch:
             features, labels = batch["feat"].to(self.device), batch["label"].to(self.device)
@@ -194,23 +193,6 @@ class FederatedTrainer(TrainerX):
         summary = {"loss": loss.detach().float(), "acc": acc}
         summary.update({k: torch.as_tensor(v).detach().float() for k, v in extra.items()})
         return summary
-
-    def run_epoch(self) -> dict[str, float]:
-        """One local epoch; the batch-size-weighted means of the step summaries, with ONE host sync at the
-        end, where a non-finite loss raises ``NonFiniteLossError`` (with the client / round context)."""
-        self.set_model_mode("train")
-        sums: dict[str, torch.Tensor] = {}
-        n = 0
-        for batch in self.train_loader_x:
-            bs = int(batch["label"].shape[0])
-            for k, v in self.forward_backward(batch).items():
-                sums[k] = sums[k] + v * bs if k in sums else v * bs
-            n += bs
-        means = {k: float(v) / max(n, 1) for k, v in sums.items()}
-        if "loss" in means and not math.isfinite(means["loss"]):
-            where = ", ".join(f"{k} {v}" for k, v in self.anomaly_context.items())
-            raise NonFiniteLossError(f"loss is {means['loss']} ({where or 'during training'})", self.anomaly_context)
-        return means
 
     # ------------------------------------------------------------------ local training
     def build_optimizers(self, epochs: int) -> None:

@@ -65,9 +65,13 @@ class ConditionalPromptLearner(PromptLearner):
         """``pi``: meta-net output ``(B, d)`` for normalised image features ``(B, D)``."""
         return self.meta_net(image_features)
 
+    def conditional_contexts(self, bias: torch.Tensor) -> torch.Tensor:
+        """Per-image contexts ``ctx + bias[b]`` ``(B, M, d)`` for biases ``(B, d)``."""
+        return self.ctx.unsqueeze(0) + bias.unsqueeze(1)
+
     def conditional_prompts(self, bias: torch.Tensor) -> torch.Tensor:
         """Prompt embeddings ``(B, C, L, d)`` whose context tokens are ``ctx + bias[b]`` for image ``b``."""
-        ctx = self.ctx.unsqueeze(0) + bias.unsqueeze(1)  # (B, M, d)
+        ctx = self.conditional_contexts(bias)  # (B, M, d)
         b = ctx.shape[0]
         ctx = ctx.unsqueeze(1).expand(-1, self.n_cls, -1, -1)  # (B, C, M, d)
         prefix = self.token_prefix.to(ctx.dtype).unsqueeze(0).expand(b, -1, -1, -1)  # (B, C, 1, d)
@@ -92,9 +96,9 @@ class ConditionalCLIP(PromptCLIP):
         """Normalised text features ``(B, C, D)`` for per-image biases ``(B, d)``: one pass over the B*C
         prompts -- with fast text, each image's SOS + context prefix once and the C class suffixes."""
         learner = self.prompt_learner
-        if learner.shares_prefix and getattr(self.text_encoder, "supports_shared_prefix", False):
-            contexts = learner.ctx.unsqueeze(0) + bias.unsqueeze(1)  # (B, M, d)
-            return F.normalize(self.text_encoder.encode_shared_prefix(*learner.prefix_parts(contexts)), dim=-1)
+        if self.uses_shared_prefix:
+            parts = learner.prefix_parts(learner.conditional_contexts(bias))
+            return F.normalize(self.text_encoder.encode_shared_prefix(*parts), dim=-1)
         prompts = learner.conditional_prompts(bias)
         b, c, length, d = prompts.shape
         tokenized = learner.tokenized_prompts.repeat(b, 1)  # (B*C, L), image-major like prompts

@@ -195,11 +195,17 @@ class PromptCLIP(nn.Module):
         """Normalised text features ``(C, D)`` of prompt embeddings ``(C, L, d)``."""
         return F.normalize(self.text_encoder(prompts, self.prompt_learner.tokenized_prompts), dim=-1)
 
+    @property
+    def uses_shared_prefix(self) -> bool:
+        """Whether the class prompts go through ``TextEncoder.encode_shared_prefix`` (the learner shares its
+        prefix and the tower allows it)."""
+        return self.prompt_learner.shares_prefix and getattr(self.text_encoder, "supports_shared_prefix", False)
+
     def encode_contexts(self, contexts: list[torch.Tensor]) -> list[torch.Tensor]:
         """Normalised text features ``(C, D)`` of the class prompts of each context ``(M, d)`` of ``contexts``,
         from one text-tower pass: the shared-prefix pass when the learner and the tower allow it."""
         learner = self.prompt_learner
-        if learner.shares_prefix and getattr(self.text_encoder, "supports_shared_prefix", False):
+        if self.uses_shared_prefix:
             feats = self.text_encoder.encode_shared_prefix(*learner.prefix_parts(torch.stack(contexts)))
             return list(F.normalize(feats, dim=-1).unbind(0))
         prompts = torch.cat([learner.construct_prompts(ctx) for ctx in contexts])

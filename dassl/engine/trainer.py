@@ -28,6 +28,13 @@ class NonFiniteLossError(RuntimeError):
         self.context = dict(context or {})
 
 
+def check_finite_loss(value: float, context: dict[str, Any]) -> None:
+    """Raise ``NonFiniteLossError`` when the loss ``value`` is NaN or infinite; ``context`` says where."""
+    if not math.isfinite(value):
+        where = ", ".join(f"{k} {v}" for k, v in context.items())
+        raise NonFiniteLossError(f"loss is {value} ({where or 'during training'})", context)
+
+
 def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save`` to ``path`` through a temporary file and an atomic rename.
 
@@ -109,10 +116,7 @@ class SimpleTrainer:
 
     def detect_anomaly(self, loss: torch.Tensor) -> None:
         """Raise ``NonFiniteLossError`` when ``loss`` is NaN or infinite."""
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            where = ", ".join(f"{k} {v}" for k, v in self.anomaly_context.items())
-            raise NonFiniteLossError(f"loss is {value} ({where or 'during training'})", self.anomaly_context)
+        check_finite_loss(float(loss.detach()), self.anomaly_context)
 
     def model_zero_grad(self, names=None) -> None:
         for name in self.get_model_names(names):
@@ -159,17 +163,22 @@ class SimpleTrainer:
         pass
 
     def run_epoch(self) -> dict[str, float]:
-        """Train one epoch over ``self.train_loader_x``; returns the mean of each loss-summary entry."""
+        """Train one epoch over ``self.train_loader_x``; returns the batch-size-weighted mean of each
+        loss-summary entry. Summary values may be floats or device tensors: they are read on the host
+        once, at the end of the epoch, where a non-finite ``loss`` raises ``NonFiniteLossError``."""
         self.set_model_mode("train")
-        sums: dict[str, float] = {}
+        sums: dict[str, Any] = {}
         n = 0
         for batch in self.train_loader_x:
             summary = self.forward_backward(batch)
             bs = int(batch["label"].shape[0])
             for k, v in summary.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * bs
+                sums[k] = sums.get(k, 0.0) + v * bs
             n += bs
-        return {k: v / max(n, 1) for k, v in sums.items()}
+        means = {k: float(v) / max(n, 1) for k, v in sums.items()}
+        if "loss" in means:
+            check_finite_loss(means["loss"], self.anomaly_context)
+        return means
 
     def train(self, start_epoch: int = 0, max_epoch: int | None = None) -> list[dict[str, float]]:
         """Train from ``start_epoch`` to ``max_epoch`` (default ``OPTIM.MAX_EPOCH``), stepping the LR per epoch."""
