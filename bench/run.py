@@ -55,8 +55,9 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def experiment_argv(spec: dict, trainer: str, reference: bool, out_dir: str, device: str) -> list[str]:
-    """The federated_main arguments of one measured run."""
+def experiment_argv(spec: dict, trainer: str, reference: bool, out_dir: str, device: str,
+                    fast_prec: str = "bf16") -> list[str]:
+    """The federated_main arguments of one measured run (``fast_prec``: the fast path's precision on a GPU)."""
     import trainers  # noqa: F401  (registers the trainers)
     from dassl.engine import TRAINER_REGISTRY
 
@@ -72,7 +73,7 @@ def experiment_argv(spec: dict, trainer: str, reference: bool, out_dir: str, dev
     if spec["input"]:
         argv += ["INPUT.SIZE", f"({spec['input']}, {spec['input']})"]
     if device == "cuda" and not reference:
-        argv += [f"TRAINER.{node}.PREC", "bf16"]
+        argv += [f"TRAINER.{node}.PREC", fast_prec]
     return argv
 
 
@@ -145,7 +146,9 @@ def in_subprocess(kind: str, job: dict) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=sorted(SIZES), default="cpu")
-    p.add_argument("--trainers", nargs="+", default=["PromptFL", "CoOp", "FedPGP", "FedTV"])
+    p.add_argument("--trainers", nargs="*", default=["PromptFL", "CoOp", "FedPGP", "FedTV"],
+                   help="trainers of the speed table (none: only the scaling table)")
+    p.add_argument("--fast-prec", choices=("bf16", "fp32"), default="bf16", help="the fast path's precision on a GPU")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--rounds", type=int, default=0, help="rounds per run (0 = the size's default, >= 3)")
     p.add_argument("--scaling-trainer", default="FedTV")
@@ -176,20 +179,22 @@ def main(argv: list[str] | None = None) -> None:
             for reference in (True, False):
                 out = os.path.join(tmp, f"{trainer}-{reference}")
                 res[reference] = in_subprocess("experiment", {
-                    "argv": experiment_argv(spec, trainer, reference, out, device), "device": device})
+                    "argv": experiment_argv(spec, trainer, reference, out, device, args.fast_prec), "device": device})
             rows.append((trainer, res[True], res[False]))
-        print(f"\n{args.size} size on {name}: {spec['backbone']}, {spec['clients']} clients, "
-              f"{spec['classes'] // 2} base classes, {spec['shots']} shots, {spec['epochs']} local epochs, "
-              f"batch {spec['batch']}; seconds per training round (rounds 2-{spec['rounds'] - 1})")
-        header = (f"| {'trainer':<9} | {'ref s/round':>11} | {'FedTV s/round':>13} | {'speedup':>7} | "
-                  f"{'cache+setup s':>13} | {'ref MB':>8} | {'FedTV MB':>8} | {'Local ref':>9} | {'Local FedTV':>11} |")
-        print(header)
-        print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-        for trainer, ref, fast in rows:
-            print(f"| {trainer:<9} | {ref['per_round']:>11.3f} | {fast['per_round']:>13.3f} | "
-                  f"{ref['per_round'] / fast['per_round']:>6.1f}x | {fast['setup']:>13.1f} | "
-                  f"{ref['memory_mb']:>8.0f} | {fast['memory_mb']:>8.0f} | {ref['local']:>9.2f} | "
-                  f"{fast['local']:>11.2f} |")
+        if rows:
+            print(f"\n{args.size} size on {name}: {spec['backbone']}, {spec['clients']} clients, "
+                  f"{spec['classes'] // 2} base classes, {spec['shots']} shots, {spec['epochs']} local epochs, "
+                  f"batch {spec['batch']}; seconds per training round (rounds 2-{spec['rounds'] - 1})")
+            header = (f"| {'trainer':<9} | {'ref s/round':>11} | {'FedTV s/round':>13} | {'speedup':>7} | "
+                      f"{'cache+setup s':>13} | {'ref MB':>8} | {'FedTV MB':>8} | {'Local ref':>9} | "
+                      f"{'Local FedTV':>11} |")
+            print(header)
+            print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+            for trainer, ref, fast in rows:
+                print(f"| {trainer:<9} | {ref['per_round']:>11.3f} | {fast['per_round']:>13.3f} | "
+                      f"{ref['per_round'] / fast['per_round']:>6.1f}x | {fast['setup']:>13.1f} | "
+                      f"{ref['memory_mb']:>8.0f} | {fast['memory_mb']:>8.0f} | {ref['local']:>9.2f} | "
+                      f"{fast['local']:>11.2f} |")
         scaling = SCALING[args.size]
         clients = scaling["clients"] if args.scaling_clients is None else args.scaling_clients
         classes = scaling["classes"] if args.scaling_classes is None else args.scaling_classes
@@ -208,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
                                               "node": node, "clients": k, "classes": c,
                                               "out": os.path.join(tmp, f"scale-{k}-{c}")})
                 print(f"| {k:>7} | {c:>7} | {r['per_round']:>8.3f} | {r['memory_mb']:>8.0f} |", flush=True)
-    print(f"min speedup vs reference: {min(r['per_round'] / f['per_round'] for _, r, f in rows):.1f}x")
+    if rows:
+        print(f"min speedup vs reference: {min(r['per_round'] / f['per_round'] for _, r, f in rows):.1f}x")
 
 
 if __name__ == "__main__":

@@ -227,7 +227,8 @@ class FederatedServer:
         # how the run was executed (speed mechanisms; results agree up to the documented tolerances)
         self.execution.update({"reference_mode": bool(self.cfg.FED.REFERENCE_MODE),
                                "feature_cache": self.feature_cache is not None,
-                               "batched_clients": self.batched is not None, "precision": t.precision})
+                               "batched_clients": self.batched is not None, "precision": t.precision,
+                               "device": str(t.device)})
         writer.results["execution"] = self.execution
         if start_round == 0 and self.cfg.FED.ZS_REFERENCE:
             writer.set_zero_shot(self.evaluate_zero_shot())

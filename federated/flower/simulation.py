@@ -18,10 +18,15 @@ OFFLINE_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "RAY_DEDUP_LOGS": "0"}
 
 
-def run_flower_simulation(cfg, num_cpus_per_client: float = 1.0, resume: bool = False) -> dict:
-    """Run (``resume``: continue) ``cfg`` (frozen yacs config) on Flower's simulation; returns the results."""
+def gpu_share(cfg, num_users: int) -> float:
+    """The GPU fraction each ClientApp actor gets: ``1 / num_users`` with ``USE_CUDA`` and a GPU, else 0."""
     import torch
 
+    return 1.0 / num_users if cfg.USE_CUDA and torch.cuda.is_available() else 0.0
+
+
+def run_flower_simulation(cfg, num_cpus_per_client: float = 1.0, resume: bool = False) -> dict:
+    """Run (``resume``: continue) ``cfg`` (frozen yacs config) on Flower's simulation; returns the results."""
     for k, v in OFFLINE_ENV.items():
         os.environ.setdefault(k, v)
     from flwr.simulation import run_simulation
@@ -39,7 +44,7 @@ def run_flower_simulation(cfg, num_cpus_per_client: float = 1.0, resume: bool = 
     if os.path.isfile(path):
         os.remove(path)  # an earlier run's results must not pass for this run's (a resumed run rewrites them)
     num_users = exp.server.num_users
-    gpus = 1.0 / num_users if cfg.USE_CUDA and torch.cuda.is_available() else 0.0
+    gpus = gpu_share(cfg, num_users)
     run_simulation(server_app=make_server_app(text, settings, resume=resume), client_app=make_client_app(text),
                    num_supernodes=num_users,
                    backend_config={"client_resources": {"num_cpus": num_cpus_per_client, "num_gpus": gpus},
