@@ -79,7 +79,7 @@ def experiment_argv(spec: dict, trainer: str, reference: bool, out_dir: str, dev
 
 def measure_experiment(job: dict) -> dict:
     """Run one experiment in this process; seconds per steady round, cache time, peak memory, accuracy."""
-    from federated_main import main
+    from federated.cli import main
 
     started = time.time()
     results = main(job["argv"])
@@ -97,8 +97,8 @@ def measure_scaling(job: dict) -> dict:
 
     from dassl.engine import build_trainer
     from federated.batched import BatchedClients
+    from federated.cli import build_cfg, parse_args
     from federated.feature_cache import CachedFeatureLoader
-    from federated_main import build_cfg, parse_args
 
     spec, device = job["spec"], job["device"]
     argv = ["--trainer", job["trainer"], "--backbone", spec["backbone"], "--output-dir", job["out"],

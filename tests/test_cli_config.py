@@ -3,8 +3,8 @@ import argparse
 
 import pytest
 
+from federated.cli import build_cfg, parse_args, str2bool
 from federated.config import ConfigError, backbone_slug
-from federated_main import build_cfg, parse_args, str2bool
 
 
 def cfg_of(*argv):

@@ -243,7 +243,7 @@ def test_corrupt_image_is_named(tmp_path):
 
 def test_seed_readme_command_on_fake_oxford_pets(tmp_path):
     """The FedTV README command (oxfordpets.yaml, --num-users 10) on a fake OxfordPets in the real layout."""
-    from federated_main import main
+    from federated.cli import main
 
     oxford_pets(str(tmp_path / "DATA"), per_class=3)
     out = tmp_path / "out"

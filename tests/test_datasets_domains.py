@@ -156,7 +156,7 @@ def test_split_file_round_trip_and_errors(tmp_path):
 
 
 def test_leave_one_domain_out_run_reports_per_domain_accuracy(tmp_path):
-    from federated_main import main
+    from federated.cli import main
     from tests.fedtv_testing import FAST_FLAGS
 
     write(tmp_path / "DATA", "PACS", per_class=3)

@@ -110,7 +110,7 @@ def test_fashion_mnist_from_idx_files_in_the_data_root(tmp_path):
 @pytest.mark.skipif(not DEBIAN_PRESENT, reason=f"Debian package dataset-fashion-mnist not installed ({DEBIAN_DIR}); "
                                                "CI installs it: apt-get install -y dataset-fashion-mnist")
 def test_fashion_mnist_debian_package_end_to_end(tmp_path):
-    from federated_main import main
+    from federated.cli import main
 
     ds = load_dataset(make_cfg(tmp_path, "FashionMNIST"))
     assert (len(ds.train_x), len(ds.test)) == (60000, 10000)

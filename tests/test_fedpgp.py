@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from dassl.engine import build_trainer
+from federated.cli import build_cfg, main, parse_args
 from federated.config import ConfigError
 from federated.data import build_federated_data
 from federated.server import FederatedServer
-from federated_main import build_cfg, main, parse_args
 from tests.fedtv_testing import REPO, fast_args
 from trainers import handcrafted
 from trainers.lowrank_prompt import prompt_contrastive_loss

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from dassl.engine import build_trainer
+from federated.cli import build_cfg, main, parse_args
 from federated.data import build_federated_data
-from federated_main import build_cfg, main, parse_args
 from tests.fedtv_testing import REPO, fast_args
 from tests.toyworld_learning import HARD_WORLD
 from trainers.base import ClassSpaceError

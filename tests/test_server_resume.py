@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from federated.checkpoint import CheckpointError
+from federated.cli import main
 from federated.server import TrainingDiverged
-from federated_main import main
 from tests.fedtv_testing import REPO, fast_args
 
 ROUNDS = 6

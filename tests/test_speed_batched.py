@@ -9,7 +9,7 @@ from fedtv_testing import fast_args
 from yacs.config import CfgNode as CN
 
 from federated.batched import MaskedOptimizer, batching_support, epoch_learning_rates
-from federated_main import main
+from federated.cli import main
 
 
 def _optim_cfg(name: str, **kw) -> CN:
@@ -63,8 +63,8 @@ UNEVEN = (["--num-users", "4", "--num-shots", "-1", "--beta", "0.1", "--train-ba
 
 
 def test_uneven_setting_has_clients_with_different_numbers_of_batches(tmp_path):
+    from federated.cli import build_cfg, parse_args
     from federated.data import build_federated_data
-    from federated_main import build_cfg, parse_args
 
     cfg = build_cfg(parse_args(fast_args(tmp_path, UNEVEN[0], UNEVEN[1])))
     batches = {-(-len(items) // 4) for items in build_federated_data(cfg).train}
@@ -104,7 +104,7 @@ def test_batched_clients_equal_sequential(tmp_path, trainer):
 def test_unsupported_trainers_are_named(tmp_path):
     """A trainer with a trainable text tower is trained one after another, with the reason logged."""
     from dassl.engine import build_trainer
-    from federated_main import build_cfg, parse_args
+    from federated.cli import build_cfg, parse_args
 
     cfg = build_cfg(parse_args(fast_args(tmp_path, ["--trainer", "PromptFL"], ["OPTIM.NAME", "rmsprop"])))
     trainer = build_trainer(cfg, classnames=["red circle", "blue square"])

@@ -7,7 +7,7 @@ import pytest
 from fedtv_testing import fast_args
 from toyworld_learning import HARD_WORLD, SHIPPED_WEIGHTS
 
-from federated_main import main
+from federated.cli import main
 
 SEEDS = ("1", "2", "3")
 
@@ -57,7 +57,7 @@ def test_reference_mode_pays_the_published_text_passes_for_the_same_loss(tmp_pat
     import torch
 
     from dassl.engine import build_trainer
-    from federated_main import build_cfg, parse_args
+    from federated.cli import build_cfg, parse_args
 
     grads, losses, calls = {}, {}, {}
     for reference in (False, True):

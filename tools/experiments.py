@@ -337,7 +337,7 @@ def run_in_process(argv: list[str]) -> bool:
     """Run ``federated_main`` here and write ``run_info.json``; False (and the error printed) on failure."""
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
-    from federated_main import main
+    from federated.cli import main
 
     try:
         import torch

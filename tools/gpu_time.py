@@ -5,7 +5,7 @@
     python -m tools.gpu_time --costs my_gpu.json   # with your own measured per-operation costs
     python scripts/table1_base2novel.py --estimate # per-run and total hours of one script's selection
 
-A run's time is counted from its resolved config (``federated_main.build_cfg``: trainer, rounds, local
+A run's time is counted from its resolved config (``federated.cli.build_cfg``: trainer, rounds, local
 epochs, clients, fraction sampled, shots, batch size, base / all classes, evaluation frequency) and the
 dataset's size (``datasets/sizes.py``), with the per-operation costs of ``bench/gpu_costs.json`` (issue 8's
 H100 timings; the file's ``source`` says which numbers are measured and which are assumptions). Two modes:
@@ -267,7 +267,7 @@ def _evaluated(rounds: int, freq: int) -> int:
 
 
 def shape_from_cfg(cfg) -> RunShape:
-    """The :class:`RunShape` of a resolved config (``federated_main.build_cfg``)."""
+    """The :class:`RunShape` of a resolved config (``federated.cli.build_cfg``)."""
     from datasets.sizes import dataset_size
 
     method = str(cfg.TRAINER.NAME)
@@ -341,8 +341,8 @@ def shape_from_cfg(cfg) -> RunShape:
 
 def shape_from_argv(argv: list[str]) -> RunShape:
     """The :class:`RunShape` of ``federated_main`` arguments (config files relative to the repository)."""
+    from federated.cli import build_cfg, parse_args
     from federated.config import ConfigError
-    from federated_main import build_cfg, parse_args
 
     argv = list(argv)
     for i, a in enumerate(argv[:-1]):
@@ -548,7 +548,7 @@ def bench_paper_shape(method: str, batched: bool = True) -> RunShape:
     from dassl.engine import TRAINER_REGISTRY
     from datasets.sizes import suffix_length
     from datasets.toyworld import all_classnames
-    from federated_main import build_cfg, parse_args
+    from federated.cli import build_cfg, parse_args
 
     if method not in METHOD_COSTS:
         raise CostsError(f"no cost profile for trainer '{method}' (tools/gpu_time.py METHOD_COSTS)")

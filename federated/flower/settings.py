@@ -49,9 +49,9 @@ def run_setting(run_config: dict, key: str):
 
 
 def _run_args(run_config: dict, data_root: str = "", clip_weights: str = ""):
-    """``federated_main.parse_args`` of the run config's YAML files and ``opts``, then this machine's
+    """``federated.cli.parse_args`` of the run config's YAML files and ``opts``, then this machine's
     ``data_root`` / ``clip_weights`` when given."""
-    from federated_main import parse_args
+    from federated.cli import parse_args
 
     argv = ["--dataset-config-file", _path(run_setting(run_config, "dataset-config"))]
     trainer_cfg = run_setting(run_config, "trainer-config")
@@ -74,9 +74,9 @@ def _run_args(run_config: dict, data_root: str = "", clip_weights: str = ""):
 
 
 def cfg_from_run_config(run_config: dict, data_root: str = "", clip_weights: str = "") -> CN:
-    """The frozen yacs config of a run: ``federated_main.build_cfg`` of the run config's YAML files and
+    """The frozen yacs config of a run: ``federated.cli.build_cfg`` of the run config's YAML files and
     ``opts``, then this machine's ``data_root`` / ``clip_weights`` when given."""
-    from federated_main import build_cfg
+    from federated.cli import build_cfg
 
     return build_cfg(_run_args(run_config, data_root, clip_weights))
 
