@@ -14,7 +14,7 @@ import pytest
 import torch
 from fedtv_testing import fast_args
 
-from federated_main import main
+from federated.cli import main
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -108,7 +108,7 @@ def test_flower_simulation_gives_each_client_a_gpu_fraction(tmp_path):
 
 
 def _cfg(args: list[str]):
-    from federated_main import build_cfg, parse_args
+    from federated.cli import build_cfg, parse_args
 
     return build_cfg(parse_args(args))
 
