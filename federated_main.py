@@ -1,8 +1,8 @@
-"""FedTV's command line: ``python federated_main.py --help``. The code is ``federated/cli.py``; nothing
-imports this script."""
+"""FedTV's command line: ``python federated_main.py --help``. The code is ``federated/cli.py`` (parser,
+config) and ``federated/run.py`` (running); nothing imports this script."""
 import sys
 
-from federated.cli import cli
+from federated.run import cli
 
 if __name__ == "__main__":
     sys.exit(cli())

@@ -37,7 +37,7 @@ def run_one(args: argparse.Namespace, method: str, out_dir: str) -> dict:
     import torch
 
     sys.path.insert(0, REPO)
-    from federated.cli import main
+    from federated.run import main
 
     cuda = torch.cuda.is_available()
     if cuda:

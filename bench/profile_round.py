@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> str:
     from run import SIZES, experiment_argv
     from torch.profiler import ProfilerActivity, profile
 
-    from federated.cli import main as run_main
+    from federated.run import main as run_main
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trainer", default="FedPGP")

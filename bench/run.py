@@ -79,7 +79,7 @@ def experiment_argv(spec: dict, trainer: str, reference: bool, out_dir: str, dev
 
 def measure_experiment(job: dict) -> dict:
     """Run one experiment in this process; seconds per steady round, cache time, peak memory, accuracy."""
-    from federated.cli import main
+    from federated.run import main
 
     started = time.time()
     results = main(job["argv"])

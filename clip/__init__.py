@@ -1,4 +1,4 @@
-"""FedTV's CLIP: model loading over open_clip, CoOp templates, and the prompt learners' TextEncoder.
+"""FedTV's CLIP: model loading over open_clip and the prompt learners' TextEncoder.
 
 Public API::
 
@@ -6,19 +6,15 @@ Public API::
     make_random_clip(backbone="tiny", seed=0) -> LoadedCLIP
     TextEncoder(clip_model)(prompts (n, L, d_text), tokenized (n, L)) -> (n, embed_dim)
     token_embedding(clip_model, tokens (n, L)) -> (n, L, d_text)
-    template_for(dataset_name) -> str;  CUSTOM_TEMPLATES
     normalize_backbone_name(name) -> str
 """
 
 from .checkpoints import read_checkpoint
 from .loading import ClipTokenizer, ClipWeightsUnavailable, LoadedCLIP, load_clip, make_random_clip
 from .names import PAPER_BACKBONES, normalize_backbone_name, supported_backbones
-from .templates import CUSTOM_TEMPLATES, DEFAULT_TEMPLATE, template_for
 from .text_encoder import TextEncoder, clip_dtype, token_embedding
 
 __all__ = [
-    "CUSTOM_TEMPLATES",
-    "DEFAULT_TEMPLATE",
     "PAPER_BACKBONES",
     "ClipTokenizer",
     "ClipWeightsUnavailable",
@@ -30,6 +26,5 @@ __all__ = [
     "normalize_backbone_name",
     "read_checkpoint",
     "supported_backbones",
-    "template_for",
     "token_embedding",
 ]

@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from dassl.data.datasets import DATASET_REGISTRY
-from federated.data import DataError
+from federated.errors import DataError
 
 from .cifar10 import ensure_cifar
 from .common import RealDataset

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 
 from dassl.data.datasets import DatasetBase, Datum
-from federated.data import DataError
+from federated.errors import DataError
 
 __all__ = [
     "DatasetFilesMissing",

@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from dassl.data.datasets import Datum
-from federated.data import DataError
+from federated.errors import DataError
 
 from .common import (
     DatasetFilesMissing,

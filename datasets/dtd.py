@@ -4,8 +4,7 @@
 """
 from __future__ import annotations
 
-from clip.templates import CUSTOM_TEMPLATES
-from dassl.data.datasets import DATASET_REGISTRY
+from dassl.data.datasets import CUSTOM_TEMPLATES, DATASET_REGISTRY
 
 from .coop_base import CoOpDataset
 

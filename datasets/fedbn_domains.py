@@ -21,7 +21,7 @@ import pickle
 import numpy as np
 
 from dassl.data.datasets import Datum
-from federated.data import DataError
+from federated.errors import DataError
 
 from .common import RealDataset, dataset_root
 

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import os
 
-from clip.templates import CUSTOM_TEMPLATES
-from dassl.data.datasets import DATASET_REGISTRY, Datum
-from federated.data import DataError
+from dassl.data.datasets import CUSTOM_TEMPLATES, DATASET_REGISTRY, Datum
+from federated.errors import DataError
 
 from .coop_base import CoOpDataset, read_text_lines
 

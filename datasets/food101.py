@@ -1,8 +1,7 @@
 """Food-101 in CoOp's layout: ``food-101/images/<dish>/*.jpg`` + ``split_zhou_Food101.json``."""
 from __future__ import annotations
 
-from clip.templates import CUSTOM_TEMPLATES
-from dassl.data.datasets import DATASET_REGISTRY
+from dassl.data.datasets import CUSTOM_TEMPLATES, DATASET_REGISTRY
 
 from .coop_base import CoOpDataset
 

@@ -12,9 +12,8 @@ import os
 import random
 from collections import defaultdict
 
-from clip.templates import CUSTOM_TEMPLATES
-from dassl.data.datasets import DATASET_REGISTRY
-from federated.data import DataError
+from dassl.data.datasets import CUSTOM_TEMPLATES, DATASET_REGISTRY
+from federated.errors import DataError
 
 from .coop_base import CoOpDataset, Entry
 

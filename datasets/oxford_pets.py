@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 import random
 
-from clip.templates import CUSTOM_TEMPLATES
-from dassl.data.datasets import DATASET_REGISTRY
-from federated.data import DataError
+from dassl.data.datasets import CUSTOM_TEMPLATES, DATASET_REGISTRY
+from federated.errors import DataError
 
 from .coop_base import CoOpDataset, Entry, read_text_lines, split_trainval
 

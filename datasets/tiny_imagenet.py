@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from dassl.data.datasets import DATASET_REGISTRY, Datum
-from federated.data import DataError
+from federated.errors import DataError
 
 from .common import IMAGE_EXTENSIONS, RealDataset, dataset_root
 from .coop_base import read_text_lines

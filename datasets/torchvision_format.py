@@ -13,7 +13,7 @@ import struct
 import numpy as np
 
 from dassl.data.datasets import Datum
-from federated.data import DataError
+from federated.errors import DataError
 
 __all__ = ["read_cifar_batch", "read_idx", "to_items"]
 

@@ -44,7 +44,7 @@ from torch import nn
 
 from dassl.engine.trainer import check_finite_loss
 from dassl.optim import build_lr_scheduler, build_optimizer
-from federated.config import ConfigError
+from federated.errors import ConfigError
 from trainers.base import FederatedTrainer
 
 MASKED_OPTIMIZERS = ("sgd", "adam", "adamw", "amsgrad")

@@ -17,12 +17,9 @@ import numpy as np
 import torch
 
 from dassl.engine.trainer import atomic_torch_save
+from federated.errors import CheckpointError
 
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt or does not match the model; the message says which."""
 
 
 def rng_state() -> dict:

@@ -12,12 +12,9 @@ import sys
 from yacs.config import CfgNode as CN
 
 from dassl.config import get_cfg_default
+from federated.errors import ConfigError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class ConfigError(ValueError):
-    """A config file or override is wrong: the message says what and what is valid."""
 
 
 def add_federated_keys(cfg: CN) -> None:

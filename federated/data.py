@@ -27,12 +27,9 @@ from dataclasses import dataclass, field
 
 from dassl.data.datasets import DATASET_REGISTRY, DatasetBase, Datum, build_dataset
 from federated import partition as P
+from federated.errors import DataError
 
 logger = logging.getLogger("fedtv")
-
-
-class DataError(ValueError):
-    """The data cannot be prepared as configured; the message says how to fix it."""
 
 
 @dataclass
@@ -230,7 +227,7 @@ def build_federated_data(cfg, dataset: DatasetBase | None = None, partition: boo
         (data.novel_test,) = P.subsample_classes(dataset.test, subsample="new")
         data.base_classnames = P.subsample_classnames(classnames_all, "base")
         data.novel_classnames = P.subsample_classnames(classnames_all, "new")
-    from trainers.zsclip import dataset_template
+    from dassl.data.datasets import dataset_template
 
     data.template = dataset_template(cfg)
     if partition and cfg.OUTPUT_DIR:

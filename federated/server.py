@@ -23,16 +23,13 @@ from dassl.engine import NonFiniteLossError
 from federated.batched import BatchedClients, BatchingUnsupported, batching_support
 from federated.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, set_rng_state
 from federated.data import FederatedData
+from federated.errors import ClassSpaceError, TrainingDiverged
 from federated.feature_cache import EvalFeatureCache, TrainFeatureCache
 from federated.results import ResultsWriter, format_table, harmonic_mean
-from trainers.base import ClassSpaceError, state_nbytes
+from federated.state import state_nbytes
 from utils.plots import plot_accuracy
 
 logger = logging.getLogger("fedtv.server")
-
-
-class TrainingDiverged(RuntimeError):
-    """A client's loss became non-finite; the last good checkpoint is kept."""
 
 
 def derive_seed(*parts: int) -> int:

@@ -14,8 +14,9 @@ from federated.aggregation_personalized import (
     parameter_similarity,
     personalized_weights,
 )
-from federated.cli import build_cfg, main, parse_args
+from federated.cli import build_cfg, parse_args
 from federated.data import build_federated_data
+from federated.run import main
 from tests.fedtv_testing import REPO, fast_args
 from tests.toyworld_learning import HARD_WORLD
 

@@ -4,7 +4,8 @@ import argparse
 import pytest
 
 from federated.cli import build_cfg, parse_args, str2bool
-from federated.config import ConfigError, backbone_slug
+from federated.config import backbone_slug
+from federated.errors import ConfigError
 
 
 def cfg_of(*argv):

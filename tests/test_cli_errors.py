@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from dassl.data.datasets import DATASET_REGISTRY, DatasetBase
-from federated.cli import main
-from federated.data import DataError
+from federated.errors import DataError
+from federated.run import main
 from tests.fedtv_testing import REPO, fast_args
 
 

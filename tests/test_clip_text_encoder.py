@@ -1,4 +1,4 @@
-"""clip.TextEncoder (text tower from token embeddings) and clip.templates."""
+"""clip.TextEncoder (text tower from token embeddings) and the datasets' prompt templates."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from torch import nn
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import clip  # noqa: E402
+from dassl.data.datasets import CUSTOM_TEMPLATES, template_for  # noqa: E402
 
 RN_NAME = "fedtv-test-tiny-rn-te"
 RN_CONFIG = {  # second small config: ModifiedResNet, QuickGELU, Linear text projection, context length 16
@@ -38,7 +39,7 @@ def loaded(request, rn_name) -> clip.LoadedCLIP:
 
 
 def _tokens(loaded: clip.LoadedCLIP) -> torch.Tensor:
-    return loaded.tokenize([clip.template_for("OxfordPets").format(c) for c in CLASSNAMES])
+    return loaded.tokenize([template_for("OxfordPets").format(c) for c in CLASSNAMES])
 
 
 def test_matches_encode_text(loaded):
@@ -156,5 +157,5 @@ def test_bad_shapes():
     ],
 )
 def test_templates(dataset, template):
-    assert clip.template_for(dataset) == template
-    assert len(clip.CUSTOM_TEMPLATES) == 11
+    assert template_for(dataset) == template
+    assert len(CUSTOM_TEMPLATES) == 11

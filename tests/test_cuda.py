@@ -14,7 +14,7 @@ import pytest
 import torch
 from fedtv_testing import fast_args
 
-from federated.cli import main
+from federated.run import main
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -11,7 +11,8 @@ from fake_datasets import PET_BREEDS, class_folders, oxford_pets, write_image
 
 from dassl.data.datasets import DATASET_REGISTRY
 from federated.config import get_cfg
-from federated.data import DataError, build_federated_data, load_dataset
+from federated.data import build_federated_data, load_dataset
+from federated.errors import DataError
 
 
 def make_cfg(root, name: str, **dataset):
@@ -243,7 +244,7 @@ def test_corrupt_image_is_named(tmp_path):
 
 def test_seed_readme_command_on_fake_oxford_pets(tmp_path):
     """The FedTV README command (oxfordpets.yaml, --num-users 10) on a fake OxfordPets in the real layout."""
-    from federated.cli import main
+    from federated.run import main
 
     oxford_pets(str(tmp_path / "DATA"), per_class=3)
     out = tmp_path / "out"

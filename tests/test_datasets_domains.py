@@ -15,7 +15,8 @@ from fake_datasets import fedbn_domains
 import datasets  # noqa: F401  (registers the datasets)
 from dassl.data.datasets import DATASET_REGISTRY
 from federated.config import get_cfg
-from federated.data import DataError, build_federated_data, load_dataset
+from federated.data import build_federated_data, load_dataset
+from federated.errors import DataError
 from tests.fedtv_testing import REPO
 
 DOMAIN_DATASETS = ["DomainNet", "Office", "OfficeHome", "PACS"]
@@ -156,7 +157,7 @@ def test_split_file_round_trip_and_errors(tmp_path):
 
 
 def test_leave_one_domain_out_run_reports_per_domain_accuracy(tmp_path):
-    from federated.cli import main
+    from federated.run import main
     from tests.fedtv_testing import FAST_FLAGS
 
     write(tmp_path / "DATA", "PACS", per_class=3)

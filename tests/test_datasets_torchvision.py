@@ -11,7 +11,8 @@ from fake_datasets import cifar, colour_image, idx_file, write_image
 
 from datasets.fashion_mnist import CLASSNAMES, DEBIAN_DIR, find_files
 from federated.config import get_cfg
-from federated.data import DataError, build_federated_data, load_dataset
+from federated.data import build_federated_data, load_dataset
+from federated.errors import DataError
 from tests.fedtv_testing import FAST_FLAGS
 
 DEBIAN_PRESENT = find_files("/nonexistent-root") is not None
@@ -110,7 +111,7 @@ def test_fashion_mnist_from_idx_files_in_the_data_root(tmp_path):
 @pytest.mark.skipif(not DEBIAN_PRESENT, reason=f"Debian package dataset-fashion-mnist not installed ({DEBIAN_DIR}); "
                                                "CI installs it: apt-get install -y dataset-fashion-mnist")
 def test_fashion_mnist_debian_package_end_to_end(tmp_path):
-    from federated.cli import main
+    from federated.run import main
 
     ds = load_dataset(make_cfg(tmp_path, "FashionMNIST"))
     assert (len(ds.train_x), len(ds.test)) == (60000, 10000)

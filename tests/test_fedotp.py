@@ -10,7 +10,8 @@ from open_clip.modified_resnet import ModifiedResNet
 from scipy.optimize import brentq, minimize
 
 from clip import make_random_clip
-from federated.cli import build_cfg, main, parse_args
+from federated.cli import build_cfg, parse_args
+from federated.run import main
 from tests.fedtv_testing import REPO, fast_args
 from trainers.fedotp import MultiPromptLearner, OTPromptCLIP
 from trainers.image_tokens import image_tokens

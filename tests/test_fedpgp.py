@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from dassl.engine import build_trainer
-from federated.cli import build_cfg, main, parse_args
-from federated.config import ConfigError
+from federated.cli import build_cfg, parse_args
 from federated.data import build_federated_data
+from federated.errors import ConfigError
+from federated.run import main
 from federated.server import FederatedServer
 from tests.fedtv_testing import REPO, fast_args
 from trainers import handcrafted

@@ -10,7 +10,8 @@ from dassl.engine import build_trainer
 from federated.aggregation import FedAvg
 from federated.aggregation_saa import SAA
 from federated.cli import build_cfg, parse_args
-from federated.config import REPO_ROOT, ConfigError
+from federated.config import REPO_ROOT
+from federated.errors import ConfigError
 from tests.fedtv_testing import fast_args
 from tests.toyworld_learning import HARD_WORLD
 
@@ -202,7 +203,7 @@ def test_fedtv_learns_on_the_toy_world(tmp_path):
     """A hard neon toy world (noise, distractors, clutter; tests/toyworld_learning.py): FedTV raises Local above
     zero-shot and keeps Novel near it; personal tensors differ across clients, shared ones do not exist
     per client; round 1 is FedAvg, later rounds similarity-aware."""
-    from federated.cli import main
+    from federated.run import main
 
     flags = ["--trainer", "FedTV", "--rounds", "3", "--local-epochs", "2", "--num-shots", "8", "--lr", "0.02"]
     opts = [*HARD_WORLD, "FED.EVAL_BASE_NOVEL", "True", "DATASET.TOYWORLD.TEST_PER_CLASS", "20"]

@@ -14,7 +14,7 @@ import torch
 
 pytest.importorskip("flwr", reason="Flower is optional: pip install -r requirements-flower.txt")
 
-from federated.cli import main  # noqa: E402
+from federated.run import main  # noqa: E402
 from tests.fedtv_testing import FAST_OPTS  # noqa: E402
 from tools.flower_deploy import main as deploy  # noqa: E402
 

@@ -17,10 +17,10 @@ pytest.importorskip("flwr", reason="Flower is optional: pip install -r requireme
 
 from flwr.app import Context, RecordDict  # noqa: E402
 
-from federated.checkpoint import CheckpointError  # noqa: E402
-from federated.cli import main  # noqa: E402
+from federated.errors import CheckpointError  # noqa: E402
 from federated.flower import strategy as flower_strategy  # noqa: E402
 from federated.flower.node import KEEP_ROUNDS, PersonalStateMissing, PersonalStore  # noqa: E402
+from federated.run import main  # noqa: E402
 from tests.fedtv_testing import fast_args  # noqa: E402
 
 ARGS = ["--trainer", "FedPGP", "--lr", "0.05", "--frac", "0.67", "--engine", "flower-sim"]

@@ -3,8 +3,7 @@ import pytest
 
 pytest.importorskip("flwr", reason="Flower is optional: pip install -r requirements-flower.txt")
 
-from federated.cli import main  # noqa: E402
-from federated.config import ConfigError  # noqa: E402
+from federated.errors import ConfigError  # noqa: E402
 from federated.flower.settings import (  # noqa: E402
     cfg_from_run_config,
     cfg_from_text,
@@ -13,6 +12,7 @@ from federated.flower.settings import (  # noqa: E402
     resume_requested,
     run_setting,
 )
+from federated.run import main  # noqa: E402
 from tests.fedtv_testing import fast_args  # noqa: E402
 
 

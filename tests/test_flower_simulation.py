@@ -13,8 +13,8 @@ import torch
 
 pytest.importorskip("flwr", reason="Flower is optional: pip install -r requirements-flower.txt")
 
-from federated.cli import main  # noqa: E402
 from federated.flower import strategy as flower_strategy  # noqa: E402
+from federated.run import main  # noqa: E402
 from tests.fedtv_testing import fast_args  # noqa: E402
 
 ARGS = ["--trainer", "FedPGP", "--lr", "0.05"]

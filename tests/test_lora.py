@@ -9,8 +9,9 @@ from torch.nn.utils import parametrize
 
 from clip import TextEncoder, make_random_clip
 from dassl.engine import build_trainer
-from federated.cli import build_cfg, main, parse_args
+from federated.cli import build_cfg, parse_args
 from federated.data import build_federated_data
+from federated.run import main
 from tests.fedtv_testing import REPO, fast_args
 from tests.toyworld_learning import HARD_WORLD
 from trainers.flora import lora_scaling

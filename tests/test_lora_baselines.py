@@ -6,11 +6,12 @@ import torch
 import torch.nn.functional as F
 
 from dassl.engine import build_trainer
-from federated.cli import build_cfg, main, parse_args
+from federated.cli import build_cfg, parse_args
 from federated.data import build_federated_data
+from federated.errors import ClassSpaceError
+from federated.run import main
 from tests.fedtv_testing import REPO, fast_args
 from tests.toyworld_learning import HARD_WORLD
-from trainers.base import ClassSpaceError
 from trainers.feature_heads import attention_adapter
 
 SHIPPED = os.path.join(REPO, "clip", "weights", "tiny_toyworld.safetensors")

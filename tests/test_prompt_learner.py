@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from clip import make_random_clip
-from trainers.base import ClassSpaceError
+from federated.errors import ClassSpaceError
 from trainers.prompt_learner import PromptCLIP, PromptLearner
 
 NAMES = ["red triangle", "blue ring", "green square"]

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from dassl.engine import build_trainer
 from federated.cli import build_cfg, parse_args
-from federated.config import ConfigError
 from federated.data import build_federated_data
+from federated.errors import ConfigError
 from tests.fedtv_testing import fast_args
 from tests.toyworld_learning import SHIPPED_WEIGHTS, learning_run
 from trainers.promptprox import proximal_term

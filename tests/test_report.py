@@ -10,10 +10,11 @@ import os
 import pytest
 
 from tools.experiments import Run as ERun
-from tools.experiments import run_state, update_manifest
+from tools.experiments import update_manifest
 from tools.report import main as report_main
 from tools.report import write_report
 from tools.report_data import Cell
+from tools.run_folder import run_state
 
 
 def fake_run(path: str, final: dict, rounds: int = 2, seconds: float = 1.0, per_client=None, per_domain=None,

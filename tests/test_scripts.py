@@ -11,7 +11,7 @@ import os
 import pytest
 
 from tests.fedtv_testing import REPO
-from tools.experiments import run_state
+from tools.run_folder import run_state
 
 #: script -> the axis subset its miniature test runs (small: ~2-4 runs of one round each)
 SCRIPTS = {

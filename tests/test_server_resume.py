@@ -9,9 +9,8 @@ import time
 import pytest
 import torch
 
-from federated.checkpoint import CheckpointError
-from federated.cli import main
-from federated.server import TrainingDiverged
+from federated.errors import CheckpointError, TrainingDiverged
+from federated.run import main
 from tests.fedtv_testing import REPO, fast_args
 
 ROUNDS = 6

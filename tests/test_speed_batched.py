@@ -9,7 +9,7 @@ from fedtv_testing import fast_args
 from yacs.config import CfgNode as CN
 
 from federated.batched import MaskedOptimizer, batching_support, epoch_learning_rates
-from federated.cli import main
+from federated.run import main
 
 
 def _optim_cfg(name: str, **kw) -> CN:
@@ -165,7 +165,7 @@ def test_clients_in_chunks_equal_one_pass(tmp_path):
     for p_one, p_chunk in zip(one["personal"], chunked["personal"], strict=True):
         for key in p_one:
             torch.testing.assert_close(p_chunk[key], p_one[key], rtol=1e-4, atol=2e-5)
-    from federated.config import ConfigError
+    from federated.errors import ConfigError
 
     with pytest.raises(ConfigError, match="BATCH_CLIENTS_CHUNK must be >= 0"):
         main(fast_args(tmp_path / "bad", ["--trainer", "FedPGP"], ["FED.BATCH_CLIENTS_CHUNK", "-1"]))

@@ -12,9 +12,10 @@ from fedtv_testing import fast_args
 
 from dassl.data import build_transform
 from dassl.engine import build_trainer
-from federated.cli import build_cfg, main, parse_args
+from federated.cli import build_cfg, parse_args
 from federated.data import build_federated_data
 from federated.feature_cache import EvalFeatureCache, TrainFeatureCache, encode_views
+from federated.run import main
 
 
 @pytest.fixture(scope="module")

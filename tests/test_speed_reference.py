@@ -7,7 +7,7 @@ import pytest
 from fedtv_testing import fast_args
 from toyworld_learning import HARD_WORLD, SHIPPED_WEIGHTS
 
-from federated.cli import main
+from federated.run import main
 
 SEEDS = ("1", "2", "3")
 

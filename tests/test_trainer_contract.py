@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from dassl.engine import TRAINER_REGISTRY, build_trainer
-from federated.cli import build_cfg, main, parse_args
+from federated.cli import build_cfg, parse_args
 from federated.data import build_federated_data
+from federated.run import main
 from federated.server import FederatedServer
 from tests.fedtv_testing import fast_args
 

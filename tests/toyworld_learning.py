@@ -19,7 +19,7 @@ HARD_WORLD = ["DATASET.TOYWORLD.STYLES", "['neon']", "DATASET.TOYWORLD.NOISE", "
 
 def learning_run(tmp_path, trainer: str, rounds: int = 3) -> tuple[float, list[float]]:
     """Zero-shot local accuracy and the local accuracy after each round (percent)."""
-    from federated.cli import main
+    from federated.run import main
 
     results = main(fast_args(tmp_path, ["--trainer", trainer, "--rounds", str(rounds), "--local-epochs", "2"],
                              HARD_WORLD, weights=""))

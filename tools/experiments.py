@@ -39,9 +39,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tools.run_folder import MANIFEST, RUN_INFO, run_state
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MANIFEST = "manifest.json"
-RUN_INFO = "run_info.json"
 
 #: Config overrides of every toy-world miniature: a small world (12 classes, 6 base / 6 novel), quiet.
 TOY_OPTS = [
@@ -257,32 +257,6 @@ def available_datasets() -> list[str]:
     return sorted(f[:-5] for f in os.listdir(os.path.join(REPO, "configs", "datasets")) if f.endswith(".yaml"))
 
 
-# --------------------------------------------------------------------- state of a run
-def expected_rounds(results: dict) -> int:
-    """Rounds a run is configured for (1 for a method with nothing to train, as the server does)."""
-    params = results.get("params") or {}
-    if params.get("total", 1) == 0:
-        return 1
-    return int(results["config"]["OPTIM"]["ROUND"])
-
-
-def run_state(output_dir: str) -> str:
-    """``finished`` (a final block after all configured rounds), ``partial`` (results or checkpoint of an
-    interrupted run) or ``missing``."""
-    path = os.path.join(output_dir, "results.json")
-    if os.path.isfile(path):
-        try:
-            with open(path) as f:
-                results = json.load(f)
-            rounds = results.get("rounds") or []
-            if results.get("final") and rounds and rounds[-1]["round"] == expected_rounds(results):
-                return "finished"
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        return "partial"
-    return "partial" if os.path.isfile(os.path.join(output_dir, "checkpoint.pt")) else "missing"
-
-
 # --------------------------------------------------------------------- manifest
 def update_manifest(root: str, table: str, title: str, runs: list[Run]) -> str:
     """Merge ``runs`` into ``root/manifest.json`` (keyed by output folder relative to ``root``)."""
@@ -337,7 +311,7 @@ def run_in_process(argv: list[str]) -> bool:
     """Run ``federated_main`` here and write ``run_info.json``; False (and the error printed) on failure."""
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
-    from federated.cli import main
+    from federated.run import main
 
     try:
         import torch

@@ -342,7 +342,7 @@ def shape_from_cfg(cfg) -> RunShape:
 def shape_from_argv(argv: list[str]) -> RunShape:
     """The :class:`RunShape` of ``federated_main`` arguments (config files relative to the repository)."""
     from federated.cli import build_cfg, parse_args
-    from federated.config import ConfigError
+    from federated.errors import ConfigError
 
     argv = list(argv)
     for i, a in enumerate(argv[:-1]):

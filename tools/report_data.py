@@ -17,7 +17,8 @@ import os
 import statistics
 from dataclasses import dataclass
 
-from tools.experiments import MANIFEST, RUN_INFO, run_state
+from federated.config import REPO_ROOT
+from tools.run_folder import MANIFEST, RUN_INFO, run_state
 
 
 @dataclass
@@ -64,9 +65,7 @@ def _load(key: dict, path: str) -> RunRecord:
 
 def dataset_stems() -> dict[str, str]:
     """``DATASET.NAME`` -> the dataset config's file stem (``OxfordPets`` -> ``oxford_pets``)."""
-    from tools.experiments import REPO
-
-    folder = os.path.join(REPO, "configs", "datasets")
+    folder = os.path.join(REPO_ROOT, "configs", "datasets")
     out: dict[str, str] = {}
     for name in sorted(os.listdir(folder)):
         if not name.endswith(".yaml"):

@@ -35,11 +35,6 @@ logger = logging.getLogger("fedtv.trainer")
 _CLIP_CACHE: dict[tuple[str, str, str], Any] = {}
 
 
-class ClassSpaceError(ValueError):
-    """The trainer's learned state is tied to its classes (e.g. class-specific context) and cannot
-    be evaluated on another set of classes."""
-
-
 def load_frozen_clip(cfg, device: torch.device):
     """Load the CLIP named by ``cfg.MODEL.BACKBONE`` once per process (cached) and freeze it."""
     from clip import load_clip
@@ -52,11 +47,6 @@ def load_frozen_clip(cfg, device: torch.device):
             p.requires_grad_(False)
         _CLIP_CACHE[key] = loaded
     return _CLIP_CACHE[key]
-
-
-def state_nbytes(state: dict[str, torch.Tensor]) -> int:
-    """Bytes needed to send ``state`` (sum of numel * element size)."""
-    return int(sum(t.numel() * t.element_size() for t in state.values()))
 
 
 class FederatedTrainer(TrainerX):

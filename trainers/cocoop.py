@@ -39,7 +39,7 @@ from torch.utils.checkpoint import checkpoint
 from yacs.config import CfgNode as CN
 
 from dassl.engine import TRAINER_REGISTRY
-from federated.config import ConfigError
+from federated.errors import ConfigError
 from trainers.prompt_learner import PromptCLIP, PromptLearner
 from trainers.prompt_trainer import PromptTrainer
 

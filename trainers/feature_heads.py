@@ -22,9 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 from yacs.config import CfgNode as CN
 
+from dassl.data.datasets import dataset_template
 from dassl.engine import TRAINER_REGISTRY
-from trainers.base import ClassSpaceError, FederatedTrainer, load_frozen_clip
-from trainers.zsclip import TemplateCLIP, dataset_template
+from federated.errors import ClassSpaceError
+from trainers.base import FederatedTrainer, load_frozen_clip
+from trainers.zsclip import TemplateCLIP
 
 
 class LinearHeadCLIP(TemplateCLIP):

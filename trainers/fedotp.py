@@ -39,7 +39,7 @@ from torch import nn
 from yacs.config import CfgNode as CN
 
 from dassl.engine import TRAINER_REGISTRY
-from trainers.base import ClassSpaceError
+from federated.errors import ClassSpaceError
 from trainers.image_tokens import image_tokens
 from trainers.optimal_transport import OT_METHODS, uniform_plan
 from trainers.prompt_learner import PromptCLIP, PromptLearner

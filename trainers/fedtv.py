@@ -214,7 +214,7 @@ class FedTV(GlobalPersonalPromptTrainer):
         cfg.TRAINER[cls.CFG_NODE] = node
 
     def validate_cfg(self) -> None:
-        from federated.config import ConfigError
+        from federated.errors import ConfigError
 
         super().validate_cfg()
         t, node = self.tcfg, f"TRAINER.{self.CFG_NODE}"
@@ -243,7 +243,7 @@ class FedTV(GlobalPersonalPromptTrainer):
             csc=t.CSC, class_token_position=t.CLASS_TOKEN_POSITION)
 
     def build_clip_model(self, clip, prompt_learner) -> FedTVCLIP:
-        from trainers.zsclip import dataset_template
+        from dassl.data.datasets import dataset_template
 
         t = self.tcfg
         return FedTVCLIP(clip, prompt_learner, handcrafted=t.HANDCRAFTED, template=dataset_template(self.cfg),

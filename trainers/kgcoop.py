@@ -24,12 +24,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dassl.data.datasets import dataset_template
 from dassl.engine import TRAINER_REGISTRY
-from federated.config import ConfigError
+from federated.errors import ConfigError
 from trainers.handcrafted import HandcraftedText
 from trainers.prompt_learner import PromptCLIP, PromptLearner
 from trainers.prompt_trainer import PromptTrainer, prompt_cfg_node
-from trainers.zsclip import dataset_template
 
 DISTANCES = ("l2", "cosine")
 

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 from yacs.config import CfgNode as CN
 
-from trainers.base import ClassSpaceError
+from federated.errors import ClassSpaceError
 from trainers.handcrafted import HandcraftedText
 from trainers.prompt_learner import PromptCLIP, PromptLearner
 from trainers.prompt_trainer import PromptTrainer, prompt_cfg_node
@@ -283,7 +283,7 @@ class GlobalPersonalPromptTrainer(PromptTrainer):
 
     def validate_cfg(self) -> None:
         """Clear errors for bad values of the family's keys."""
-        from federated.config import ConfigError
+        from federated.errors import ConfigError
 
         t, node = self.tcfg, f"TRAINER.{self.CFG_NODE}"
         if t.ADAPTATION not in self.ADAPTATIONS:
@@ -312,7 +312,7 @@ class GlobalPersonalPromptTrainer(PromptTrainer):
         return cls(clip, self.classnames, **kwargs)
 
     def build_clip_model(self, clip, prompt_learner) -> GlobalPersonalCLIP:
-        from trainers.zsclip import dataset_template
+        from dassl.data.datasets import dataset_template
 
         return GlobalPersonalCLIP(clip, prompt_learner, handcrafted=self.tcfg.HANDCRAFTED,
                                   template=dataset_template(self.cfg))

@@ -94,7 +94,7 @@ class PromptLearner(nn.Module):
     def set_classnames(self, classnames: list[str]) -> None:
         """Rebuild the class-dependent buffers for ``classnames`` (label order)."""
         if self.csc and hasattr(self, "ctx") and self.ctx.shape[0] != len(classnames):
-            from trainers.base import ClassSpaceError
+            from federated.errors import ClassSpaceError
 
             raise ClassSpaceError("class-specific context (CSC) cannot be evaluated on other classes")
         names = [name.replace("_", " ") for name in classnames]

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from dassl.engine import TRAINER_REGISTRY
-from federated.config import ConfigError
+from federated.errors import ConfigError
 from trainers.coop import PromptFL
 from trainers.prompt_trainer import prompt_cfg_node
 

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from clip import TextEncoder
+from dassl.data.datasets import dataset_template
 from trainers.base import FederatedTrainer, load_frozen_clip
 from trainers.lora import copy_tower
-from trainers.zsclip import dataset_template
 
 LOSSES = ("contrastive", "ce")
 

@@ -6,25 +6,10 @@ import torch.nn.functional as F
 from torch import nn
 from yacs.config import CfgNode as CN
 
+from dassl.data.datasets import dataset_template
 from dassl.engine import TRAINER_REGISTRY
 from trainers.base import FederatedTrainer, load_frozen_clip
 from trainers.handcrafted import handcrafted_text_features
-
-
-def dataset_template(cfg) -> str:
-    """The zero-shot template of ``cfg.DATASET.NAME`` (``TRAINER.ZSCLIP.TEMPLATE`` overrides it)."""
-    from clip.templates import template_for
-    from dassl.data.datasets import DATASET_REGISTRY
-
-    override = cfg.TRAINER.ZSCLIP.TEMPLATE if "ZSCLIP" in cfg.TRAINER else ""
-    if override:
-        return override
-    name = cfg.DATASET.NAME
-    if name in DATASET_REGISTRY:
-        own = getattr(DATASET_REGISTRY.get(name), "TEMPLATE", None)
-        if own:
-            return own
-    return template_for(name)
 
 
 class TemplateCLIP(nn.Module):

@@ -23,7 +23,8 @@ import os
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from federated.checkpoint import CheckpointError, load_checkpoint
+from federated.checkpoint import load_checkpoint
+from federated.errors import CheckpointError
 from federated.flower.node import experiment
 from federated.flower.settings import cfg_from_run_config, cfg_from_text, resume_requested, run_setting
 from federated.flower.strategy import FedTVStrategy

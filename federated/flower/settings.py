@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from yacs.config import CfgNode as CN
 
-from federated.config import REPO_ROOT, ConfigError
+from federated.config import REPO_ROOT
+from federated.errors import ConfigError
 
 #: Run-config keys and defaults (``pyproject.toml`` repeats them for ``flwr run``).
 RUN_CONFIG_DEFAULTS: dict[str, object] = {

@@ -42,7 +42,7 @@ from flwr.serverapp.strategy import Strategy
 from federated.checkpoint import save_checkpoint
 from federated.results import ResultsWriter
 from federated.server import FederatedServer, round_record
-from trainers.base import state_nbytes
+from federated.state import state_nbytes
 
 logger = logging.getLogger("fedtv.flower")
 

@@ -1,4 +1,5 @@
-"""CoOp's hand-crafted zero-shot prompt templates, one per dataset (``{}`` is the class name)."""
+"""The hand-crafted zero-shot prompt of each dataset (``{}`` is the class name): CoOp's table, a
+dataset class's own ``TEMPLATE``, and ``dataset_template(cfg)``, the one a run uses."""
 
 from __future__ import annotations
 
@@ -35,3 +36,19 @@ def template_for(dataset_name: str) -> str:
     if dataset_name in CUSTOM_TEMPLATES:
         return CUSTOM_TEMPLATES[dataset_name]
     return _BY_KEY.get(_key(dataset_name), DEFAULT_TEMPLATE)
+
+
+def dataset_template(cfg) -> str:
+    """The zero-shot template of ``cfg.DATASET.NAME``: ``TRAINER.ZSCLIP.TEMPLATE`` when set, else the
+    registered dataset class's ``TEMPLATE``, else CoOp's table (:func:`template_for`)."""
+    from .build import DATASET_REGISTRY
+
+    override = cfg.TRAINER.ZSCLIP.TEMPLATE if "ZSCLIP" in cfg.TRAINER else ""
+    if override:
+        return override
+    name = cfg.DATASET.NAME
+    if name in DATASET_REGISTRY:
+        own = getattr(DATASET_REGISTRY.get(name), "TEMPLATE", None)
+        if own:
+            return own
+    return template_for(name)
