@@ -10,6 +10,7 @@ from trainers import (  # noqa: F401
     fedtv,
     flora,
     kgcoop,
+    promptfolio,
     promptprox,
     zsclip,
 )
