@@ -43,8 +43,9 @@ class DatasetFilesMissing(DataError):
 def add_dataset_keys(cfg) -> None:
     """Keys of the real-dataset loaders (``extend_cfg`` hook of every :class:`RealDataset`)."""
     # CoOp's dataset-level few-shot subset (train: NUM_SHOTS per class, val: min(NUM_SHOTS, 4)),
-    # sampled with cfg.SEED and cached in split_fewshot/; for centralised CoOp reproduction
-    # (--num-users 1). Federated partitions draw their own shots from the full train split.
+    # sampled with cfg.SEED and cached in split_fewshot/, in every protocol; for centralised CoOp
+    # reproduction (--num-users 1). Base-to-novel federated runs draw the same subset without it
+    # (DATASET.FEWSHOT_POOL "coop", federated/data.py).
     cfg.DATASET.COOP_FEWSHOT = False
     # CIFAR-10/100: download with torchvision when the files are absent (needs network access).
     cfg.DATASET.DOWNLOAD = True

@@ -108,6 +108,7 @@ class CoOpDataset(RealDataset):
                          "val": self.generate_fewshot_dataset(val, num_shots=min(shots, 4), seed=run_seed)},
             )
             train, val = sub["train"], sub["val"]
+            self.coop_fewshot_applied = True  # federated.data.fewshot_pool draws no second subset
         self.finish(cfg, train, val, test, classnames, source)
 
     def check_class_count(self, classnames: list[str], cfg, source: str) -> None:

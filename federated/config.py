@@ -33,6 +33,11 @@ def add_federated_keys(cfg: CN) -> None:
     cfg.DATASET.BETA = 0.3
     cfg.DATASET.SPLIT_SEED = 2023
     cfg.DATASET.SUBSAMPLE_CLASSES = "base"
+    # Where the pathological split of a base-to-novel run draws each client's K shots from
+    # (federated/data.py): "coop" = the published pipeline (CoOp's K-shot subset of the whole train
+    # split drawn with the run seed SEED, then the class assignment with SPLIT_SEED); "full" = the whole
+    # train split with SPLIT_SEED only (the same images for every run seed; FedPGP's OxfordPets loader).
+    cfg.DATASET.FEWSHOT_POOL = "coop"
     # domain protocols (federated/data.py): clients per domain, Dirichlet label skew inside a domain,
     # the held-out domain of leave-one-domain-out (name or index; "" = none) and whether its train
     # split joins its test split; a split.json to load instead of partitioning ("" = partition).
@@ -45,6 +50,10 @@ def add_federated_keys(cfg: CN) -> None:
     cfg.OPTIM.MAX_EPOCH = 2
     cfg.OPTIM.NAME = "sgd"
     cfg.OPTIM.LR = 0.001
+    # a constant learning rate: the published federated codes pass --gamma 1 to Dassl's single_step
+    # schedule (Dassl's own default 0.1 decays it by 10 after MAX_EPOCH epochs, which a shared
+    # optimiser, FED.SHARED_OPTIMIZER, would reach after the first client)
+    cfg.OPTIM.GAMMA = 1.0
     cfg.DATALOADER.NUM_WORKERS = 0
     cfg.TEST.EVAL_FREQ = 1
     cfg.FED = CN()

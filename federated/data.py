@@ -15,6 +15,16 @@ Domain protocols (datasets with ``domains``, e.g. DomainNet, Office, PACS, multi
   test split (plus its train split with ``DATASET.TARGET_USE_TRAIN``, as FedPGP's hard-coded
   DomainNet/Office variant did). Works with every partition of the remaining domains.
 
+Few-shot pool of base-to-novel runs (``DATASET.FEWSHOT_POOL``): the published loaders (FedPGP / FedTV
+``datasets/*.py``) first draw CoOp's K-shot subset of the whole train split (``generate_fewshot_dataset``:
+per label in order of first appearance, K items without replacement, Python's ``random`` seeded with the
+run seed), then split the base classes, then assign classes to clients with seed 2023 and draw K items of
+each of a client's classes from that subset -- a reshuffle of the same K items. ``"coop"`` (default) does
+exactly this whenever ``SUBSAMPLE_CLASSES`` is base or new, the partition is pathological and
+``NUM_SHOTS >= 1``: the training images then depend on ``SEED``; ``"full"`` draws the K shots from the
+whole train split (images independent of ``SEED``; what FedPGP's OxfordPets loader does, and what every
+published loader does with ``SUBSAMPLE_CLASSES all``).
+
 ``DATASET.PARTITION hierarchical-dirichlet`` needs a dataset with ``coarse_of_fine`` (CIFAR-100).
 Every run writes its split to ``OUTPUT_DIR/split.json``; ``DATASET.SPLIT_FILE`` loads one instead
 of partitioning (``federated/split_file.py``).
@@ -199,7 +209,7 @@ def build_federated_data(cfg, dataset: DatasetBase | None = None, partition: boo
     classnames_all = list(dataset.classnames)
     try:
         classnames = P.subsample_classnames(classnames_all, subsample)
-        train, test = P.subsample_classes(dataset.train_x, dataset.test, subsample=subsample)
+        train, test = P.subsample_classes(fewshot_pool(cfg, dataset), dataset.test, subsample=subsample)
     except ValueError as err:
         raise DataError(str(err)) from None
     client_domains, target_name = None, None
@@ -235,6 +245,31 @@ def build_federated_data(cfg, dataset: DatasetBase | None = None, partition: boo
 
         write_split_file(os.path.join(cfg.OUTPUT_DIR, "split.json"), data, cfg)
     return data
+
+
+FEWSHOT_POOLS = ("coop", "full")
+
+
+def fewshot_pool(cfg, dataset: DatasetBase) -> list[Datum]:
+    """The train items the partition draws from (``DATASET.FEWSHOT_POOL``, module docstring), all classes.
+
+    ``"coop"`` in a base-to-novel pathological few-shot run: CoOp's ``NUM_SHOTS``-shot subset of
+    ``dataset.train_x`` drawn with ``random.Random(SEED)`` (unless the dataset already applied it,
+    ``DATASET.COOP_FEWSHOT``); otherwise ``dataset.train_x`` itself.
+    """
+    pool = str(cfg.DATASET.FEWSHOT_POOL)
+    if pool not in FEWSHOT_POOLS:
+        raise DataError(f"DATASET.FEWSHOT_POOL must be one of {', '.join(FEWSHOT_POOLS)}, got '{pool}'")
+    shots = int(cfg.DATASET.NUM_SHOTS)
+    try:
+        pathological = P.canonical_partition(cfg.DATASET.PARTITION) == "pathological"
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    applies = (pool == "coop" and shots >= 1 and pathological and cfg.DATASET.SUBSAMPLE_CLASSES != "all"
+               and not cfg.DATASET.SPLIT_FILE and not getattr(dataset, "coop_fewshot_applied", False))
+    if not applies:
+        return list(dataset.train_x)
+    return dataset.generate_fewshot_dataset(list(dataset.train_x), num_shots=shots, seed=int(cfg.SEED))
 
 
 def _split(cfg, dataset: DatasetBase, train: list[Datum], test: list[Datum]):

@@ -152,23 +152,28 @@ def _pathological_classes(classes: list[int], num_users: int, split: str) -> lis
 def pathological_split(
     train: list[Datum], num_users: int, num_shots: int, seed: int = 2023
 ) -> tuple[list[list[Datum]], list[list[int]]]:
-    """The published disjoint-class few-shot split (FedOTP / FedPGP / FedTV).
+    """The published disjoint-class few-shot split (FedOTP / FedPGP / FedTV
+    ``generate_federated_fewshot_dataset``).
 
     Procedure: the sorted list of the ``n_cls`` labels of ``train`` is shuffled with
     ``random.Random(seed)``; ``cpu = round(n_cls / num_users)`` (Python's round); client ``i`` gets the
     shuffled classes ``[i*cpu:(i+1)*cpu]`` and the last client every remaining class. Then, with the
-    same generator, client by client and class by class (in shuffled order), ``num_shots`` items of the
-    class are sampled without replacement; all of them (in input order) when ``num_shots <= 0`` or the
-    class has at most ``num_shots`` items.
+    same generator, client by client, and for each client over ITS labels in the order in which labels
+    first appear in ``train`` (the published per-label dictionary's order), ``num_shots`` items of the
+    class are sampled without replacement whenever the class has at least ``num_shots`` items (exactly
+    ``num_shots`` items are therefore reshuffled); all of them (input order, no draw) when
+    ``num_shots <= 0`` or the class has fewer.
 
     The split depends on ``seed`` only, never on the run's ``--seed``: the published code resets
-    ``random.seed(2023)`` inside, so every seed of a published run trains on the same split; we keep
-    2023 as the default and expose it as the split seed (``--split-seed``).
+    ``random.seed(2023)`` inside, so every seed of a published run draws from its input with the same
+    generator; we keep 2023 as the default and expose it as the split seed (``--split-seed``). (What
+    the input is -- the full train split or CoOp's K-shot subset drawn with the run seed -- is
+    ``federated.data``'s ``DATASET.FEWSHOT_POOL``.)
 
     Returns:
-        ``(clients_train, clients_classes)``: ``num_users`` lists of items (grouped by class, in
-        assignment order) and ``num_users`` sorted lists of the client's labels (disjoint, their
-        union is every label of ``train``). The items are the input objects (not copies).
+        ``(clients_train, clients_classes)``: ``num_users`` lists of items (grouped by class, classes in
+        order of first appearance in ``train``) and ``num_users`` sorted lists of the client's labels
+        (disjoint, their union is every label of ``train``). The items are the input objects (not copies).
 
     Raises:
         ValueError: ``num_users < 1``, ``train`` is empty, ``num_users > n_cls``, or the rounding
@@ -182,12 +187,16 @@ def pathological_split(
     classes = list(by_label)
     rng.shuffle(classes)
     groups = _pathological_classes(classes, int(num_users), "train")
+    appearance = list(dict.fromkeys(int(d.label) for d in train))
     clients: list[list[Datum]] = []
     for group in groups:
+        members = set(group)
         items: list[Datum] = []
-        for label in group:
+        for label in appearance:
+            if label not in members:
+                continue
             pos = by_label[label]
-            if 0 < num_shots < len(pos):
+            if 0 < num_shots <= len(pos):
                 pos = rng.sample(pos, num_shots)
             items.extend(_entries(train, pos))
         clients.append(items)

@@ -6,7 +6,8 @@ Variants (config switches of trainers/fedpgp.py, see its docstring):
   wo_positive   TRAINER.FEDPGP.CONTRAST_POSITIVE False   (Table 6)
   wo_negative   TRAINER.FEDPGP.CONTRAST_NEGATIVE False   (Table 7, Local accuracy per dataset)
   fullrank      TRAINER.FEDPGP.ADAPTATION fullrank      (Table 6)
-  published_zc  TRAINER.FEDPGP.HANDCRAFTED published    (z_C from "X X ... X classname." as the published code)
+  template_zc   TRAINER.FEDPGP.HANDCRAFTED template     (z_C from the dataset's hand-crafted template, the
+                paper's wording; the default is the published code's "X X ... X classname.")
 Table 6 reports the average over the datasets of Local / Base / Novel / HM; Table 7 the Local accuracy
 per dataset. The paper does not state Table 7's setting (its FedPGP Local values differ from Table 1);
 this script uses the base-to-novel setting for both.
@@ -27,7 +28,7 @@ VARIANTS = {
     "wo_positive": ["TRAINER.FEDPGP.CONTRAST_POSITIVE", "False"],
     "wo_negative": ["TRAINER.FEDPGP.CONTRAST_NEGATIVE", "False"],
     "fullrank": ["TRAINER.FEDPGP.ADAPTATION", "fullrank"],
-    "published_zc": ["TRAINER.FEDPGP.HANDCRAFTED", "published"],
+    "template_zc": ["TRAINER.FEDPGP.HANDCRAFTED", "template"],
 }
 
 

@@ -226,6 +226,19 @@ def test_only_needed_prompt_sets_are_encoded(tmp_path, monkeypatch, opts, passes
     assert ("loss_con" in summary[0]) == passes.endswith("zc")
 
 
+def test_default_handcrafted_prompt_is_the_published_placeholder_prompt(tmp_path):
+    """z_C defaults to what the published code encodes: "X X ... X {class}." (n_ctx X's), for every config."""
+    from federated.config import get_cfg
+
+    for cfg in (get_cfg(), _trainer(tmp_path)[0]):
+        assert cfg.TRAINER.FEDPGP.HANDCRAFTED == "published" and cfg.TRAINER.FEDTV.HANDCRAFTED == "published"
+    for path in ("configs/trainers/FedPGP/vit_b16.yaml", "configs/trainers/FedPGP/rn50.yaml"):
+        cfg = get_cfg()
+        cfg.merge_from_file(os.path.join(REPO, path))
+        assert cfg.TRAINER.FEDPGP.HANDCRAFTED == "published", path
+    assert _trainer(tmp_path)[2].model.template == " ".join(["X"] * 16) + " {}."
+
+
 @pytest.mark.parametrize("mode", ["template", "published"])
 def test_handcrafted_features_are_the_frozen_clip_text_features(tmp_path, mode):
     _, _, trainer = _trainer(tmp_path, "TRAINER.FEDPGP.HANDCRAFTED", mode)

@@ -121,5 +121,7 @@ def test_shared_keys_and_bad_config(tmp_path):
 # ------------------------------------------------------------------ a toy-world run that learns
 @pytest.mark.skipif(not os.path.isfile(SHIPPED_WEIGHTS), reason="shipped tiny toy-world CLIP weights not built yet")
 def test_toyworld_run_learns(tmp_path):
-    zero_shot, local = learning_run(tmp_path, "KgCoOp")
+    # 36 local test images: the +5 margin is two images, so the run is pinned to the few-shot sample it was
+    # calibrated on (the whole train split; the default CoOp pool gives 72.2 / 72.2 / 69.4 for seeds 1-3)
+    zero_shot, local = learning_run(tmp_path, "KgCoOp", opts=["DATASET.FEWSHOT_POOL", "full"])
     assert local[-1] > zero_shot + 5.0

@@ -17,10 +17,10 @@ HARD_WORLD = ["DATASET.TOYWORLD.STYLES", "['neon']", "DATASET.TOYWORLD.NOISE", "
               "DATASET.TOYWORLD.DISTRACTORS", "2", "DATASET.TOYWORLD.CLUTTER", "1.0", "FED.EVAL_BASE_NOVEL", "False"]
 
 
-def learning_run(tmp_path, trainer: str, rounds: int = 3) -> tuple[float, list[float]]:
-    """Zero-shot local accuracy and the local accuracy after each round (percent)."""
+def learning_run(tmp_path, trainer: str, rounds: int = 3, opts: list[str] = ()) -> tuple[float, list[float]]:
+    """Zero-shot local accuracy and the local accuracy after each round (percent); ``opts`` are extra overrides."""
     from federated.run import main
 
     results = main(fast_args(tmp_path, ["--trainer", trainer, "--rounds", str(rounds), "--local-epochs", "2"],
-                             HARD_WORLD, weights=""))
+                             [*HARD_WORLD, *opts], weights=""))
     return results["zero_shot"]["local"], [r["local"] for r in results["rounds"]]

@@ -14,12 +14,12 @@ Config ``cfg.TRAINER.FEDPGP`` (defaults = the published scripts):
 ``BOTTLENECK`` 8 (rank r; argparse default 4, the scripts use 8), ``MU`` 0.5 (argparse default 1, the
 scripts use 0.5), ``TEMP`` 0.5, ``ADAPTATION`` "lowrank" | "fullrank" (Table 6), ``CONTRAST_POSITIVE`` /
 ``CONTRAST_NEGATIVE`` (Tables 6/7), ``NEGATIVE_PAIR`` "global" (z_G vs z_i, paper and code),
-``HANDCRAFTED`` "template" (paper) | "published" (code).
+``HANDCRAFTED`` "published" (code, default) | "template" (paper text).
 
 Deliberate differences from the published code (REFERENCE.md 1.3, 11):
 
-* ``HANDCRAFTED "template"`` by default: the paper's z_C is CLIP's hand-crafted prompt; the code
-  encodes ``"X X ... X {classname}."``, available as ``HANDCRAFTED "published"``.
+* z_C follows the code by default (``HANDCRAFTED "published"``: ``"X X ... X {classname}."``); the
+  paper's text, CLIP's hand-crafted template prompt, is ``HANDCRAFTED "template"``.
 * z_C is encoded once per class set, z_G and z_i in one batched pass; the unused ``U V``-only text
   features are not computed.
 * Mixed precision keeps L_con (the published amp path drops it).
@@ -45,4 +45,4 @@ class FedPGP(GlobalPersonalPromptTrainer):
     def extend_cfg(cls, cfg) -> None:
         if cls.CFG_NODE not in cfg.TRAINER:
             cfg.TRAINER[cls.CFG_NODE] = global_personal_cfg_node(bottleneck=8, mu=0.5, temp=0.5,
-                                                                 negative_pair="global", handcrafted="template")
+                                                                 negative_pair="global", handcrafted="published")

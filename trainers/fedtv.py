@@ -27,7 +27,7 @@ Config ``cfg.TRAINER.FEDTV`` (defaults = published FedTV) -- one flag per ablati
   BOTTLENECK 8                                             rank r
   INIT "orthogonal" | "normal"                             init of B and A
   MU 1.0, TEMP 0.5                                         weight (MU 0: no contrastive loss) and temperature of L_con
-  CONTRAST_POSITIVE / CONTRAST_NEGATIVE, NEGATIVE_PAIR "handcrafted" | "global", HANDCRAFTED "template" | "published"
+  CONTRAST_POSITIVE / CONTRAST_NEGATIVE, NEGATIVE_PAIR "handcrafted" | "global", HANDCRAFTED "published" | "template"
   ORTHO_WEIGHT 0.1 (0: no orthogonality loss), ORTHO_A True, L2_WEIGHT 0.0
   GLOBAL_ADAPTER True, LOCAL_ADAPTER True, ADAPTER_BIAS False  adapters (FedTV: no bias; FLORA: bias)
   FUSION "dynamic" | "mean" | "adapted"                    how x and the adapted features are combined
@@ -48,9 +48,9 @@ Deliberate differences from the published code (REFERENCE.md 2, 3, 11), document
 * The SAA temperature is configurable (published: 1.0 hard-coded); the optimiser is created per
   client per round (the published code shares one SGD state across clients).
 * The negative pair of L_con is ``(z_C, z_i)`` as both published codes compute it
-  (``NEGATIVE_PAIR "handcrafted"``); FedPGP's ``(z_G, z_i)`` is ``"global"``. ``z_C`` is the dataset's
-  hand-crafted template prompt (``HANDCRAFTED "template"``); the published code's
-  ``"X X ... X {class}."`` is ``"published"``.
+  (``NEGATIVE_PAIR "handcrafted"``); FedPGP's ``(z_G, z_i)`` is ``"global"``. ``z_C`` is what the
+  published code encodes, ``"X X ... X {class}."`` (``HANDCRAFTED "published"``, the default); the
+  dataset's hand-crafted template prompt (the paper's wording) is ``"template"``.
 * The fusion scores are not scaled by ``sqrt(hidden)``, as published (``FUSION_SCALED True`` scales).
 * FLORA: its orthogonality term ``||B B^T - I||`` (``M x M``, rank r: never 0) is taken as the intended
   ``||B^T B - I||``; its L2 term, whose published condition ``'B' and 'A' in name`` reduces to
@@ -197,7 +197,7 @@ class FedTV(GlobalPersonalPromptTrainer):
         if cls.CFG_NODE in cfg.TRAINER:
             return
         node = global_personal_cfg_node(bottleneck=8, mu=1.0, temp=0.5, negative_pair="handcrafted",
-                                        handcrafted="template")
+                                        handcrafted="published")
         node.ADAPTATION = "bsa"
         node.INIT = "orthogonal"
         node.ORTHO_WEIGHT = 0.1

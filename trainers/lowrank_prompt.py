@@ -18,11 +18,11 @@ Text features (all L2-normalised, ``(C, D)``):
   so :class:`GlobalPersonalCLIP` computes them once per class set (lazily, on first use after
   ``set_classnames``; ``trainers/handcrafted.py``) and caches them. Two meanings (``HANDCRAFTED``):
 
-  - ``"template"`` (default, the paper): the dataset's hand-crafted template, e.g.
-    ``"a photo of a {}."`` -- "the text features of the hand-crafted prompt" of the FedPGP paper;
-  - ``"published"``: what the published FedPGP/FedTV code encodes (REFERENCE.md 1.3): the literal
+  - ``"published"`` (default): what the published FedPGP/FedTV code encodes: the literal
     placeholder prompt ``"X X ... X {classname}."`` (``n_ctx`` X's; the ``CTX_INIT`` words when
-    given) through the frozen token embedding and text tower.
+    given) through the frozen token embedding and text tower;
+  - ``"template"`` (the paper's text): the dataset's hand-crafted template, e.g.
+    ``"a photo of a {}."`` -- "the text features of the hand-crafted prompt" of the FedPGP paper.
 
 A training step encodes ``z_i`` and ``z_G`` in ONE batched text-tower pass over ``2C`` prompts (``C``
 when no loss term needs ``z_G``). The published code also encodes the ``U V``-only prompts and never
@@ -197,7 +197,7 @@ class GlobalPersonalCLIP(PromptCLIP):
     ``(C, D)`` (fp32, no gradient), encoded once per class set by ``trainers.handcrafted.HandcraftedText``.
     """
 
-    def __init__(self, clip, prompt_learner: GlobalPersonalPromptLearner, handcrafted: str = "template",
+    def __init__(self, clip, prompt_learner: GlobalPersonalPromptLearner, handcrafted: str = "published",
                  template: str = "a photo of a {}."):
         super().__init__(clip, prompt_learner)
         if handcrafted not in HANDCRAFTED_CHOICES:
@@ -244,12 +244,12 @@ class GlobalPersonalCLIP(PromptCLIP):
 
 # --------------------------------------------------------------------------------------------- trainer
 def global_personal_cfg_node(bottleneck: int = 8, mu: float = 0.5, temp: float = 0.5,
-                             negative_pair: str = "global", handcrafted: str = "template") -> CN:
+                             negative_pair: str = "global", handcrafted: str = "published") -> CN:
     """The CoOp prompt keys plus the keys of the global + personal family (see the module docstring).
 
     ``BOTTLENECK`` rank r; ``ADAPTATION`` "lowrank" | "fullrank"; ``MU`` weight of L_con; ``TEMP`` tau;
     ``CONTRAST_POSITIVE`` / ``CONTRAST_NEGATIVE`` keep the positive / negative pair; ``NEGATIVE_PAIR``
-    "global" (z_G vs z_i) | "handcrafted" (z_C vs z_i); ``HANDCRAFTED`` "template" | "published".
+    "global" (z_G vs z_i) | "handcrafted" (z_C vs z_i); ``HANDCRAFTED`` "published" | "template".
     """
     node = prompt_cfg_node()
     node.BOTTLENECK = bottleneck

@@ -1,0 +1,186 @@
+"""The defaults reproduce the published protocol (issue 15): which K shots each client trains on,
+a constant learning rate in every trainer config.
+
+The few-shot test re-derives the published selection from the published algorithm (written here
+independently of ``federated/``, with Python's global ``random`` as the published loaders use it) on a
+label list, and compares it with what ``build_federated_data`` gives every client.
+"""
+from __future__ import annotations
+
+import glob
+import math
+import os
+import random
+from collections import defaultdict
+
+import pytest
+import torch
+
+from dassl.data.datasets import DatasetBase, Datum
+from dassl.optim import build_lr_scheduler, build_optimizer
+from federated.config import get_cfg
+from federated.data import DataError, build_federated_data
+from tests.fedtv_testing import REPO
+
+# a label list in a non-sorted, interleaved order of first appearance, with classes smaller than K
+SIZES = {3: 9, 0: 7, 7: 12, 1: 3, 5: 8, 2: 10, 9: 6, 4: 5, 8: 11, 6: 4, 11: 9, 10: 2}
+K = 5
+
+
+def _label_list() -> list[int]:
+    rng = random.Random(99)
+    labels = [y for y, n in SIZES.items() for _ in range(n)]
+    head = list(SIZES)  # first appearance in this order
+    rest = labels[:]
+    for y in head:
+        rest.remove(y)
+    rng.shuffle(rest)
+    return head + rest
+
+
+def _published_selection(labels: list[int], shots: int, run_seed: int, users: int, coop_first: bool,
+                         split_seed: int = 2023) -> list[list[int]]:
+    """Item indices per client, as the published FedPGP / FedTV loaders build them (base classes).
+
+    1. ``set_random_seed(SEED)``; ``generate_fewshot_dataset(total_train, num_shots)`` (when ``coop_first``):
+       a dict label -> items in insertion order, ``random.sample(items, K)`` per label when it has >= K.
+    2. ``subsample_classes(..., "base")``: the sorted labels, the first ceil(n/2), relabelled by rank.
+    3. ``generate_federated_fewshot_dataset``: ``random.seed(2023)``, shuffle ``range(class_num)``,
+       ``round(class_num / users)`` classes per client (the last takes the rest); per client, per label of
+       the dict (insertion order) that the client owns, ``random.sample(items, K)`` when it has >= K.
+    """
+    state = random.getstate()
+    try:
+        random.seed(run_seed)
+        items = list(range(len(labels)))
+        if coop_first:
+            tracker = defaultdict(list)
+            for i in items:
+                tracker[labels[i]].append(i)
+            items = []
+            for group in tracker.values():
+                items.extend(random.sample(group, shots) if len(group) >= shots else group)
+        present = sorted({labels[i] for i in items})
+        base = {y: rank for rank, y in enumerate(present[:math.ceil(len(present) / 2)])}
+        train = [(i, base[labels[i]]) for i in items if labels[i] in base]
+        class_num = max(y for _, y in train) + 1
+        per_user = int(round(class_num / users))
+        class_list = list(range(class_num))
+        random.seed(split_seed)
+        random.shuffle(class_list)
+        tracker = defaultdict(list)
+        for i, y in train:
+            tracker[y].append(i)
+        out = []
+        for idx in range(users):
+            mine = class_list[idx * per_user:] if idx == users - 1 else class_list[idx * per_user:(idx + 1) * per_user]
+            chosen = []
+            for y, group in tracker.items():
+                if y in mine:
+                    chosen.extend(random.sample(group, shots) if len(group) >= shots else group)
+            out.append(chosen)
+        return out
+    finally:
+        random.setstate(state)
+
+
+def _dataset(labels: list[int]) -> DatasetBase:
+    names = [f"class{y}" for y in range(max(labels) + 1)]
+    train = [Datum(impath=f"train/{i}", label=y, classname=names[y]) for i, y in enumerate(labels)]
+    test = [Datum(impath=f"test/{y}/{k}", label=y, classname=names[y]) for y in range(len(names)) for k in range(2)]
+    return DatasetBase(train_x=train, test=test, classnames=names)
+
+
+def _cfg(**dataset):
+    cfg = get_cfg()
+    cfg.OUTPUT_DIR = ""
+    cfg.DATASET.NAME = "ToyWorld"
+    cfg.DATASET.USERS = 3
+    cfg.DATASET.NUM_SHOTS = K
+    for key, value in dataset.items():
+        if key == "SEED":
+            cfg.SEED = value
+        else:
+            setattr(cfg.DATASET, key, value)
+    return cfg
+
+
+def _ids(clients) -> list[list[int]]:
+    return [[int(d.impath.split("/")[1]) for d in items] for items in clients]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_default_few_shot_selection_is_the_published_pipeline(seed):
+    """Default: CoOp's K-shot subset with the run seed, base classes, classes to clients with seed 2023,
+    the same K items reshuffled: the exact items, in the exact order, of the published loaders."""
+    labels = _label_list()
+    assert get_cfg().DATASET.FEWSHOT_POOL == "coop"
+    data = build_federated_data(_cfg(SEED=seed), dataset=_dataset(labels))
+    expected = _published_selection(labels, K, seed, users=3, coop_first=True)
+    assert _ids(data.train) == expected
+    assert all(len(c) > 0 for c in expected)
+
+
+def test_full_pool_is_the_published_path_without_the_coop_subset():
+    """``FEWSHOT_POOL full``: the published path that samples the whole train split (FedPGP's OxfordPets
+    loader; every loader with SUBSAMPLE all), independent of the run seed."""
+    labels = _label_list()
+    expected = _published_selection(labels, K, 0, users=3, coop_first=False)
+    for seed in (1, 2):
+        data = build_federated_data(_cfg(SEED=seed, FEWSHOT_POOL="full"), dataset=_dataset(labels))
+        assert _ids(data.train) == expected
+
+
+def test_run_seed_changes_the_images_not_the_classes_nor_the_test_sets():
+    labels = _label_list()
+    runs = [build_federated_data(_cfg(SEED=s), dataset=_dataset(labels)) for s in (1, 2)]
+    assert runs[0].client_classes == runs[1].client_classes
+    assert [[d.impath for d in c] for c in runs[0].test] == [[d.impath for d in c] for c in runs[1].test]
+    assert _ids(runs[0].train) != _ids(runs[1].train)
+
+
+def test_all_classes_protocol_samples_the_full_split_as_published():
+    """SUBSAMPLE all: every published loader calls the federated few-shot split on the whole train split."""
+    labels = _label_list()
+    data = build_federated_data(_cfg(SEED=4, SUBSAMPLE_CLASSES="all"), dataset=_dataset(labels))
+    state = random.getstate()
+    try:  # the same derivation with every class (no base split): ids must come from the whole split
+        random.seed(2023)
+        class_list = list(range(12))
+        random.shuffle(class_list)
+    finally:
+        random.setstate(state)
+    assert data.client_classes == [sorted(class_list[0:4]), sorted(class_list[4:8]), sorted(class_list[8:])]
+    counts = {y: sum(1 for c in _ids(data.train) for i in c if labels[i] == y) for y in SIZES}
+    assert counts == {y: min(n, K) for y, n in SIZES.items()}
+
+
+def test_bad_few_shot_pool_is_a_clear_error():
+    with pytest.raises(DataError, match="FEWSHOT_POOL must be one of coop, full"):
+        build_federated_data(_cfg(FEWSHOT_POOL="split"), dataset=_dataset(_label_list()))
+
+
+# ------------------------------------------------------------------------------------- learning rate
+TRAINER_YAMLS = sorted(glob.glob(os.path.join(REPO, "configs", "trainers", "*", "*.yaml")))
+
+
+def test_default_learning_rate_is_constant():
+    assert get_cfg().OPTIM.GAMMA == 1.0
+
+
+@pytest.mark.parametrize("path", TRAINER_YAMLS, ids=lambda p: os.path.relpath(p, REPO))
+def test_every_step_schedule_keeps_the_learning_rate_constant(path):
+    """The published runs pass --gamma 1: a step schedule never decays, even over many local epochs
+    (what one optimiser shared by every client and round, FED.SHARED_OPTIMIZER, goes through)."""
+    cfg = get_cfg()
+    cfg.merge_from_file(path)
+    if cfg.OPTIM.LR_SCHEDULER == "cosine":
+        pytest.skip("cosine schedule")
+    optim = build_optimizer([torch.nn.Parameter(torch.zeros(2))], cfg.OPTIM)
+    sched = build_lr_scheduler(optim, cfg.OPTIM)
+    lrs = []
+    for _ in range(10 * max(1, int(cfg.OPTIM.MAX_EPOCH))):
+        optim.step()
+        sched.step()
+        lrs.append(optim.param_groups[0]["lr"])
+    assert cfg.OPTIM.GAMMA == 1.0 and lrs == [pytest.approx(float(cfg.OPTIM.LR))] * len(lrs)
