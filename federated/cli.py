@@ -16,8 +16,15 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import difflib
+import importlib.util
 import logging
 import os
+import re
+import sys
+from dataclasses import dataclass
+
+from yacs.config import CfgNode as CN
 
 from federated.config import (
     REPO_ROOT,
@@ -28,6 +35,7 @@ from federated.config import (
     merge_list,
 )
 from federated.errors import ConfigError
+from federated.names import PARTITIONS, SUBSAMPLE_CHOICES, canonical_partition
 
 DEMO_DATASET_CONFIG = os.path.join(REPO_ROOT, "configs", "datasets", "toyworld.yaml")
 
@@ -89,6 +97,9 @@ def explicit_booleans(argv: list[str]) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 
+    # a boolean flag alone means true; explicit_booleans() has already given it a value
+    BOOL = {"nargs": "?", "const": True, "metavar": "true|false"}
+
     def flag(name: str, **kw) -> None:
         dashed, under = f"--{name.replace('_', '-')}", f"--{name}"
         names = [dashed] if dashed == under else [dashed, under]
@@ -97,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     flag("root", help="data root holding the datasets (default DATA/)")
     flag("dataset_config_file", help="dataset yaml (default: the toy world demo)")
     flag("config_file", help="trainer yaml (default: configs/trainers/<TRAINER>/<backbone>.yaml when it exists)")
-    flag("trainer", help="trainer name: ZeroshotCLIP, CoOp, PromptFL, ... (default PromptFL)")
-    flag("backbone", help="RN50, RN101, ViT-B/32, ViT-B/16, ViT-L/14 or tiny (default tiny)")
+    flag("trainer", help="trainer name: FedTV, FedPGP, PromptFL, CoOp, ZeroshotCLIP, ... (default FedTV)")
+    flag("backbone", help="RN50, RN101, ViT-B/32, ViT-B/16, ViT-L/14 (or vit_b16 ...) or tiny (default tiny)")
     flag("clip_weights", help="open_clip pretrained tag (e.g. openai), a local checkpoint file, or none (random)")
     flag("num_users", type=int, help="number of clients")
     flag("rounds", type=int, help="communication rounds (OPTIM.ROUND)")
@@ -117,18 +128,22 @@ def build_parser() -> argparse.ArgumentParser:
     flag("lr", type=float, help="learning rate (OPTIM.LR)")
     flag("train_batch_size", type=int, help="training batch size")
     flag("test_batch_size", type=int, help="evaluation batch size")
-    p.add_argument("--eval-only", "--eval_only", dest="eval_only", type=str2bool, default=False,
+    p.add_argument("--eval-only", "--eval_only", dest="eval_only", type=str2bool, default=False, **BOOL,
                    help="evaluate the checkpoint in --model-dir instead of training")
     flag("model_dir", help="output dir of a finished run, for --eval-only")
-    p.add_argument("--resume", type=str2bool, default=False,
+    p.add_argument("--resume", type=str2bool, default=False, **BOOL,
                    help="continue the run in --output-dir from its last finished round")
-    p.add_argument("--reference-mode", "--reference_mode", dest="reference_mode", type=str2bool, default=None,
+    p.add_argument("--reference-mode", "--reference_mode", dest="reference_mode", type=str2bool, default=None, **BOOL,
                    help="run the published way (no feature cache, clients one after another, fp32): "
                         "FED.REFERENCE_MODE, for speed measurements and as the correctness baseline")
     p.add_argument("--engine", choices=ENGINES, default="inprocess",
                    help="inprocess (default) or flower-sim: the same run through Flower's simulation "
                         "(pip install -r requirements-flower.txt; see docs/FLOWER_USAGE.md)")
-    p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides, applied last")
+    p.add_argument("--verbose", action="store_true",
+                   help="also print each client's accuracies and the per-client details on the console "
+                        "(always in OUTPUT_DIR/log.txt)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                   help="KEY VALUE config overrides, applied last (after every flag)")
     return p
 
 
@@ -136,17 +151,106 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return build_parser().parse_args(explicit_booleans(list(argv)))
 
 
-def build_cfg(args: argparse.Namespace):
-    """Resolve the config: defaults -> dataset yaml -> trainer yaml -> flags -> opts."""
+@dataclass
+class Known:
+    """What a config is checked against: the default config tree (mutable) and the accepted names."""
+
+    cfg: CN
+    trainers: list[str]
+    datasets: list[str]
+    backbones: list[str]
+
+
+def known(live: bool = True) -> Known:
+    """The registries' defaults and names. ``live=False`` reads them from ``federated/catalog.json``
+    (no torch) unless this process has torch already (tests, tools): then the live registries, which
+    may hold more than the catalogue (a test's own dataset or trainer)."""
+    if not live and "torch" not in sys.modules:
+        from federated import catalog
+
+        c = catalog.load()
+        return Known(catalog.default_cfg(c), c["trainers"], c["datasets"], c["backbones"])
+    from clip.names import PAPER_BACKBONES, local_model_names, supported_backbones
+    from dassl.data.datasets import DATASET_REGISTRY
     from dassl.engine import TRAINER_REGISTRY
     from federated.config import get_cfg
 
-    cfg = get_cfg()
-    merge_file(cfg, args.dataset_config_file or DEMO_DATASET_CONFIG)
+    return Known(get_cfg(), TRAINER_REGISTRY.registered_names(), DATASET_REGISTRY.registered_names(),
+                 [*PAPER_BACKBONES, *local_model_names(), *supported_backbones()])
+
+
+def _did_you_mean(name: str, choices: list[str], key=str.lower) -> str:
+    """`` Did you mean X?`` for the choices closest to ``name`` compared as ``key(...)``, or ``""``."""
+    keyed = {}
+    for c in choices:
+        keyed.setdefault(key(c), c)
+    close = [key(name)] if key(name) in keyed else difflib.get_close_matches(key(name), list(keyed), n=3, cutoff=0.7)
+    return f" Did you mean {' or '.join(keyed[c] for c in close)}?" if close else ""
+
+
+def _backbone_key(name: str) -> str:
+    """A backbone name without case or punctuation: ``ViT-B/16``, ``ViT-B-16`` and ``vit_b16`` -> ``vitb16``."""
+    return re.sub(r"[^a-z0-9]", "", name.lower().replace("@", "").replace("px", ""))
+
+
+def resolve_backbone(name: str, backbones: list[str]) -> str:
+    """``name`` when it is a known backbone, else the known spelling it abbreviates (``vit_b16`` ->
+    ``ViT-B/16``, as the config file names spell it); ``ConfigError`` with close names otherwise."""
+    if name in backbones:
+        return name
+    for b in backbones:
+        if _backbone_key(b) == _backbone_key(name):
+            return b
+    close = _did_you_mean(name, backbones, _backbone_key)
+    raise ConfigError(f"unknown backbone '{name}'.{close} The papers' backbones: RN50, RN101, ViT-B/32, ViT-B/16, "
+                      f"ViT-L/14; the toy world's: tiny; any open_clip CLIP name")
+
+
+def _check_opts(opts: list[str]) -> None:
+    """Overrides come last: a flag among them was meant as a flag."""
+    for i in range(0, len(opts), 2):
+        if opts[i].startswith("--"):
+            raise ConfigError(f"'{opts[i]}' comes after the KEY VALUE overrides ({' '.join(opts[:i]) or opts[0]}): "
+                              f"flags go before the overrides")
+
+
+def _merge_dataset_file(cfg: CN, path: str) -> None:
+    if not os.path.isfile(path):
+        folder = os.path.join(REPO_ROOT, "configs", "datasets")
+        names = sorted(os.path.relpath(os.path.join(folder, n)) for n in os.listdir(folder) if n.endswith(".yaml"))
+        raise ConfigError(f"dataset config file not found: {path}. Available: {', '.join(names)}")
+    merge_file(cfg, path)
+
+
+def _check_values(cfg: CN, k: Known) -> None:
+    """Names inside the config: dataset, partition, subsample."""
+    if cfg.DATASET.NAME not in k.datasets:
+        raise ConfigError(f"unknown dataset '{cfg.DATASET.NAME}'.{_did_you_mean(cfg.DATASET.NAME, k.datasets)} "
+                          f"Registered: {', '.join(k.datasets)}")
+    try:
+        canonical_partition(cfg.DATASET.PARTITION)
+    except ValueError as err:
+        raise ConfigError(f"{err}.{_did_you_mean(str(cfg.DATASET.PARTITION), list(PARTITIONS))}") from None
+    if cfg.DATASET.SUBSAMPLE_CLASSES not in SUBSAMPLE_CHOICES:
+        value = cfg.DATASET.SUBSAMPLE_CLASSES
+        raise ConfigError(f"--subsample '{value}' is not one of {', '.join(SUBSAMPLE_CHOICES)} (base-to-novel: train "
+                          f"on base, evaluate on the novel classes with new)")
+
+
+def build_cfg(args: argparse.Namespace, k: Known | None = None):
+    """Resolve the config: defaults -> dataset yaml -> trainer yaml -> flags -> opts, checking every name
+    and key on the way (``k``: what to check against; default the live registries)."""
+    k = k or known(live=True)
+    cfg = k.cfg
+    _check_opts(list(args.opts or []))
+    _merge_dataset_file(cfg, args.dataset_config_file or DEMO_DATASET_CONFIG)
     if args.trainer:
         cfg.TRAINER.NAME = args.trainer
+    if cfg.TRAINER.NAME not in k.trainers:
+        raise ConfigError(f"unknown trainer '{cfg.TRAINER.NAME}'.{_did_you_mean(cfg.TRAINER.NAME, k.trainers)} "
+                          f"Registered trainers: {', '.join(k.trainers)}")
     if args.backbone:
-        cfg.MODEL.BACKBONE.NAME = args.backbone
+        cfg.MODEL.BACKBONE.NAME = resolve_backbone(args.backbone, k.backbones)
     trainer_cfg = args.config_file or default_trainer_config(cfg.TRAINER.NAME, cfg.MODEL.BACKBONE.NAME)
     if trainer_cfg:
         merge_file(cfg, trainer_cfg)
@@ -157,15 +261,14 @@ def build_cfg(args: argparse.Namespace):
     if args.reference_mode is not None:
         merge_list(cfg, ["FED.REFERENCE_MODE", str(bool(args.reference_mode))], source="--reference-mode")
     merge_list(cfg, list(args.opts or []))
+    cfg.MODEL.BACKBONE.NAME = resolve_backbone(cfg.MODEL.BACKBONE.NAME, k.backbones)
+    _check_values(cfg, k)
     native = bundled_input_size(cfg.MODEL.BACKBONE.NAME)
     if native is not None and tuple(cfg.INPUT.SIZE) != (native, native):
         # a bundled ViT (tiny) only takes its own input size; the real datasets' yamls say 224
         logging.getLogger("fedtv").info("INPUT.SIZE %s -> (%d, %d) for backbone %s", tuple(cfg.INPUT.SIZE), native,
                                         native, cfg.MODEL.BACKBONE.NAME)
         cfg.INPUT.SIZE = (native, native)
-    if cfg.TRAINER.NAME not in TRAINER_REGISTRY:
-        raise ConfigError(f"unknown trainer '{cfg.TRAINER.NAME}'; registered trainers: "
-                          f"{', '.join(TRAINER_REGISTRY.registered_names())}")
     if not cfg.OUTPUT_DIR:
         cfg.OUTPUT_DIR = os.path.join(
             "output", cfg.DATASET.NAME, cfg.TRAINER.NAME,
@@ -176,3 +279,17 @@ def build_cfg(args: argparse.Namespace):
         cfg.OUTPUT_DIR = args.model_dir
     cfg.freeze()
     return cfg
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every check that needs no torch, before anything is imported or built: the flags' combinations,
+    every name and config key (against ``federated/catalog.json``), the eval-only folder."""
+    if args.eval_only and not args.model_dir:
+        raise ConfigError("--eval-only needs --model-dir DIR (the OUTPUT_DIR of a finished run)")
+    if args.eval_only and not os.path.exists(args.model_dir):
+        raise ConfigError(f"--model-dir {args.model_dir} does not exist: pass the OUTPUT_DIR of a finished run")
+    if args.eval_only and args.engine == "flower-sim":
+        raise ConfigError("--engine flower-sim trains: --eval-only uses --engine inprocess")
+    if args.engine == "flower-sim" and importlib.util.find_spec("flwr") is None:
+        raise ConfigError("--engine flower-sim needs Flower: pip install -r requirements-flower.txt")
+    build_cfg(args, known(live=False))

@@ -24,6 +24,7 @@ import numpy as np
 
 from dassl.data.datasets import Datum
 from dassl.data.datasets.base_dataset import subsample_classes  # noqa: F401  (re-exported: the base/novel split)
+from federated.names import PARTITIONS, SUBSAMPLE_CHOICES, canonical_partition  # noqa: F401  (re-exported)
 
 __all__ = [
     "PARTITIONS",
@@ -40,36 +41,6 @@ __all__ = [
     "subsample_classes",
     "subsample_classnames",
 ]
-
-SUBSAMPLE_CHOICES = ("all", "base", "new")
-
-# accepted spelling -> canonical name (canonical names map to themselves)
-PARTITIONS: dict[str, str] = {
-    "pathological": "pathological",
-    "noniid-pathological": "pathological",
-    "pat": "pathological",
-    "dirichlet": "dirichlet",
-    "noniid-labeldir": "dirichlet",
-    "dir": "dirichlet",
-    "iid": "iid",
-    "homo": "iid",
-    "hierarchical-dirichlet": "hierarchical-dirichlet",
-    "noniid-labeldir100": "hierarchical-dirichlet",
-    "domain": "domain",
-}
-
-
-def canonical_partition(name: str) -> str:
-    """Canonical partition name for ``name`` (case-insensitive, ``_`` read as ``-``).
-
-    Raises:
-        ValueError: ``name`` is not a known partition; the message lists the valid names.
-    """
-    key = str(name).strip().lower().replace("_", "-")
-    if key not in PARTITIONS:
-        valid = ", ".join(f"{alias} (= {canon})" if alias != canon else alias for alias, canon in PARTITIONS.items())
-        raise ValueError(f"unknown partition '{name}'; valid names: {valid}")
-    return PARTITIONS[key]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,21 +12,23 @@ import logging
 import os
 import sys
 
-from federated.cli import build_cfg, parse_args
-from federated.errors import ConfigError
+from federated.cli import build_cfg, check_args, parse_args
+from federated.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingDiverged)
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the command line; returns the results dict (or the eval-only record)."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    check_args(args)  # before torch is imported: a mistake costs a second, not a minute
+
     from dassl.engine import build_trainer
     from dassl.utils import set_random_seed, setup_logger
     from federated.data import build_federated_data
     from federated.results import format_table
     from federated.server import FederatedServer
 
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.eval_only and not args.model_dir:
-        raise ConfigError("--eval-only needs --model-dir DIR (the OUTPUT_DIR of a finished run)")
     cfg = build_cfg(args)
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     setup_logger(cfg.OUTPUT_DIR)
@@ -56,12 +58,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _run_flower_simulation(args: argparse.Namespace, cfg) -> dict:
-    if args.eval_only:
-        raise ConfigError("--engine flower-sim trains: --eval-only uses --engine inprocess")
-    import importlib.util
-
-    if importlib.util.find_spec("flwr") is None:
-        raise ConfigError("--engine flower-sim needs Flower: pip install -r requirements-flower.txt")
     from federated.flower.simulation import run_flower_simulation
     from federated.results import format_table
 
@@ -71,15 +67,24 @@ def _run_flower_simulation(args: argparse.Namespace, cfg) -> dict:
 
 
 def cli() -> int:
-    from clip import ClipWeightsUnavailable
-    from federated.errors import CheckpointError, DataError, TrainingDiverged
-
+    """``python federated_main.py``: exit 0, 2 with one line on stderr for a user's mistake, 130 on Ctrl-C."""
     try:
         main()
-    except (ConfigError, DataError, CheckpointError, TrainingDiverged, ClipWeightsUnavailable) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted: finished rounds are in the checkpoint; continue with --resume", file=sys.stderr)
         return 130
+    except Exception as err:
+        if not isinstance(err, USER_ERRORS) and not isinstance(err, _clip_weights_unavailable()):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _clip_weights_unavailable() -> type[Exception]:
+    """Imported only after an error (clip imports torch; an error before that is not this one)."""
+    if "clip" not in sys.modules:
+        return ()
+    from clip import ClipWeightsUnavailable
+
+    return ClipWeightsUnavailable
