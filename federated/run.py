@@ -81,7 +81,7 @@ def cli() -> int:
     return 0
 
 
-def _clip_weights_unavailable() -> type[Exception]:
+def _clip_weights_unavailable() -> type[Exception] | tuple[()]:
     """Imported only after an error (clip imports torch; an error before that is not this one)."""
     if "clip" not in sys.modules:
         return ()
