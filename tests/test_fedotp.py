@@ -185,7 +185,8 @@ def test_toyworld_run_learns(tmp_path):
     assert not torch.equal(locals_[0], locals_[1])
 
 
-def test_mapped_sinkhorn_equals_each_problem_with_its_own_early_stop():
+@pytest.mark.parametrize("stop", ["published", "marginal"])
+def test_mapped_sinkhorn_equals_each_problem_with_its_own_early_stop(stop):
     """Under vmap (batched clients) the early stop becomes a per-problem freeze: same plans as solving
     each problem alone, although the problems converge after different numbers of iterations."""
     from trainers.optimal_transport import uniform_plan
@@ -193,8 +194,61 @@ def test_mapped_sinkhorn_equals_each_problem_with_its_own_early_stop():
     gen = torch.Generator().manual_seed(0)
     costs = torch.stack([torch.rand(3, 6, 4, generator=gen) * scale for scale in (0.1, 1.0, 3.0)])  # (K, B, M, N)
     for method in ("sinkhorn", "cot"):
-        alone = torch.stack([uniform_plan(c, method, top_percent=0.8, eps=0.1, thresh=1e-3, max_iter=50)
+        alone = torch.stack([uniform_plan(c, method, top_percent=0.8, eps=0.1, thresh=1e-3, max_iter=50, stop=stop)
                              for c in costs])
         mapped = torch.func.vmap(lambda c, m=method: uniform_plan(c, m, top_percent=0.8, eps=0.1, thresh=1e-3,
-                                                                  max_iter=50))(costs)
+                                                                  max_iter=50, stop=stop))(costs)
         torch.testing.assert_close(mapped, alone)
+
+
+def _published_sinkhorn(kernel, mu, nu, thresh, max_iter):
+    """The published GLP_OT ``Sinkhorn`` loop (linear domain): stop when mean |u - u_prev| < thresh."""
+    u, v = torch.ones_like(mu), torch.ones_like(nu)
+    for _ in range(max_iter):
+        u_prev = u
+        u = mu / (kernel @ v.unsqueeze(-1)).squeeze(-1)
+        v = nu / (kernel.transpose(1, 2) @ u.unsqueeze(-1)).squeeze(-1)
+        if (u - u_prev).abs().mean().item() < thresh:
+            break
+    return u.unsqueeze(-1) * kernel * v.unsqueeze(-2)
+
+
+def _published_cot(kernel, mu, nu, thresh, max_iter):
+    """The published ``entropic_COT_fast`` loop: u = min(1 / (diag(1/mu) K v), 1), v = 1 / (diag(1/nu) K^T u);
+    stop when mean |v - v_prev| < thresh."""
+    k_p = torch.diag_embed(1 / mu) @ kernel
+    k_q = torch.diag_embed(1 / nu) @ kernel.transpose(1, 2)
+    ones_u, ones_v = torch.ones_like(mu), torch.ones_like(nu)
+    u, v = ones_u, ones_v
+    for _ in range(max_iter):
+        v_prev = v
+        u = torch.minimum(ones_u / (k_p @ v.unsqueeze(-1)).squeeze(-1), ones_u)
+        v = ones_v / (k_q @ u.unsqueeze(-1)).squeeze(-1)
+        if (v - v_prev).abs().mean().item() < thresh:
+            break
+    return torch.diag_embed(u) @ kernel @ torch.diag_embed(v)
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.05])
+def test_default_stopping_rule_is_the_published_one(eps):
+    """FedOTP's default plans are the published loops' plans (same iterations, same stop) at the published
+    threshold; the marginal rule (STOP_RULE marginal) stops elsewhere and gives other plans."""
+    gen = torch.Generator().manual_seed(0)
+    sim = 0.15 + 0.2 * torch.rand(12, 49, 2, generator=gen)  # (B*C problems, 49 patches, 2 prompts)
+    cost, (m, n) = 1.0 - sim, sim.shape[1:]
+    kernel = torch.exp(-cost / eps)
+    mu, nu = torch.full((12, m), 1 / m), torch.full((12, n), 1 / n)
+    cases = {"sinkhorn": _published_sinkhorn(kernel, mu, nu, 1e-3, 100),
+             "cot": _published_cot(kernel, mu, 0.8 * nu, 1e-3, 100)}
+    for method, published in cases.items():
+        ours = uniform_plan(cost, method, top_percent=0.8, eps=eps, thresh=1e-3, max_iter=100)
+        assert (ours - published).abs().max() < 1e-6, method
+    marginal = uniform_plan(cost, "cot", top_percent=0.8, eps=eps, thresh=1e-3, max_iter=100, stop="marginal")
+    assert (marginal - cases["cot"]).abs().max() > 1e-5
+
+
+def test_stop_rule_config(tmp_path):
+    cfg = build_cfg(parse_args(fast_args(tmp_path, ["--trainer", "FedOTP"])))
+    assert cfg.TRAINER.FEDOTP.STOP_RULE == "published"
+    with pytest.raises(ValueError, match="must be one of published, marginal"):
+        uniform_plan(COST, "sinkhorn", stop="mass")

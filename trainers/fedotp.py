@@ -11,8 +11,9 @@ and a class ``c`` with prompt features ``t_{c,1..N}`` (all L2-normalised):
 * transport plan ``T`` between the patches (mass ``1/P`` each) and the prompts: balanced Sinkhorn
   (``OT Sinkhorn``, mass ``1/N`` per prompt) or the unbalanced "COT" variant where the prompts take
   only ``TOP_PERCENT`` of the patches' mass (``TOP_PERCENT/N`` each, ``T 1 <= 1/P``), kernel
-  ``exp(-C / EPS)``, at most ``MAX_ITER`` iterations, stop below ``THRESH``
-  (``trainers/optimal_transport.py``);
+  ``exp(-C / EPS)``, at most ``MAX_ITER`` iterations, stop below ``THRESH`` (``STOP_RULE "published"``:
+  the published rule, the mean change of the watched scaling vector; ``"marginal"``: the patch
+  marginals' error, ``trainers/optimal_transport.py``);
 * ``logit_c = logit_scale * sum(T * sim)``. The paper's ``1 - <T, C>`` differs from this by
   ``1 - sum(T)``, the same constant for every class (1 - TOP_PERCENT), so the softmax is identical.
 
@@ -28,8 +29,9 @@ CLIP's pooled image feature, used by the zero-shot reference.
 
 Differences from the published code (reasons in ``trainers/optimal_transport.py``): the OT iterations
 run in the log domain in float32 (no NaN for small ``EPS``; a non-finite plan raises an error instead
-of returning None), and ``THRESH`` bounds the mass the next iteration would still move (the published
-rule compares successive scaling vectors, whose scale depends on ``EPS``).
+of returning None; the published fp16 kernel underflows for EPS 0.01). ``STOP_RULE "marginal"`` (not
+the default) makes ``THRESH`` bound the mass the next iteration would still move instead of the
+published change of successive scaling vectors, whose scale depends on ``EPS``.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ from yacs.config import CfgNode as CN
 from dassl.engine import TRAINER_REGISTRY
 from federated.errors import ClassSpaceError
 from trainers.image_tokens import image_tokens
-from trainers.optimal_transport import OT_METHODS, uniform_plan
+from trainers.optimal_transport import OT_METHODS, STOP_RULES, uniform_plan
 from trainers.prompt_learner import PromptCLIP, PromptLearner
 from trainers.prompt_trainer import PromptTrainer, prompt_cfg_node
 
@@ -85,10 +87,10 @@ class OTPromptCLIP(PromptCLIP):
     """Frozen CLIP with ``N`` prompts per class scored against image patches through an OT plan."""
 
     def __init__(self, clip, prompt_learner: MultiPromptLearner, method: str = "cot", eps: float = 0.1,
-                 thresh: float = 1e-3, max_iter: int = 100, top_percent: float = 0.8):
+                 thresh: float = 1e-3, max_iter: int = 100, top_percent: float = 0.8, stop_rule: str = "published"):
         super().__init__(clip, prompt_learner)
         self.method, self.eps, self.thresh = method.lower(), float(eps), float(thresh)
-        self.max_iter, self.top_percent = int(max_iter), float(top_percent)
+        self.max_iter, self.top_percent, self.stop_rule = int(max_iter), float(top_percent), str(stop_rule)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Projected image tokens ``(B, 1 + P, D)``; token 0 is the pooled image feature."""
@@ -102,7 +104,8 @@ class OTPromptCLIP(PromptCLIP):
 
     def transport_plan(self, sim: torch.Tensor) -> torch.Tensor:
         """Plan ``(..., P, N)`` for similarities ``(..., P, N)`` (no gradient)."""
-        return uniform_plan(1.0 - sim.detach(), self.method, self.top_percent, self.eps, self.thresh, self.max_iter)
+        return uniform_plan(1.0 - sim.detach(), self.method, self.top_percent, self.eps, self.thresh, self.max_iter,
+                            stop=self.stop_rule)
 
     def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """``(B, C)`` = logit_scale * sum over patches and prompts of ``T * sim``.
@@ -138,6 +141,7 @@ class FedOTP(PromptTrainer):
         node.EPS = 0.1
         node.THRESH = 1e-3
         node.MAX_ITER = 100
+        node.STOP_RULE = "published"  # early stop of the OT iterations: "published" | "marginal"
         node.TOP_PERCENT = 0.8
         node.CACHE_TOKENS = True  # cache the frozen image tokens of evaluation sets in memory
         cfg.TRAINER[cls.CFG_NODE] = node
@@ -155,9 +159,11 @@ class FedOTP(PromptTrainer):
         if not 0 < float(t.TOP_PERCENT) <= 1 or not float(t.EPS) > 0 or int(t.MAX_ITER) < 1:
             raise ValueError("TRAINER.FEDOTP needs 0 < TOP_PERCENT <= 1, EPS > 0 and MAX_ITER >= 1; got "
                              f"{t.TOP_PERCENT}, {t.EPS}, {t.MAX_ITER}")
+        if str(t.STOP_RULE) not in STOP_RULES:
+            raise ValueError(f"TRAINER.FEDOTP.STOP_RULE must be one of {', '.join(STOP_RULES)}, got '{t.STOP_RULE}'")
         self.image_features_cacheable = bool(t.CACHE_TOKENS)
         return OTPromptCLIP(clip, prompt_learner, method=str(t.OT), eps=float(t.EPS), thresh=float(t.THRESH),
-                            max_iter=int(t.MAX_ITER), top_percent=float(t.TOP_PERCENT))
+                            max_iter=int(t.MAX_ITER), top_percent=float(t.TOP_PERCENT), stop_rule=str(t.STOP_RULE))
 
     def pooled_image_features(self, features: torch.Tensor) -> torch.Tensor:
         """CLIP's pooled image feature ``(B, D)``: token 0 of the tokens ``(B, 1 + P, D)``."""
