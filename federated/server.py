@@ -96,12 +96,15 @@ class FederatedServer:
         return self._test_loaders[key]
 
     def sample_clients(self, round_idx: int) -> list[int]:
-        """Clients trained in round ``round_idx`` (0-based): all in round 0, then ``max(int(frac*K), 1)``."""
+        """Clients trained in round ``round_idx`` (0-based), in the order they train: all in round 0
+        (``0..K-1``), then ``max(int(frac*K), 1)`` drawn without replacement, in the order drawn (as the
+        published loops train them: with one optimiser shared by every client, ``FED.SHARED_OPTIMIZER``,
+        the order carries the momentum from client to client)."""
         if round_idx == 0 and self.cfg.FED.ALL_CLIENTS_FIRST_ROUND:
             return list(range(self.num_users))
         m = max(int(float(self.cfg.FED.FRAC) * self.num_users), 1)
         rng = np.random.default_rng(derive_seed(self.seed, round_idx, 2))
-        return sorted(int(c) for c in rng.choice(self.num_users, size=min(m, self.num_users), replace=False))
+        return [int(c) for c in rng.choice(self.num_users, size=min(m, self.num_users), replace=False)]
 
     # ------------------------------------------------------------------ evaluation
     def _accuracy_on(self, key: str, items, classnames) -> float | None:
@@ -250,6 +253,9 @@ class FederatedServer:
                         f"client {err.context.get('client', '?')} in round {r + 1}: {err}. The last good checkpoint "
                         f"({self.checkpoint_path}, after round {r}) is kept; lower OPTIM.LR or use PREC fp32"
                     ) from None
+                # aggregated (and recorded) in client-id order, whatever the training order: sums in the
+                # same order as Flower's strategy, which receives the uploads unordered
+                trained = sorted(trained, key=lambda item: item[0])
                 for cid, summary, state in trained:
                     uploads.append({k: state[k] for k in shared_keys})
                     personal[cid] = {k: state[k] for k in personal_keys}
@@ -262,9 +268,10 @@ class FederatedServer:
                     client_global.update(agg_info.pop("per_client", {}))
             else:
                 agg_info = {}
-            record = round_record(r, clients, sizes, losses, accs, agg_info,
+            record = round_record(r, sorted(clients), sizes, losses, accs, agg_info,
                                   up=state_nbytes(uploads[0]) if uploads else 0,
                                   down=down if t.trainable_parameters() else 0)
+            record["train_order"] = clients
             if (r + 1) % eval_freq == 0 or r + 1 == rounds:
                 record.update(self.evaluate(self._downloads(global_state, client_global), personal))
             record["seconds"] = time.time() - started

@@ -184,3 +184,32 @@ def test_every_step_schedule_keeps_the_learning_rate_constant(path):
         sched.step()
         lrs.append(optim.param_groups[0]["lr"])
     assert cfg.OPTIM.GAMMA == 1.0 and lrs == [pytest.approx(float(cfg.OPTIM.LR))] * len(lrs)
+
+
+# ------------------------------------------------------------------------------------- client order
+def test_clients_train_in_the_order_they_were_sampled(tmp_path, monkeypatch):
+    """As the published loops: round 1 trains 0..K-1, later rounds the drawn clients in the order drawn
+    (with one optimiser shared by every client the order matters); aggregation and the record's
+    ``clients`` stay in client-id order, the record's ``train_order`` is the order trained."""
+    from federated.run import main
+    from federated.server import FederatedServer
+    from tests.fedtv_testing import fast_args
+
+    seen: list[tuple[int, int]] = []
+    original = FederatedServer.train_client
+
+    def spying(self, cid, round_idx, state):
+        seen.append((round_idx, cid))
+        return original(self, cid, round_idx, state)
+
+    monkeypatch.setattr(FederatedServer, "train_client", spying)
+    res = main(fast_args(tmp_path, ["--trainer", "PromptFL", "--num-users", "6", "--rounds", "4", "--frac", "0.67",
+                                    "--num-shots", "2"],
+                         ["FED.SHARED_OPTIMIZER", "True", "FED.BATCH_CLIENTS", "False", "FED.EVAL_BASE_NOVEL", "False",
+                          "TEST.EVAL_FREQ", "4"]))
+    orders = [[cid for r, cid in seen if r == k] for k in range(4)]
+    assert orders[0] == list(range(6))
+    assert all(len(o) == 4 for o in orders[1:])  # int(0.67 * 6)
+    assert any(o != sorted(o) for o in orders[1:])  # the drawn order, not sorted
+    for record, order in zip(res["rounds"], orders, strict=True):
+        assert record["train_order"] == order and record["clients"] == sorted(order)
