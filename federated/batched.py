@@ -233,6 +233,10 @@ class BatchedClients:
         """
         t = self.trainer
         device, k = t.device, len(starts)
+        for n in self.names:
+            shapes = sorted({tuple(s[n].shape) for s in starts})
+            if len(shapes) > 1:  # e.g. FedPHA's per-client prompt lengths
+                raise BatchingUnsupported(f"the clients' {n} differ in shape {shapes}: they cannot be stacked")
         stacked = {n: torch.stack([s[n].to(device, torch.float32) for s in starts]).requires_grad_(True)
                    for n in self.names}
         anchors = {n: torch.stack([s[n].to(device) for s in starts]) for n in self.names if n in self.shared}

@@ -43,9 +43,12 @@ def set_rng_state(state: dict) -> None:
 
 
 def signature(trainer) -> dict[str, list[int]]:
-    """Shared and personal keys with their shapes."""
+    """Shared and personal keys with their shapes (personal: client 0's starting shapes, which do not depend
+    on the client the model last held)."""
     params = dict(trainer.model.named_parameters())
-    return {k: list(params[k].shape) for k in trainer.shared_keys() + trainer.personal_keys()}
+    shapes = {k: list(params[k].shape) for k in trainer.shared_keys()}
+    shapes.update({k: list(v.shape) for k, v in trainer.initial_personal_state(0).items()})
+    return shapes
 
 
 def save_checkpoint(path: str, *, round_done: int, trainer, global_state: dict, personal: list[dict],

@@ -204,7 +204,7 @@ class FederatedServer:
         t = self.trainer
         shared_keys, personal_keys = t.shared_keys(), t.personal_keys()
         global_state = t.get_state(shared_keys)
-        personal = [t.get_state(personal_keys) for _ in range(self.num_users)]
+        personal = [t.initial_personal_state(cid) for cid in range(self.num_users)]
         client_global: dict[int, dict] = {}  # personalised aggregation: what each client downloads
         start_round, results = 0, None
         if resume and os.path.isfile(self.checkpoint_path):

@@ -7,6 +7,7 @@ from trainers import (  # noqa: F401
     fedmaple,
     fedotp,
     fedpgp,
+    fedpha,
     fedtv,
     flora,
     kgcoop,

@@ -66,6 +66,7 @@ class FederatedTrainer(TrainerX):
         super().__init__(cfg, dm=dm, classnames=classnames)
         self.model.to(self.device)
         self.scaler = None
+        self._initial_personal = self.get_state(self.personal_keys())
 
     # ------------------------------------------------------------------ config
     @classmethod
@@ -110,6 +111,11 @@ class FederatedTrainer(TrainerX):
     def personal_keys(self) -> list[str]:
         shared = set(self.shared_keys())
         return [n for n in self.trainable_parameters() if n not in shared]
+
+    def initial_personal_state(self, cid: int) -> dict[str, torch.Tensor]:
+        """The personal tensors client ``cid`` starts from (CPU copies): the freshly built model's, the same
+        for every client (a method whose clients differ, e.g. FedPHA's per-client prompt lengths, overrides it)."""
+        return {k: v.clone() for k, v in self._initial_personal.items()}
 
     def get_state(self, keys: list[str]) -> dict[str, torch.Tensor]:
         """Detached CPU copies of the named tensors."""

@@ -199,13 +199,20 @@ class PromptCLIP(nn.Module):
     def uses_shared_prefix(self) -> bool:
         """Whether the class prompts go through ``TextEncoder.encode_shared_prefix`` (the learner shares its
         prefix and the tower allows it)."""
-        return self.prompt_learner.shares_prefix and getattr(self.text_encoder, "supports_shared_prefix", False)
+        return self.shares_prefix_with(self.prompt_learner)
 
-    def encode_contexts(self, contexts: list[torch.Tensor]) -> list[torch.Tensor]:
+    def shares_prefix_with(self, learner: PromptLearner) -> bool:
+        """Whether ``learner``'s class prompts can go through the tower's shared-prefix pass."""
+        return learner.shares_prefix and getattr(self.text_encoder, "supports_shared_prefix", False)
+
+    def encode_contexts(self, contexts: list[torch.Tensor], learner: PromptLearner | None = None) -> list[torch.Tensor]:
         """Normalised text features ``(C, D)`` of the class prompts of each context ``(M, d)`` of ``contexts``,
-        from one text-tower pass: the shared-prefix pass when the learner and the tower allow it."""
-        learner = self.prompt_learner
-        if self.uses_shared_prefix:
+        from one text-tower pass: the shared-prefix pass when the learner and the tower allow it.
+
+        ``learner``: whose tokenisation (context length, class suffixes) builds the prompts; default
+        ``self.prompt_learner`` (methods with several context lengths pass one learner per length)."""
+        learner = self.prompt_learner if learner is None else learner
+        if self.shares_prefix_with(learner):
             feats = self.text_encoder.encode_shared_prefix(*learner.prefix_parts(torch.stack(contexts)))
             return list(F.normalize(feats, dim=-1).unbind(0))
         prompts = torch.cat([learner.construct_prompts(ctx) for ctx in contexts])

@@ -74,7 +74,7 @@ def _train(msg: Message, context: Context, cfg_text: str | None) -> Message:
         raise ValueError(f"the server trains with SEED {seed}, this node's config has SEED {exp.server.seed}")
     t, cid = exp.trainer, ident.client_id
     store = _store(context, exp, ident, config)
-    personal = store.load(exp.initial_personal, int(_setting(config, "personal-round")))
+    personal = store.load(t.initial_personal_state(cid), int(_setting(config, "personal-round")))
     summary = exp.server.train_client(cid, round_idx, {**_download(msg), **personal})
     store.save(t.get_state(t.personal_keys()), round_idx)
     metrics = MetricRecord({"num-examples": len(exp.server.data.train[cid]), "client-id": cid,
@@ -88,7 +88,7 @@ def _evaluate(msg: Message, context: Context, cfg_text: str | None) -> Message:
     exp, ident = _setup(context, cfg_text)
     cid = ident.client_id
     config = msg.content["config"]
-    personal = _store(context, exp, ident, config).load(exp.initial_personal,
+    personal = _store(context, exp, ident, config).load(exp.trainer.initial_personal_state(cid),
                                                         int(_setting(config, "personal-round")))
     result = exp.server.evaluate_client(cid, {**_download(msg), **personal})
     metrics = MetricRecord({"client-id": cid, **{k: float(result[k]) for k in EVAL_KEYS if result[k] is not None}})

@@ -41,12 +41,11 @@ PERSONAL_KEY = "fedtv.personal"
 
 @dataclass
 class Experiment:
-    """One process's view of a run: ``server`` holds the data, the trainer and the evaluation code;
-    ``initial_personal`` the personal tensors every client starts from."""
+    """One process's view of a run: ``server`` holds the data, the trainer and the evaluation code (the
+    trainer's ``initial_personal_state(cid)`` is what client ``cid`` starts from)."""
 
     cfg: object
     server: FederatedServer
-    initial_personal: dict[str, torch.Tensor]
 
     @property
     def trainer(self):
@@ -67,7 +66,7 @@ def experiment(cfg) -> Experiment:
         data = build_federated_data(cfg)
         trainer = build_trainer(cfg, classnames=data.classnames)
         server = FederatedServer(cfg, trainer, data)
-        _EXPERIMENTS[key] = Experiment(cfg, server, trainer.get_state(trainer.personal_keys()))
+        _EXPERIMENTS[key] = Experiment(cfg, server)
     return _EXPERIMENTS[key]
 
 
