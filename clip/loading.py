@@ -432,7 +432,7 @@ def load_clip(
         ckpt = read_checkpoint(weights)
         if quick_gelu is None:
             qg, why = _auto_quick_gelu(name, ckpt)
-            logger.info(
+            logger.debug(
                 "CLIP %s from %s (%s): %s because %s.", name, ckpt.path, ckpt.format, "QuickGELU" if qg else "GELU", why
             )
         else:
@@ -445,7 +445,7 @@ def load_clip(
             vals = _norm_from_metadata(ckpt.metadata, key)
             if vals is not None:
                 overlay[key] = vals
-        logger.info("Loaded CLIP %s weights from %s (%s).", name, ckpt.path, ckpt.format)
+        logger.debug("Loaded CLIP %s weights from %s (%s).", name, ckpt.path, ckpt.format)
         return _finish(model, name, overlay, device, ckpt.path, qg)
 
     path, cfg = resolve_pretrained_tag(name, weights, cache_dir)
@@ -456,7 +456,7 @@ def load_clip(
     check_compatible(meta, ckpt, name)
     model = build_clip(name, quick_gelu=qg)
     load_state_dict_checked(model, ckpt, name)
-    logger.info("Loaded CLIP %s weights %r from %s.", name, weights, path)
+    logger.debug("Loaded CLIP %s weights %r from %s.", name, weights, path)
     return _finish(model, name, cfg, device, weights, qg)
 
 

@@ -142,14 +142,14 @@ class DiskFeatureCache:
         self.path = os.path.join(directory, f"{prefix}-{key}.npy")
         problem = self.check() if os.path.isfile(self.path) else "absent"
         if problem is None:
-            logger.info("image features from cache %s", self.path)
+            logger.debug("image features from cache %s", self.path)
         else:
             if problem != "absent":
                 logger.warning("feature cache %s is unusable (%s): rebuilding it", self.path, problem)
             array = encode_views(trainer, self.items, transform, self.views, self.seed,
                                  show_progress=bool(cfg.FED.SHOW_PROGRESS))
             _atomic_save(self.path, array)
-            logger.info("cached %d x %d image features in %s", len(self.items), self.views, self.path)
+            logger.debug("cached %d x %d image features in %s", len(self.items), self.views, self.path)
         self.features = np.load(self.path, mmap_mode="r")
 
     def check(self) -> str | None:

@@ -6,7 +6,6 @@ experiment in process, on Flower's simulation (``--engine flower-sim``) or re-ev
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -23,46 +22,50 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     check_args(args)  # before torch is imported: a mistake costs a second, not a minute
 
+    import time
+
     from dassl.engine import build_trainer
-    from dassl.utils import set_random_seed, setup_logger
+    from dassl.utils import configure_logging, set_random_seed, setup_logger
+    from federated import console
     from federated.data import build_federated_data
-    from federated.results import format_table
     from federated.server import FederatedServer
 
+    started = time.time()
     cfg = build_cfg(args)
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    setup_logger(cfg.OUTPUT_DIR)
+    log_path = setup_logger(cfg.OUTPUT_DIR)
+    configure_logging(verbose=args.verbose)
     log = logging.getLogger("fedtv")
-    log.info("config:\n%s", cfg.dump())
+    for line in console.header(cfg, evaluation=bool(args.eval_only)):
+        log.info(line)
+    log.debug("config:\n%s", cfg.dump())
     set_random_seed(int(cfg.SEED))
     if args.engine == "flower-sim":
-        return _run_flower_simulation(args, cfg)
+        from federated.flower.simulation import run_flower_simulation
+
+        results = run_flower_simulation(cfg, resume=bool(args.resume))
+        log.info(console.where(cfg.OUTPUT_DIR, log_path))
+        return results
     data = build_federated_data(cfg, partition=not (args.eval_only and cfg.DATASET.SUBSAMPLE_CLASSES == "new"))
-    log.info(data.summary())
+    log.debug(data.summary())
     trainer = build_trainer(cfg, classnames=data.classnames)
-    log.info("trainer %s: %d shared and %d personal tensors (%d trainable parameters)", cfg.TRAINER.NAME,
-             len(trainer.shared_keys()), len(trainer.personal_keys()),
-             sum(p.numel() for p in trainer.trainable_parameters().values()))
+    log.debug("trainer %s: %d shared and %d personal tensors (%d trainable parameters)", cfg.TRAINER.NAME,
+              len(trainer.shared_keys()), len(trainer.personal_keys()),
+              sum(p.numel() for p in trainer.trainable_parameters().values()))
     server = FederatedServer(cfg, trainer, data)
+    log.info(console.ready_line(data, str(trainer.device), trainer.precision,
+                                None if args.eval_only else server.execution_text(), time.time() - started))
     if args.eval_only:
         record = server.evaluate_saved(args.model_dir)
         path = os.path.join(cfg.OUTPUT_DIR, f"eval_{cfg.DATASET.SUBSAMPLE_CLASSES}.json")
         with open(path, "w") as f:
             json.dump(record, f, indent=2)
-        log.info("eval-only (%s): local %s base %s novel %s hm %s -> %s", cfg.DATASET.SUBSAMPLE_CLASSES,
-                 record["local"], record["base"], record["novel"], record["hm"], path)
+        log.info(f"{cfg.DATASET.SUBSAMPLE_CLASSES} classes, model of {args.model_dir} after round {record['round']}: "
+                 f"{console.metrics_text(record)}")
+        log.info(f"results: {path}, log: {log_path}")
         return record
     results = server.run(resume=bool(args.resume))
-    print(format_table(results))
-    return results
-
-
-def _run_flower_simulation(args: argparse.Namespace, cfg) -> dict:
-    from federated.flower.simulation import run_flower_simulation
-    from federated.results import format_table
-
-    results = run_flower_simulation(cfg, resume=bool(args.resume))
-    print(format_table(results))
+    log.info(console.where(cfg.OUTPUT_DIR, log_path))
     return results
 
 

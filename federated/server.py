@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from dassl.data import build_data_loader, build_transform
 from dassl.engine import NonFiniteLossError
+from federated import console
 from federated.batched import BatchedClients, BatchingUnsupported, batching_support
 from federated.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, set_rng_state
 from federated.data import FederatedData
@@ -71,12 +72,19 @@ class FederatedServer:
                 self.feature_cache = TrainFeatureCache(cfg, trainer, union, self.tfm_train)
         self.batched = None
         self.execution: dict = {}  # how the run is executed (results.json "execution")
+        # why clients train one after another (None: together), said in the run's first lines
+        self.sequential_reason: str | None = "--reference-mode" if reference else "FED.BATCH_CLIENTS False"
         if cfg.FED.BATCH_CLIENTS and not reference:
-            reason = batching_support(trainer) or (None if self.feature_cache else "no training feature cache")
-            if reason:
-                logger.warning("FED.BATCH_CLIENTS: clients are trained one after another: %s", reason)
-            else:
+            self.sequential_reason = batching_support(trainer) or (
+                None if self.feature_cache else "no training feature cache")
+            if self.sequential_reason is None:
                 self.batched = BatchedClients(trainer)
+
+    def execution_text(self) -> str:
+        """How the clients of a round train, in words."""
+        if self.batched is not None:
+            return "trained together (one vectorised step)"
+        return f"trained one after another ({self.sequential_reason})"
 
     # ------------------------------------------------------------------ data
     def train_loader(self, cid: int, round_idx: int):
@@ -145,6 +153,8 @@ class FederatedServer:
         """The round's evaluation record from ``evaluate_client`` results (client id -> metrics):
         Local = mean over clients with a test split (and its population std), Base / Novel = mean over
         clients, HM = 2BN/(B+N)."""
+        for cid, m in sorted(per_client.items()):
+            logger.debug(console.client_eval_line(cid, m))
         local = {cid: m["local"] for cid, m in sorted(per_client.items()) if m["local"] is not None}
         f1 = [m["macro_f1"] for _, m in sorted(per_client.items()) if m["macro_f1"] is not None]
         values = list(local.values())
@@ -232,13 +242,12 @@ class FederatedServer:
         writer.results["execution"] = self.execution
         if start_round == 0 and self.cfg.FED.ZS_REFERENCE:
             writer.set_zero_shot(self.evaluate_zero_shot())
-            logger.info("zero-shot CLIP: %s", writer.results["zero_shot"])
+            logger.info(console.zero_shot_line(writer.results["zero_shot"]))
         rounds = int(self.cfg.OPTIM.ROUND)
         if not t.trainable_parameters():
             rounds, start_round = 1, 0  # nothing to train: evaluate once
         eval_freq = max(int(self.cfg.TEST.EVAL_FREQ), 1)
-        bar = tqdm(range(start_round, rounds), desc="rounds", disable=not self.show_progress, dynamic_ncols=True)
-        for r in bar:
+        for r in range(start_round, rounds):
             started = time.time()
             clients = self.sample_clients(r)
             uploads, sizes, losses, accs = [], [], [], []
@@ -257,6 +266,7 @@ class FederatedServer:
                 # same order as Flower's strategy, which receives the uploads unordered
                 trained = sorted(trained, key=lambda item: item[0])
                 for cid, summary, state in trained:
+                    logger.debug(console.client_train_line(r + 1, cid, summary, len(self.data.train[cid])))
                     uploads.append({k: state[k] for k in shared_keys})
                     personal[cid] = {k: state[k] for k in personal_keys}
                     sizes.append(len(self.data.train[cid]))
@@ -279,11 +289,7 @@ class FederatedServer:
             save_checkpoint(self.checkpoint_path, round_done=r + 1, trainer=t, global_state=global_state,
                             personal=personal, results=writer.results, num_users=self.num_users,
                             client_global=client_global)
-            if record.get("local") is not None:
-                bar.set_postfix(local=f"{record['local']:.1f}", base=record.get("base"), novel=record.get("novel"))
-                logger.info("round %d: local %.2f base %s novel %s hm %s (%.1fs)", r + 1, record["local"],
-                            _pct(record.get("base")), _pct(record.get("novel")), _pct(record.get("hm")),
-                            record["seconds"])
+            logger.info(console.round_line(record, rounds))
         return self.finish(writer)
 
     def train_round(self, round_idx: int, starts: dict[int, dict]) -> list[tuple[int, dict, dict]]:
@@ -306,6 +312,7 @@ class FederatedServer:
                                          [{"client": c, "round": round_idx + 1} for c in cids])
         except BatchingUnsupported as err:  # raised before anything was trained
             logger.warning("FED.BATCH_CLIENTS: clients are trained one after another: %s", err)
+            self.sequential_reason = str(err)
             self.batched = None
             self.execution["batched_clients"] = False
             return self.train_round(round_idx, starts)
@@ -351,6 +358,3 @@ def round_record(round_idx: int, clients: list[int], sizes: list[int], losses: l
         "bytes_down_per_client": down,
     }
 
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f}"

@@ -8,8 +8,8 @@ its trainable parameters. The server drives it through:
 * ``shared_keys()`` / ``personal_keys()``, ``get_state(keys)`` / ``load_state(state)``;
 * ``local_train(loader, epochs, context)``: fresh optimiser and scheduler per call (per client per
   round), so no momentum leaks between clients (``FED.SHARED_OPTIMIZER True``: the published codes'
-  single optimiser and scheduler, created once and carried across clients and rounds, REFERENCE.md
-  pitfall 1; for comparisons only);
+  single optimiser and scheduler, created once and carried across clients and rounds,
+  docs/PUBLISHED_CODE.md; for comparisons only);
 * ``evaluate(data, key)``: accuracy / error / macro-F1, with frozen image features cached per
   evaluation set when the image path is frozen (``image_features_cacheable``);
 * ``set_classnames(names)``: switch the label space (base -> novel evaluation);
@@ -64,6 +64,7 @@ class FederatedTrainer(TrainerX):
         self._feature_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._shared_optimizers_built = False
         super().__init__(cfg, dm=dm, classnames=classnames)
+        self.evaluator.verbose = False  # the server logs labelled per-client lines instead of Dassl's blocks
         self.model.to(self.device)
         self.scaler = None
         self._initial_personal = self.get_state(self.personal_keys())

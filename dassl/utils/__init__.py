@@ -1,5 +1,5 @@
 """Utilities shared by the whole framework (Dassl's ``dassl.utils``)."""
-from .logger import Logger, reset_logger, setup_logger
+from .logger import Logger, configure_logging, reset_logger, setup_logger
 from .meters import AverageMeter, MetricMeter
 from .registry import Registry
 from .tools import (
@@ -24,6 +24,7 @@ __all__ = [
     "Logger",
     "MetricMeter",
     "Registry",
+    "configure_logging",
     "count_num_param",
     "listdir_nohidden",
     "load_checkpoint",

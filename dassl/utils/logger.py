@@ -1,6 +1,8 @@
-"""Dassl-style logging: everything printed to stdout is also appended to a log file."""
+"""Dassl-style logging: everything printed to stdout is also appended to a log file; Python logging
+(the ``fedtv`` loggers) routed to the console and that file (``configure_logging``)."""
 from __future__ import annotations
 
+import logging
 import os.path as osp
 import sys
 import time
@@ -8,7 +10,7 @@ from typing import IO
 
 from .tools import mkdir_if_missing
 
-__all__ = ["Logger", "reset_logger", "setup_logger"]
+__all__ = ["Logger", "configure_logging", "reset_logger", "setup_logger"]
 
 _LOG_SUFFIXES = (".txt", ".log")
 
@@ -105,3 +107,52 @@ def reset_logger() -> None:
     if _ACTIVE is not None:
         _ACTIVE.close()
         _ACTIVE = None
+
+
+class _ConsoleAndLog(logging.Handler):
+    """Records at ``console_level`` and above go to the console and the log file of ``setup_logger``;
+    records below it (per-client detail) to the log file only. The streams are looked up per record,
+    so a later ``setup_logger`` (or a test's captured stdout) is followed."""
+
+    def __init__(self, console_level: int):
+        super().__init__(logging.DEBUG)
+        self.console_level = console_level
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + logging.Formatter().formatException(record.exc_info)
+        return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record) + "\n"
+            tee = sys.stdout if isinstance(sys.stdout, Logger) else None
+            if record.levelno >= self.console_level:
+                (tee.console if tee is not None else sys.stdout).write(text)
+            log = tee if tee is not None else _ACTIVE
+            if log is not None and not log.file.closed:
+                log.file.write(text)
+                log.file.flush()
+        except Exception:  # noqa: BLE001 - logging must never end a run
+            self.handleError(record)
+
+
+def configure_logging(name: str = "fedtv", verbose: bool = False) -> None:
+    """Route logger ``name`` (and its children): INFO and above to the console and the log file,
+    DEBUG to the log file only, or to the console as well with ``verbose``; other loggers' warnings
+    to both. Idempotent: a second call replaces the first one's handlers. Records still propagate
+    (pytest's caplog sees them)."""
+    log, root = logging.getLogger(name), logging.getLogger()
+    for logger in (log, root):
+        for handler in [h for h in logger.handlers if isinstance(h, _ConsoleAndLog)]:
+            logger.removeHandler(handler)
+    log.addHandler(_ConsoleAndLog(logging.DEBUG if verbose else logging.INFO))
+    log.setLevel(logging.DEBUG)
+    if not root.handlers:
+        # Other libraries' warnings, once and in the same form; this handler also keeps a library's
+        # root-level logging.info() from installing basicConfig's "INFO:name:" copy of every line.
+        others = _ConsoleAndLog(logging.WARNING)
+        others.setLevel(logging.WARNING)
+        others.addFilter(lambda record: record.name != name and not record.name.startswith(name + "."))
+        root.addHandler(others)

@@ -39,6 +39,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from federated import console
 from federated.checkpoint import save_checkpoint
 from federated.results import ResultsWriter
 from federated.server import FederatedServer, round_record
@@ -221,8 +222,7 @@ class FedTVStrategy(Strategy):
                         global_state=self.global_state, personal=[{} for _ in range(self.server.num_users)],
                         results=self.writer.results, num_users=self.server.num_users,
                         client_global=self.client_global, extra={"engine": "flower", "experiment": self.token})
+        logger.info(console.round_line(record, self.rounds))
         if record.get("local") is not None:
-            logger.info("round %d: local %.2f base %s novel %s (%d clients evaluated, %.1fs)", record["round"],
-                        record["local"], record.get("base"), record.get("novel"), len(per_client), record["seconds"])
             return MetricRecord({k: record[k] for k in ("local", "base", "novel", "hm") if record.get(k) is not None})
         return None
