@@ -19,7 +19,7 @@ batch 32, 224 px -- for a GPU.
 
 The reference mode pays what the published codes pay per step: the image tower on every batch in
 fp32, every prompt at the text tower's full context length, FedPGP / FedTV's four text passes (z_C
-re-encoded, z_G, the unused personal-term pass, z_i; REFERENCE.md 10), clients one after another.
+re-encoded, z_G, the unused personal-term pass, z_i; docs/PUBLISHED_CODE.md), clients one after another.
 The fast path: cached image features, prompts trimmed after the EOS with the shared SOS + context
 prefix encoded once per context set, all clients of a round in one vmapped step.
 """

@@ -78,7 +78,7 @@ def add_federated_keys(cfg: CN) -> None:
     # many clients x classes do not fit in memory (e.g. 1000 clients of ViT-B/16); exact either way.
     cfg.FED.BATCH_CLIENTS_CHUNK = 0
     # The published codes' single optimiser (momentum buffers, LR schedule) created once and shared by
-    # every client and round (REFERENCE.md pitfall 1: momentum leaks between clients). Off: a fresh
+    # every client and round (docs/PUBLISHED_CODE.md: momentum leaks between clients). Off: a fresh
     # optimiser per client per round. For comparisons with the published numbers; sequential clients
     # only, per process (each Flower node has its own), not saved in checkpoints.
     cfg.FED.SHARED_OPTIMIZER = False

@@ -52,7 +52,7 @@ def test_reference_and_fast_modes_reach_the_same_accuracy(tmp_path):
 @pytest.mark.parametrize("trainer_name", ["FedPGP", "FedTV"])
 def test_reference_mode_pays_the_published_text_passes_for_the_same_loss(tmp_path, trainer_name):
     """Reference mode encodes C prompts four times per step (z_C, z_G, the unused personal-term pass,
-    z_i; REFERENCE.md 10) at the full context length; the fast path one shared-prefix pass (2 context
+    z_i; docs/PUBLISHED_CODE.md) at the full context length; the fast path one shared-prefix pass (2 context
     sets x C classes, trimmed) with z_C cached. Same loss and gradient."""
     import torch
 

@@ -27,7 +27,7 @@ H100 timings; the file's ``source`` says which numbers are measured and which ar
 * **reference** (the published way, ``--reference-mode``): every step pushes its batch through the image
   tower in fp32 and runs the text passes of the published code at the full 77-token context (PromptFL /
   CoOp: one pass of ``C`` prompts; FedPGP and FedTV: four passes of ``C`` -- z_C, z_G, the unused z_UV,
-  z_i; REFERENCE.md section 10); clients one after another; evaluation re-encodes the test images.
+  z_i; docs/PUBLISHED_CODE.md); clients one after another; evaluation re-encodes the test images.
 
 Per step: ``text(rows) + image + overhead`` where ``rows`` is the number of **token rows** the text pass
 processes (:func:`text_rows`: ``G (1 + n_ctx) + G C S`` with a shared prefix, ``prompts x (1 + n_ctx + S)``

@@ -6,7 +6,7 @@ hyper-parameters (learning rate, rank, mu, ...) are not set here: they come from
 trainer config ``configs/trainers/<METHOD>/<backbone>.yaml`` (the published defaults), so every
 table uses the same per-method settings.
 
-Sources (REFERENCE.md): FedPGP ``plot_basetonew_base.sh`` (base-to-novel: 10 clients, all sampled,
+Sources (docs/PUBLISHED_CODE.md): FedPGP ``plot_basetonew_base.sh`` (base-to-novel: 10 clients, all sampled,
 25 rounds of 2 local epochs, 16 shots, batch = shots, pathological split of the base classes),
 the deleted ``plot_ours_cifar{10,100}.sh`` (100 clients, 10 % per round, 150 rounds of 1 epoch,
 Dirichlet 0.3, all images) and ``domain.sh`` (Office: one client per domain, 64 shots, all classes);

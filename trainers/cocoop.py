@@ -11,7 +11,7 @@ image feature of image ``b`` (``(D,)``, D = CLIP's joint dimension, the meta-net
 Federated: both the context ``prompt_learner.ctx`` and the meta-net ``prompt_learner.meta_net`` are
 shared and averaged (FedAvg); nothing is personal.
 
-Batching (a deliberate change from the published per-image loop, REFERENCE.md §6): the ``B * C``
+Batching (a deliberate change from the published per-image loop, docs/PUBLISHED_CODE.md): the ``B * C``
 prompts of a step go through the text tower in one pass of shape ``(B*C, L, d)``. That costs the
 text tower's activations for ``B * C`` prompts (ViT-B/16: about 29 MB per prompt kept for backward in
 fp32, measured; about half in fp16; 32 images x 50 classes = 1600 prompts), so

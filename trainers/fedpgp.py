@@ -16,7 +16,7 @@ scripts use 0.5), ``TEMP`` 0.5, ``ADAPTATION`` "lowrank" | "fullrank" (Table 6),
 ``CONTRAST_NEGATIVE`` (Tables 6/7), ``NEGATIVE_PAIR`` "global" (z_G vs z_i, paper and code),
 ``HANDCRAFTED`` "published" (code, default) | "template" (paper text).
 
-Deliberate differences from the published code (REFERENCE.md 1.3, 11):
+Deliberate differences from the published code (docs/PUBLISHED_CODE.md):
 
 * z_C follows the code by default (``HANDCRAFTED "published"``: ``"X X ... X {classname}."``); the
   paper's text, CLIP's hand-crafted template prompt, is ``HANDCRAFTED "template"``.

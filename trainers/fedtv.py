@@ -39,7 +39,7 @@ Config ``cfg.TRAINER.FEDTV`` (defaults = published FedTV) -- one flag per ablati
 adapted features only (their mean; ``x`` when no adapter is on) -- FLORA's ``x <- adapter(x) * x``.
 With no adapter, "dynamic" and "mean" both reduce to ``x`` (no fusion module is built).
 
-Deliberate differences from the published code (REFERENCE.md 2, 3, 11), documented choices:
+Deliberate differences from the published code (docs/PUBLISHED_CODE.md), documented choices:
 
 * ``MU`` is really used (the published FedTV code reads ``mu`` and adds L_con with weight 1; with the
   published default ``mu = 1`` the two agree).

@@ -225,7 +225,7 @@ class GlobalPersonalCLIP(PromptCLIP):
 
     def published_text_feature_sets(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(z_i, z_G, z_C)``, each ``(C, D)`` normalised, computed the way the published FedPGP / FedTV
-        code does every step (REFERENCE.md 1.3, 10): four separate text-tower passes of ``C`` prompts --
+        code does every step (docs/PUBLISHED_CODE.md): four separate text-tower passes of ``C`` prompts --
         ``z_C`` re-encoded (no cache), ``z_G``, the personal term alone (``z_UV`` / ``z_BA``, computed and
         never used) and ``z_i``. Same values as :meth:`text_feature_sets`; only the cost differs
         (``FED.REFERENCE_MODE``, the speed baseline)."""

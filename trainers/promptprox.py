@@ -8,7 +8,7 @@ of the FedOTP / FedPGP / FedTV tables) applies it to PromptFL's shared context:
 
 whose gradient with respect to ``p_k`` is ``mu * (p_k - p_k^global)``.
 
-Deviation from the published code (REFERENCE.md §4.4, §11.5): the FedOTP / FedPGP ``promptfl.py``
+Deviation from the published code (docs/PUBLISHED_CODE.md): the FedOTP / FedPGP ``promptfl.py``
 computes the term from ``model.state_dict()`` tensors, which are detached, so the term changes the
 logged loss but has **no gradient**: their Prompt+Prox trains exactly like PromptFL. We follow the
 paper (live parameters, the term has its gradient). ``TRAINER.PROMPTPROX.PROX_DETACHED True``
