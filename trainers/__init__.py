@@ -11,6 +11,7 @@ from trainers import (  # noqa: F401
     fedtv,
     flora,
     kgcoop,
+    pfedmma,
     promptfolio,
     promptprox,
     zsclip,
