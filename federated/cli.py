@@ -28,8 +28,8 @@ from yacs.config import CfgNode as CN
 
 from federated.config import (
     REPO_ROOT,
-    backbone_slug,
     bundled_input_size,
+    default_output_dir,
     default_trainer_config,
     merge_file,
     merge_list,
@@ -270,11 +270,7 @@ def build_cfg(args: argparse.Namespace, k: Known | None = None):
                                         native, cfg.MODEL.BACKBONE.NAME)
         cfg.INPUT.SIZE = (native, native)
     if not cfg.OUTPUT_DIR:
-        cfg.OUTPUT_DIR = os.path.join(
-            "output", cfg.DATASET.NAME, cfg.TRAINER.NAME,
-            f"{backbone_slug(cfg.MODEL.BACKBONE.NAME)}_{cfg.DATASET.SUBSAMPLE_CLASSES}_{cfg.DATASET.PARTITION}_"
-            f"{cfg.DATASET.USERS}users_{cfg.DATASET.NUM_SHOTS}shots_seed{cfg.SEED}",
-        )
+        cfg.OUTPUT_DIR = default_output_dir(cfg)
     if args.eval_only and args.output_dir is None and args.model_dir:
         cfg.OUTPUT_DIR = args.model_dir
     cfg.freeze()

@@ -159,17 +159,47 @@ def _widen_numbers(cfg: CN, opts: list[str]) -> list[str]:
     return out
 
 
+def _keep_strings(cfg: CN, opts: list[str]) -> list[str]:
+    """A string key takes its value as written: ``--target-domain 2`` / ``OUTPUT_DIR 2024`` are the strings
+    "2" / "2024" (yacs' literal evaluation alone would make them numbers and refuse them)."""
+    from ast import literal_eval
+
+    out = list(opts)
+    for i in range(0, len(out) - 1, 2):
+        if isinstance(_lookup(cfg, out[i]), str) and isinstance(out[i + 1], str):
+            try:
+                literal = literal_eval(out[i + 1])
+            except (ValueError, SyntaxError):
+                continue  # yacs keeps a value it cannot evaluate as the string itself
+            if not isinstance(literal, str):
+                out[i + 1] = repr(out[i + 1])
+    return out
+
+
 def merge_list(cfg: CN, opts: list[str], source: str = "opts") -> None:
     """Merge ``[KEY, VALUE, ...]`` overrides with clear errors."""
     if len(opts) % 2:
         raise ConfigError(f"{source} must be KEY VALUE pairs, got an odd number of items: {opts}")
-    opts = _widen_numbers(cfg, opts)
+    opts = _keep_strings(cfg, _widen_numbers(cfg, opts))
     try:
         cfg.merge_from_list(list(opts))
     except (KeyError, AssertionError) as err:
         raise _explain_unknown_key(cfg, str(err.args[0] if err.args else err), source) from None
     except ValueError as err:
         raise ConfigError(f"bad value in {source}: {err}") from None
+
+
+def default_output_dir(cfg: CN) -> str:
+    """``output/<dataset>/<trainer>/<backbone>_<subsample>_<partition>_<clients>_<shots>shots_seed<S>``;
+    ``<clients>`` is ``<USERS>users``, or for the domain partition (where ``DATASET.USERS`` is ignored)
+    ``<SPLIT_CLIENT>perdomain``, plus ``_lodo-<domain>`` when a domain is held out."""
+    d = cfg.DATASET
+    domain = str(d.PARTITION).strip().lower() == "domain"
+    clients = f"{int(d.SPLIT_CLIENT)}perdomain" if domain else f"{d.USERS}users"
+    held_out = f"_lodo-{d.TARGET_DOMAIN}" if d.TARGET_DOMAIN else ""
+    return os.path.join("output", d.NAME, cfg.TRAINER.NAME,
+                        f"{backbone_slug(cfg.MODEL.BACKBONE.NAME)}_{d.SUBSAMPLE_CLASSES}_{d.PARTITION}_{clients}"
+                        f"{held_out}_{d.NUM_SHOTS}shots_seed{cfg.SEED}")
 
 
 def backbone_slug(name: str) -> str:

@@ -213,3 +213,120 @@ def test_clients_train_in_the_order_they_were_sampled(tmp_path, monkeypatch):
     assert any(o != sorted(o) for o in orders[1:])  # the drawn order, not sorted
     for record, order in zip(res["rounds"], orders, strict=True):
         assert record["train_order"] == order and record["clients"] == sorted(order)
+
+
+# ------------------------------------------------------------------------ protocol keys vs method keys
+DATASET_YAMLS = sorted(glob.glob(os.path.join(REPO, "configs", "datasets", "*.yaml")))
+PROTOCOL_PREFIXES = ("DATASET.", "FED.FRAC", "FED.ALL_CLIENTS_FIRST_ROUND", "TEST.EVAL_FREQ")
+METHOD_PREFIXES = ("TRAINER.", "OPTIM.", "MODEL.", "DATALOADER.")
+
+
+def _yaml_keys(path: str) -> dict:
+    import yaml
+
+    def flat(node, prefix=""):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    with open(path) as f:
+        return dict(flat(yaml.safe_load(f) or {}))
+
+
+def _value(cfg, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+_TRAINER_ONLY: dict = {}
+_LOADED: dict = {}
+
+
+def _loaded(path: str):
+    if path not in _LOADED:
+        from yacs.config import CfgNode
+
+        with open(path) as f:
+            _LOADED[path] = CfgNode.load_cfg(f)
+    return _LOADED[path]
+
+
+def get_cfg_from(path: str):
+    """The default config with only the trainer yaml merged (cached)."""
+    if path not in _TRAINER_ONLY:
+        cfg = get_cfg()
+        cfg.merge_from_file(path)
+        _TRAINER_ONLY[path] = cfg
+    return _TRAINER_ONLY[path]
+
+
+def test_protocol_keys_live_in_dataset_yamls_and_method_keys_in_trainer_yamls():
+    for path in TRAINER_YAMLS:
+        bad = [k for k in _yaml_keys(path) if k.startswith(PROTOCOL_PREFIXES)]
+        assert not bad, f"{os.path.relpath(path, REPO)} sets protocol keys {bad}"
+    for path in DATASET_YAMLS:
+        bad = [k for k in _yaml_keys(path) if k.startswith(METHOD_PREFIXES)]
+        assert not bad, f"{os.path.relpath(path, REPO)} sets method keys {bad}"
+
+
+def test_every_dataset_yaml_with_every_trainer_yaml_keeps_both_sides():
+    """Merged in the CLI's order (dataset, then trainer), every protocol key is the dataset yaml's (or the
+    default) and every method key the trainer yaml's: e.g. cifar100.yaml + FedPGP/vit_b16.yaml runs the
+    protocol's 100 clients with 10 % sampled, not 10."""
+    base = get_cfg()
+    protocol_defaults = {k: _value(base, k) for k in ("DATASET.USERS", "DATASET.NUM_SHOTS", "FED.FRAC")}
+    pairs = 0
+    for dpath in DATASET_YAMLS:
+        dkeys = _yaml_keys(dpath)
+        dataset_only = base.clone()
+        dataset_only.merge_from_file(dpath)
+        for tpath in TRAINER_YAMLS:
+            cfg = dataset_only.clone()
+            cfg.merge_from_other_cfg(_loaded(tpath))  # = merge_from_file, the yaml parsed once
+            for key in [*dkeys, *protocol_defaults]:
+                if key.startswith(PROTOCOL_PREFIXES):
+                    assert _value(cfg, key) == _value(dataset_only, key), (dpath, tpath, key)
+            for key in _yaml_keys(tpath):
+                if key.startswith(METHOD_PREFIXES):
+                    assert _value(cfg, key) == _value(get_cfg_from(tpath), key), (dpath, tpath, key)
+            pairs += 1
+    assert pairs == len(DATASET_YAMLS) * len(TRAINER_YAMLS) > 400
+
+
+def test_cifar100_with_fedpgp_runs_the_protocols_clients():
+    from federated.cli import build_cfg, parse_args
+
+    cfg = build_cfg(parse_args(["--dataset-config-file", os.path.join(REPO, "configs", "datasets", "cifar100.yaml"),
+                                "--trainer", "FedPGP", "--backbone", "ViT-B/16"]))
+    assert (cfg.DATASET.USERS, cfg.FED.FRAC, cfg.TEST.EVAL_FREQ, cfg.DATASET.PARTITION) == (
+        100, 0.1, 10, "hierarchical-dirichlet")
+    assert (cfg.TRAINER.FEDPGP.BOTTLENECK, cfg.OPTIM.LR) == (8, 0.001)
+
+
+# ------------------------------------------------------------------------------- string flags, folder
+def test_string_flags_and_overrides_keep_what_was_written(tmp_path):
+    from federated.cli import build_cfg, parse_args
+
+    office = os.path.join(REPO, "configs", "datasets", "office.yaml")
+    cfg = build_cfg(parse_args(["--dataset-config-file", office, "--target-domain", "2", "--output-dir", "2024"]))
+    assert cfg.DATASET.TARGET_DOMAIN == "2" and cfg.OUTPUT_DIR == "2024"
+    cfg = build_cfg(parse_args(["--dataset-config-file", office, "DATASET.TARGET_DOMAIN", "1", "OUTPUT_DIR", "7"]))
+    assert cfg.DATASET.TARGET_DOMAIN == "1" and cfg.OUTPUT_DIR == "7"
+    cfg = build_cfg(parse_args(["--output-dir", str(tmp_path), "DATASET.TOYWORLD.STYLES", "['neon', 'photo']"]))
+    assert list(cfg.DATASET.TOYWORLD.STYLES) == ["neon", "photo"]  # non-string keys still evaluate literals
+
+
+def test_default_output_folder_names_the_clients_the_partition_really_has():
+    from federated.cli import build_cfg, parse_args
+
+    office = os.path.join(REPO, "configs", "datasets", "office.yaml")
+    lodo = build_cfg(parse_args(["--dataset-config-file", office, "--target-domain", "dslr", "--num-users", "7"]))
+    assert os.path.basename(lodo.OUTPUT_DIR) == "tiny_all_domain_1perdomain_lodo-dslr_0shots_seed1"
+    split = build_cfg(parse_args(["--dataset-config-file", office, "DATASET.SPLIT_CLIENT", "3"]))
+    assert "_3perdomain_" in split.OUTPUT_DIR and "users" not in split.OUTPUT_DIR
+    demo = build_cfg(parse_args([]))
+    assert os.path.basename(demo.OUTPUT_DIR) == "tiny_base_pathological_5users_16shots_seed1"
