@@ -250,6 +250,12 @@ class RealDataset(DatasetBase):
         return out
 
     @classmethod
+    def location(cls, root: str) -> str:
+        """The folder the files are read from (``root/dataset_dir``; a dataset that also looks elsewhere
+        says where it found them)."""
+        return os.path.join(root, cls.dataset_dir)
+
+    @classmethod
     def check(cls, root: str) -> None:
         """Raise :class:`DatasetFilesMissing` listing every missing path and the preparation steps."""
         missing = cls.missing(root)

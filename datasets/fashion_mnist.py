@@ -57,6 +57,11 @@ class FashionMNIST(RealDataset):
         return [f"{' or '.join(candidate_dirs(root))} (the four IDX files "
                 f"{', '.join(s + '[.gz]' for pair in FILES.values() for s in pair)})"]
 
+    @classmethod
+    def location(cls, root: str) -> str:
+        files = find_files(root)
+        return os.path.dirname(files["train-images-idx3-ubyte"]) if files else super().location(root)
+
     def __init__(self, cfg):
         root = dataset_root(cfg)
         files = find_files(root)

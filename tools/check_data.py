@@ -22,18 +22,25 @@ def real_datasets() -> list[str]:
 
 
 def report(root: str, names: list[str]) -> tuple[str, bool]:
-    """``(text, all_complete)`` for ``names`` under ``root``."""
-    lines, ok = [], True
+    """``(text, all_complete)`` for ``names`` under ``root``: one line per dataset (where its files were
+    found, or what is missing and how to get it), then a one-line summary."""
+    lines, complete = [], []
     for name in names:
         cls = DATASET_REGISTRY.get(name)
         missing = cls.missing(root)
         if missing:
-            ok = False
             lines.append(f"[missing] {name}: " + "; ".join(missing))
             lines.append(f"          how to get it: {cls.HOW_TO}")
-        else:
-            lines.append(f"[ok]      {name} ({os.path.join(root, cls.dataset_dir)})")
-    return "\n".join(lines), ok
+            continue
+        complete.append(name)
+        where = cls.location(root)
+        outside = os.path.relpath(where, root).startswith("..")
+        lines.append(f"[ok]      {name} ({where}{', outside the data root' if outside else ''})")
+    state = "" if os.path.isdir(root) else " (the folder does not exist)"
+    lines.append(f"{len(complete)} of {len(names)} datasets complete under {root}{state}"
+                 + (f"; missing: {', '.join(n for n in names if n not in complete)}" if len(complete) < len(names)
+                    else ""))
+    return "\n".join(lines), len(complete) == len(names)
 
 
 def main(argv: list[str] | None = None) -> int:
