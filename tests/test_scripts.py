@@ -107,3 +107,31 @@ def test_bad_selection_is_refused(tmp_path, capsys):
     assert "no valid run" in capsys.readouterr().err
     assert load("table1_base2novel").cli(["--datasets", "nosuch", "--dry-run"]) == 2
     assert "no dataset config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family,script,dataset", [("base2novel", "table1_base2novel", "oxford_pets"),
+                                                   ("domains", "table2_4_leave_one_domain_out", "office"),
+                                                   ("cifar", "table5_cifar_dirichlet", "cifar100"),
+                                                   ("lora", "flora_iid_noniid", "cifar10")])
+def test_shell_entry_per_dataset_family(family, script, dataset, tmp_path):
+    """``bash scripts/FAMILY.sh DATASET SEED [METHOD ...]`` (the peers' form) runs that table script for one
+    dataset and seed: the same commands as the Python script's own selection."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, DRY_RUN="1", OUTPUT=str(tmp_path / "out"), DATA=str(tmp_path / "data"),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    method = load(script).axes[1].full[-1]
+    proc = subprocess.run(["bash", f"scripts/{family}.sh", dataset, "2", method], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if "tools.experiments exec" in ln]
+    exp = load(script)
+    args = exp.parser().parse_args(["--output-root", str(tmp_path / "out"), "--root", str(tmp_path / "data"),
+                                    "--datasets", dataset, "--seeds", "2", "--methods", method])
+    assert len(lines) == len(exp.runs(args)) >= 1
+    assert all(f"configs/datasets/{dataset}.yaml" in ln and "--seed 2" in ln and f"--trainer {method}" in ln
+               and f"--root {tmp_path / 'data'}" in ln for ln in lines)
+    assert not os.path.exists(tmp_path / "out")
+    usage = subprocess.run(["bash", f"scripts/{family}.sh"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert usage.returncode != 0 and f"usage: bash scripts/{family}.sh DATASET SEED [METHOD ...]" in usage.stderr
