@@ -34,6 +34,8 @@ import sys
 import tempfile
 import time
 
+from tqdm import tqdm
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
@@ -173,46 +175,59 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("FEDTV_CACHE", tempfile.mkdtemp(prefix="fedtv-bench-cache-"))
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({os.cpu_count()} cores)"
     rows = []
+    scaling = SCALING[args.size]
+    clients = scaling["clients"] if args.scaling_clients is None else args.scaling_clients
+    classes = scaling["classes"] if args.scaling_classes is None else args.scaling_classes
+    points = [(k, 10) for k in clients] + [(10, c) for c in classes if c != 10 or 10 not in clients]
+    # progress on stderr; each table row on stdout as soon as it is measured
+    bar = tqdm(total=2 * len(args.trainers) + len(points), desc="measuring", unit="run", file=sys.stderr,
+               dynamic_ncols=True)
+
+    def show(line: str) -> None:
+        tqdm.write(line, file=sys.stdout)
+        sys.stdout.flush()
+
     with tempfile.TemporaryDirectory() as tmp:
-        for trainer in args.trainers:
-            res = {}
-            for reference in (True, False):
-                out = os.path.join(tmp, f"{trainer}-{reference}")
-                res[reference] = in_subprocess("experiment", {
-                    "argv": experiment_argv(spec, trainer, reference, out, device, args.fast_prec), "device": device})
-            rows.append((trainer, res[True], res[False]))
-        if rows:
-            print(f"\n{args.size} size on {name}: {spec['backbone']}, {spec['clients']} clients, "
-                  f"{spec['classes'] // 2} base classes, {spec['shots']} shots, {spec['epochs']} local epochs, "
-                  f"batch {spec['batch']}; seconds per training round (rounds 2-{spec['rounds'] - 1})")
+        if args.trainers:
+            show(f"\n{args.size} size on {name}: {spec['backbone']}, {spec['clients']} clients, "
+                 f"{spec['classes'] // 2} base classes, {spec['shots']} shots, {spec['epochs']} local epochs, "
+                 f"batch {spec['batch']}; seconds per training round (rounds 2-{spec['rounds'] - 1})")
             header = (f"| {'trainer':<9} | {'ref s/round':>11} | {'FedTV s/round':>13} | {'speedup':>7} | "
                       f"{'cache+setup s':>13} | {'ref MB':>8} | {'FedTV MB':>8} | {'Local ref':>9} | "
                       f"{'Local FedTV':>11} |")
-            print(header)
-            print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-            for trainer, ref, fast in rows:
-                print(f"| {trainer:<9} | {ref['per_round']:>11.3f} | {fast['per_round']:>13.3f} | "
-                      f"{ref['per_round'] / fast['per_round']:>6.1f}x | {fast['setup']:>13.1f} | "
-                      f"{ref['memory_mb']:>8.0f} | {fast['memory_mb']:>8.0f} | {ref['local']:>9.2f} | "
-                      f"{fast['local']:>11.2f} |")
-        scaling = SCALING[args.size]
-        clients = scaling["clients"] if args.scaling_clients is None else args.scaling_clients
-        classes = scaling["classes"] if args.scaling_classes is None else args.scaling_classes
-        points = [(k, 10) for k in clients] + [(10, c) for c in classes if c != 10 or 10 not in clients]
+            show(header)
+            show("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+        for trainer in args.trainers:
+            res = {}
+            for reference in (True, False):
+                bar.set_postfix_str(f"{trainer} {'reference' if reference else 'fast path'}")
+                out = os.path.join(tmp, f"{trainer}-{reference}")
+                res[reference] = in_subprocess("experiment", {
+                    "argv": experiment_argv(spec, trainer, reference, out, device, args.fast_prec), "device": device})
+                bar.update()
+            ref, fast = res[True], res[False]
+            rows.append((trainer, ref, fast))
+            show(f"| {trainer:<9} | {ref['per_round']:>11.3f} | {fast['per_round']:>13.3f} | "
+                 f"{ref['per_round'] / fast['per_round']:>6.1f}x | {fast['setup']:>13.1f} | "
+                 f"{ref['memory_mb']:>8.0f} | {fast['memory_mb']:>8.0f} | {ref['local']:>9.2f} | "
+                 f"{fast['local']:>11.2f} |")
         if points:
             import trainers  # noqa: F401  (registers the trainers)
             from dassl.engine import TRAINER_REGISTRY
 
             node = TRAINER_REGISTRY.get(args.scaling_trainer).CFG_NODE
-            print(f"\nscaling ({args.scaling_trainer}, batched clients, cached synthetic features, 1 batch of 32 "
-                  f"per client, 2 local epochs)")
-            print(f"| {'clients':>7} | {'classes':>7} | {'s/round':>8} | {'peak MB':>8} |")
-            print("|---------|---------|----------|----------|")
+            show(f"\nscaling ({args.scaling_trainer}, batched clients, cached synthetic features, 1 batch of 32 "
+                 f"per client, 2 local epochs)")
+            show(f"| {'clients':>7} | {'classes':>7} | {'s/round':>8} | {'peak MB':>8} |")
+            show("|---------|---------|----------|----------|")
             for k, c in points:
+                bar.set_postfix_str(f"scaling {k} clients x {c} classes")
                 r = in_subprocess("scaling", {"spec": spec, "device": device, "trainer": args.scaling_trainer,
                                               "node": node, "clients": k, "classes": c,
                                               "out": os.path.join(tmp, f"scale-{k}-{c}")})
-                print(f"| {k:>7} | {c:>7} | {r['per_round']:>8.3f} | {r['memory_mb']:>8.0f} |", flush=True)
+                bar.update()
+                show(f"| {k:>7} | {c:>7} | {r['per_round']:>8.3f} | {r['memory_mb']:>8.0f} |")
+    bar.close()
     if rows:
         print(f"min speedup vs reference: {min(r['per_round'] / f['per_round'] for _, r, f in rows):.1f}x")
 

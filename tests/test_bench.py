@@ -1,4 +1,5 @@
-"""bench/run.py end to end at a reduced CPU size: the table, the scaling rows and the last line."""
+"""bench/run.py end to end at a reduced CPU size: the table, the scaling rows and the last line, each row
+printed as it is measured under a progress bar."""
 import re
 import subprocess
 import sys
@@ -8,11 +9,18 @@ from tests.fedtv_testing import REPO
 
 def test_bench_prints_the_table_and_the_min_speedup(tmp_path):
     env = {"FEDTV_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "bench/run.py", "--size", "cpu", "--trainers", "PromptFL", "--rounds", "3",
-                           "--scaling-clients", "3", "--scaling-classes"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = proc.stdout
+    proc = subprocess.Popen([sys.executable, "bench/run.py", "--size", "cpu", "--trainers", "PromptFL", "--rounds",
+                             "3", "--scaling-clients", "3", "--scaling-classes"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines = []
+    for line in proc.stdout:  # rows arrive as they are measured: the PromptFL row before the scaling run ends
+        lines.append(line)
+        if line.startswith("| PromptFL"):
+            assert proc.poll() is None, "the row came only when the bench ended"
+    err = proc.stderr.read()
+    assert proc.wait(timeout=600) == 0, err[-2000:]
+    assert "measuring" in err and "3/3" in err  # the progress bar: 2 speed runs + 1 scaling run
+    out = "".join(lines)
     row = re.search(r"\| PromptFL +\| +([\d.]+) \| +([\d.]+) \| +([\d.]+)x \|", out)
     assert row, out
     ref, fast, ratio = (float(x) for x in row.groups())
