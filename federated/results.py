@@ -2,7 +2,9 @@
 
 ``results.json`` holds the resolved config (``config``), the zero-shot reference
 (``zero_shot``), one entry per round (``rounds``) and a ``final`` block with ``local``, ``base``,
-``novel`` and ``hm`` accuracies in percent (null where not measured).
+``novel`` accuracies and the three base-to-novel summaries of ``SUMMARIES`` in percent (null where not
+measured); methods with a global model besides the personalised ones also hold ``global_base``,
+``global_novel`` and ``global_hm`` (the shared tensors alone on the base / novel classes).
 """
 from __future__ import annotations
 
@@ -12,8 +14,17 @@ import math
 import os
 from typing import Any
 
+#: The base-to-novel summaries the field reports: key -> (short name, definition and who reports it).
+SUMMARIES: dict[str, tuple[str, str]] = {
+    "hm": ("HM", "HM(Base, Novel) = 2BN / (B + N): CoOp, FedPGP, FedTV"),
+    "hm_local_base_novel": ("HM(L,B,N)", "HM(Local, Base, Novel) = 3 / (1/L + 1/B + 1/N): FedTPG, FedMVP, pFedMMA"),
+    "mean_local_hm": ("(L+HM)/2", "(Local + HM(Base, Novel)) / 2: FedMGP"),
+}
+#: The global model's accuracies (methods with global and personalised models).
+GLOBAL_METRICS = ("global_base", "global_novel", "global_hm")
+
 CSV_FIELDS = ["round", "clients", "train_loss", "train_acc", "local", "local_std", "local_macro_f1", "base", "novel",
-              "hm", "seconds", "bytes_up_per_client", "bytes_down_per_client"]
+              *SUMMARIES, *GLOBAL_METRICS, "seconds", "bytes_up_per_client", "bytes_down_per_client"]
 
 
 def harmonic_mean(base: float | None, novel: float | None) -> float | None:
@@ -21,6 +32,37 @@ def harmonic_mean(base: float | None, novel: float | None) -> float | None:
     if base is None or novel is None:
         return None
     return 0.0 if base + novel == 0 else 2.0 * base * novel / (base + novel)
+
+
+def summaries(local: float | None, base: float | None, novel: float | None) -> dict[str, float | None]:
+    """The three summaries of ``SUMMARIES`` from Local, Base and Novel accuracy (percent); each is None
+    when one of its parts is missing, 0 when one of the harmonic mean's parts is 0."""
+    hm = harmonic_mean(base, novel)
+    parts = (local, base, novel)
+    if None in parts:
+        hm3 = None
+    else:
+        hm3 = 0.0 if min(parts) == 0 else 3.0 / sum(1.0 / x for x in parts)
+    return {"hm": hm, "hm_local_base_novel": hm3,
+            "mean_local_hm": None if local is None or hm is None else (local + hm) / 2.0}
+
+
+def global_model_metrics(server, global_state: dict, personal: dict) -> dict:
+    """``global_base`` / ``global_novel`` / ``global_hm`` (percent): the method's global model (the trainer's
+    ``global_model()``: the shared tensors ``global_state`` alone) on every base / novel test image.
+
+    {} when the method has no global model besides the personalised ones or the run has no base / novel
+    sets. ``personal``: any client's personal tensors (loaded so the state is complete; bypassed).
+    Leaves ``global_state`` and ``personal`` loaded in the trainer.
+    """
+    trainer, data = server.trainer, server.data
+    if not trainer.has_global_model or (data.base_test is None and data.novel_test is None):
+        return {}
+    trainer.load_state({**global_state, **personal})
+    with trainer.global_model():
+        base = server.accuracy_on("base", data.base_test, data.base_classnames)
+        novel = server.accuracy_on("novel", data.novel_test, data.novel_classnames)
+    return {"global_base": base, "global_novel": novel, "global_hm": harmonic_mean(base, novel)}
 
 
 def _atomic_write_text(path: str, text: str) -> None:
@@ -71,7 +113,7 @@ class ResultsWriter:
         self.results["rounds"].append(record)
         if self._tb is not None:
             step = record["round"]
-            for key in ("local", "base", "novel", "hm", "train_loss", "train_acc"):
+            for key in ("local", "base", "novel", *SUMMARIES, *GLOBAL_METRICS, "train_loss", "train_acc"):
                 if record.get(key) is not None:
                     self._tb.add_scalar(f"fed/{key}", record[key], step)
             for cid, acc in (record.get("local_per_client") or {}).items():
@@ -96,7 +138,7 @@ class ResultsWriter:
             "local_macro_f1": last.get("local_macro_f1"),
             "base": last.get("base"),
             "novel": last.get("novel"),
-            "hm": last.get("hm"),
+            **{k: last.get(k) for k in (*SUMMARIES, *GLOBAL_METRICS)},
             "best_local": max(locals_) if locals_ else None,
             "mean_last5_local": sum(tail) / len(tail) if tail else None,
         }
@@ -124,15 +166,27 @@ def _fmt(x: float | None) -> str:
 
 
 def format_table(results: dict) -> str:
-    """A text table of Local / Base / Novel / HM: the zero-shot reference, then every evaluated round."""
-    lines = [f"{'round':>10} | {'Local':>6} | {'Base':>6} | {'Novel':>6} | {'HM':>6}", "-" * 48]
+    """A text table: the zero-shot reference, then every evaluated round: Local, Base, Novel and the three
+    summaries (the caption line names them); the global model's Base / Novel / HM below, when measured."""
+    columns = [("local", "Local"), ("base", "Base"), ("novel", "Novel"),
+               *((key, short) for key, (short, _) in SUMMARIES.items())]
+    widths = [max(6, len(title)) for _, title in columns]
+
+    def row(label: str, record: dict) -> str:
+        cells = (f"{_fmt(record.get(k)):>{w}}" for (k, _), w in zip(columns, widths, strict=True))
+        return f"{label:>10} | " + " | ".join(cells)
+
+    head = f"{'round':>10} | " + " | ".join(f"{title:>{w}}" for (_, title), w in zip(columns, widths, strict=True))
+    lines = [head, "-" * len(head)]
     zs = results.get("zero_shot")
     if zs:
-        lines.append(f"{'zero-shot':>10} | {_fmt(zs.get('local'))} | {_fmt(zs.get('base'))} | "
-                     f"{_fmt(zs.get('novel'))} | {_fmt(zs.get('hm'))}")
-    for r in results.get("rounds", []):
-        if r.get("local") is None and r.get("base") is None and r.get("novel") is None:
-            continue
-        lines.append(f"{r['round']:>10} | {_fmt(r.get('local'))} | {_fmt(r.get('base'))} | "
-                     f"{_fmt(r.get('novel'))} | {_fmt(r.get('hm'))}")
+        lines.append(row("zero-shot", zs))
+    evaluated = [r for r in results.get("rounds", [])
+                 if r.get("local") is not None or r.get("base") is not None or r.get("novel") is not None]
+    lines += [row(str(r["round"]), r) for r in evaluated]
+    lines.append("; ".join(f"{short} = {text.split(':')[0]}" for short, text in SUMMARIES.values()))
+    last = evaluated[-1] if evaluated else {}
+    if any(last.get(k) is not None for k in GLOBAL_METRICS):
+        lines.append(f"global model (shared tensors alone), round {last['round']}: Base {_fmt(last.get('global_base'))}"
+                     f"  Novel {_fmt(last.get('global_novel'))}  HM {_fmt(last.get('global_hm'))}")
     return "\n".join(lines)

@@ -26,7 +26,7 @@ from federated.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoi
 from federated.data import FederatedData
 from federated.errors import ClassSpaceError, TrainingDiverged
 from federated.feature_cache import EvalFeatureCache, TrainFeatureCache
-from federated.results import ResultsWriter, format_table, harmonic_mean
+from federated.results import ResultsWriter, format_table, global_model_metrics, summaries
 from federated.state import state_nbytes
 from utils.plots import plot_accuracy
 
@@ -115,7 +115,7 @@ class FederatedServer:
         return [int(c) for c in rng.choice(self.num_users, size=min(m, self.num_users), replace=False)]
 
     # ------------------------------------------------------------------ evaluation
-    def _accuracy_on(self, key: str, items, classnames) -> float | None:
+    def accuracy_on(self, key: str, items, classnames) -> float | None:
         """Accuracy of the loaded state on ``items`` (labelled in ``classnames``); None when not measurable."""
         if items is None or not items:
             return None
@@ -145,8 +145,8 @@ class FederatedServer:
             metrics = self.trainer.evaluate(self.test_loader(f"local{cid}", self.data.test[cid]), key=f"local{cid}")
             out["local"], out["macro_f1"] = metrics["accuracy"], metrics["macro_f1"]
         if base_novel:
-            out["base"] = self._accuracy_on("base", self.data.base_test, self.data.base_classnames)
-            out["novel"] = self._accuracy_on("novel", self.data.novel_test, self.data.novel_classnames)
+            out["base"] = self.accuracy_on("base", self.data.base_test, self.data.base_classnames)
+            out["novel"] = self.accuracy_on("novel", self.data.novel_test, self.data.novel_classnames)
         return out
 
     def combine_evaluations(self, per_client: dict[int, dict]) -> dict:
@@ -172,7 +172,7 @@ class FederatedServer:
             "local_per_domain": self.data.per_domain(local),  # None unless clients belong to domains
             "base": base,
             "novel": novel,
-            "hm": harmonic_mean(base, novel),
+            **summaries(float(sum(values) / len(values)) if values else None, base, novel),
         }
 
     def evaluate(self, shared: list[dict], personal: list[dict]) -> dict:
@@ -188,7 +188,10 @@ class FederatedServer:
             per_client[cid] = self.evaluate_client(cid, {**s, **p}, base_novel=not (same_model and cid > 0))
             if same_model and cid > 0:
                 per_client[cid].update(base=per_client[0]["base"], novel=per_client[0]["novel"])
-        return self.combine_evaluations(per_client)
+        record = self.combine_evaluations(per_client)
+        if all(s is shared[0] for s in shared):  # one global model (not a personalised aggregation)
+            record.update(global_model_metrics(self, shared[0], personal[0]))
+        return record
 
     def evaluate_zero_shot(self) -> dict:
         """Hand-crafted-prompt CLIP on the same evaluation sets (the reference the papers start from)."""
@@ -205,7 +208,7 @@ class FederatedServer:
             names = getattr(self.data, f"{split}_classnames")
             out[split] = (t.evaluate_zero_shot(self.test_loader(split, items), names, template, key=split)["accuracy"]
                           if items else None)
-        out["hm"] = harmonic_mean(out["base"], out["novel"])
+        out.update(summaries(out["local"], out["base"], out["novel"]))
         return out
 
     # ------------------------------------------------------------------ the run

@@ -40,7 +40,8 @@ def test_console_of_a_run(tmp_path, capsys):
     assert sum(ln.startswith("zero-shot CLIP (hand-crafted prompts): Local") for ln in lines) == 1
     rounds = [ln for ln in lines if ln.startswith("round ")]
     assert [ROUND.match(ln).group(1) for ln in rounds] == ["1", "2"], rounds
-    assert any(ln.split() == ["round", "|", "Local", "|", "Base", "|", "Novel", "|", "HM"] for ln in lines)
+    assert any(ln.split() == ["round", "|", "Local", "|", "Base", "|", "Novel", "|", "HM", "|", "HM(L,B,N)", "|",
+                              "(L+HM)/2"] for ln in lines)  # the final table names all three summaries (issue 15)
     assert lines[-1].startswith("results: ") and lines[-1].split(", ")[0].endswith("results.json")
     assert os.path.join(str(tmp_path), "accuracy.png").endswith(lines[-1].split("plot: ")[1].split(",")[0])
     # nothing unlabelled, nothing per client

@@ -13,6 +13,10 @@ its trainable parameters. The server drives it through:
 * ``evaluate(data, key)``: accuracy / error / macro-F1, with frozen image features cached per
   evaluation set when the image path is frozen (``image_features_cacheable``);
 * ``set_classnames(names)``: switch the label space (base -> novel evaluation);
+* ``global_model()``: within it, a method with a global model besides the personalised ones
+  (``has_global_model``: a module of the model declares ``global_only``) computes that global model --
+  its shared tensors alone, the personal parts bypassed -- for the global accuracy next to the
+  personalised one;
 * ``build_aggregator()``: the server-side aggregation rule (FedAvg by default).
 
 Subclasses implement ``build_model`` (set ``self.model``) and usually ``compute_loss``.
@@ -231,6 +235,26 @@ class FederatedTrainer(TrainerX):
         self.num_classes = len(self.classnames)
         self.lab2cname = dict(enumerate(self.classnames))
         self.evaluator._lab2cname = self.lab2cname
+
+    def _global_modules(self) -> list[nn.Module]:
+        return [m for m in self.model.modules() if hasattr(m, "global_only")]
+
+    @property
+    def has_global_model(self) -> bool:
+        """Whether the method has a global model besides the personalised ones (see ``global_model``)."""
+        return bool(self.shared_keys()) and bool(self.personal_keys()) and bool(self._global_modules())
+
+    @contextlib.contextmanager
+    def global_model(self):
+        """Within: every module declaring ``global_only`` computes the global model (shared tensors alone)."""
+        modules = self._global_modules()
+        for m in modules:
+            m.global_only = True
+        try:
+            yield
+        finally:
+            for m in modules:
+                m.global_only = False
 
     def set_cached_features(self, key: str, features: torch.Tensor, labels: torch.Tensor) -> None:
         """Provide the image features ``(N, *F)`` and labels ``(N,)`` of evaluation set ``key`` (e.g. read

@@ -69,9 +69,14 @@ class MultiPromptLearner(PromptLearner):
         if n_prompts > n_global:
             self.ctx_local = nn.Parameter(contexts[n_global:].clone())
 
+    #: True: the global prompts alone (the trainer's ``global_model()``).
+    global_only: bool = False
+
     def context(self) -> torch.Tensor:
-        """All contexts ``(N, n_ctx, d)`` or ``(N, C, n_ctx, d)``, global ones first."""
-        parts = [getattr(self, name) for name in ("ctx_global", "ctx_local") if hasattr(self, name)]
+        """All contexts ``(N, n_ctx, d)`` or ``(N, C, n_ctx, d)``, global ones first (``global_only``: the
+        ``G`` global ones)."""
+        names = ("ctx_global",) if self.global_only and self.n_global else ("ctx_global", "ctx_local")
+        parts = [getattr(self, name) for name in names if hasattr(self, name)]
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     def set_classnames(self, classnames: list[str]) -> None:
@@ -99,8 +104,9 @@ class OTPromptCLIP(PromptCLIP):
     def text_features(self) -> torch.Tensor:
         """Normalised prompt features ``(N, C, D)``."""
         pl = self.prompt_learner
-        feats = self.text_encoder(pl(), pl.tokenized_prompts.repeat(pl.n_prompts, 1))
-        return F.normalize(feats, dim=-1).view(pl.n_prompts, pl.n_cls, -1)
+        n = pl.context().shape[0]  # N, or G with global_only
+        feats = self.text_encoder(pl(), pl.tokenized_prompts.repeat(n, 1))
+        return F.normalize(feats, dim=-1).view(n, pl.n_cls, -1)
 
     def transport_plan(self, sim: torch.Tensor) -> torch.Tensor:
         """Plan ``(..., P, N)`` for similarities ``(..., P, N)`` (no gradient)."""

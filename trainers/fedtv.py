@@ -161,9 +161,14 @@ class FedTVCLIP(GlobalPersonalCLIP):
         """``[x_glo, x_loc]`` for the enabled adapters, each ``(B, D)``."""
         return [adapter(x) for adapter in (self.glo_adapter, self.loc_adapter) if adapter is not None]
 
+    #: True: the global model -- the image feature through the global adapter alone (``x`` without one).
+    global_only: bool = False
+
     def fuse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The image feature used for classification ``(B, D)`` (not normalised) and, with dynamic
         fusion, the fusion weights ``(B, K)`` over ``[x, *adapted]``."""
+        if self.global_only:
+            return (x if self.glo_adapter is None else self.glo_adapter(x)), None
         adapted = self.adapted_features(x)
         if not adapted:
             return x, None

@@ -117,6 +117,8 @@ class GlobalPersonalPromptLearner(PromptLearner):
 
     #: Whether the constructor takes ``rank=`` (the trainer passes ``BOTTLENECK``).
     TAKES_RANK: bool = False
+    #: True: ``context()`` is the global prompt ``sigma`` alone (the trainer's ``global_model()``).
+    global_only: bool = False
 
     def __init__(self, clip, classnames: list[str], n_ctx: int = 16, ctx_init: str = "", csc: bool = False,
                  class_token_position: str = "end"):
@@ -147,8 +149,8 @@ class GlobalPersonalPromptLearner(PromptLearner):
         raise NotImplementedError(f"{type(self).__name__} must define delta()")
 
     def context(self) -> torch.Tensor:
-        """Personalised context ``sigma + delta()``: ``(M, d)`` or ``(C, M, d)``."""
-        return self.sigma + self.delta()
+        """Personalised context ``sigma + delta()``: ``(M, d)`` or ``(C, M, d)`` (``sigma`` with ``global_only``)."""
+        return self.sigma if self.global_only else self.sigma + self.delta()
 
     def global_prompts(self) -> torch.Tensor:
         """Prompt embeddings ``(C, L, d)`` of the global context ``sigma`` alone."""
