@@ -16,6 +16,7 @@ from tools.run_folder import run_state
 #: script -> the axis subset its miniature test runs (small: ~2-4 runs of one round each)
 SCRIPTS = {
     "table1_base2novel": ["--methods", "ZeroshotCLIP", "FedPGP"],
+    "table_2026_base2novel": ["--methods", "PromptFolio", "FedPHA", "pFedMMA"],
     "table2_4_leave_one_domain_out": ["--methods", "FedPGP"],
     "table5_cifar_dirichlet": ["--methods", "PromptFL"],
     "table6_7_fedpgp_ablations": ["--variants", "full", "wo_negative"],

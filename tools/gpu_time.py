@@ -216,6 +216,12 @@ METHOD_COSTS: dict[str, MethodCost] = {
     "FedFFT": MethodCost(prompt="full", text_weights=True, batchable=False),
     "FedLC": MethodCost(prompt="full", text_per_step=False),
     "FedAA": MethodCost(prompt="full", text_per_step=False),
+    # global + local prompt sets in one pass (published: one dense pass of 2C prompts)
+    "PromptFolio": MethodCost(prompt="shared", context_sets=2, ref_passes=2, personal=True),
+    # local, projected-local and global prompt sets (equal lengths: one pass; published: three)
+    "FedPHA": MethodCost(prompt="shared", context_sets=3, ref_passes=3, personal=True),
+    # adapters inside both towers: hand-crafted prompts through the adapted text tower, a ViT pass per step
+    "pFedMMA": MethodCost(prompt="full", image_trainable=True, personal=True, batchable=False),
 }
 
 
