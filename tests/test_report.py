@@ -188,3 +188,26 @@ def test_zero_shot_is_a_dashed_line_across_the_rounds(tmp_path, monkeypatch):
         # a horizontal line across the whole axis (axes coordinates 0..1) at the seed-mean HM, dashed
         assert xs == [0, 1] and ys == [pytest.approx(71.0)] * 2 and style == "--"
     assert drawn["toyworld_rounds.png"][0][1] == [1, 2, 3, 4]  # PromptFL: one point per round
+
+
+def test_base2novel_report_gives_every_summary_and_the_global_model(tmp_path):
+    """'Every summary': HM(B,N), HM(L,B,N) and (L+HM)/2 from the seed-averaged Local / Base / Novel, and the
+    global model's Base / Novel / HM (issue 15); the main table's note says which summary it shows."""
+    root = str(tmp_path / "runs")
+    keys = [{"dataset": "dtd", "method": "FedPGP", "seed": s} for s in ("1", "2")]
+    d1, d2 = manifest(root, "base2novel", keys)
+    fake_run(d1, {"local": 90.0, "base": 80.0, "novel": 60.0, "hm": 68.57, "global_base": 70.0, "global_novel": 66.0})
+    fake_run(d2, {"local": 94.0, "base": 70.0, "novel": 70.0, "hm": 70.0, "global_base": 72.0, "global_novel": 64.0})
+    out = str(tmp_path / "report")
+    write_report(root, "base2novel", out)
+    v = values(out, "base2novel")
+    row = ("Every summary", "dtd / FedPGP")
+    hm = 2 * 75 * 65 / 140
+    assert float(v[(*row, "HM")]["mean"]) == pytest.approx(hm)
+    assert float(v[(*row, "HM(L,B,N)")]["mean"]) == pytest.approx(3 / (1 / 92 + 1 / 75 + 1 / 65))
+    assert float(v[(*row, "(L+HM)/2")]["mean"]) == pytest.approx((92 + hm) / 2)
+    assert float(v[(*row, "Global Base")]["mean"]) == pytest.approx(71.0)
+    assert float(v[(*row, "Global HM")]["mean"]) == pytest.approx(2 * 71 * 65 / 136)
+    md = open(os.path.join(out, "base2novel.md")).read()
+    assert "HM = HM(Base, Novel), the summary of CoOp / FedPGP / FedTV" in md
+    assert "HM(L,B,N): HM(Local, Base, Novel) = 3 / (1/L + 1/B + 1/N): FedTPG, FedMVP, pFedMMA" in md

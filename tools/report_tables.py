@@ -8,6 +8,9 @@ names where the published value of the same number lies (``ref``: a path into
 Conventions (as the papers): HM = 2BN/(B+N) from the seed-averaged Base and Novel (the per-seed HM
 averaged over seeds is the column ``HM/seed``); an average over datasets averages the per-dataset
 seed means; leave-one-domain-out detail (Table 4): mean +- std over the clients (source domains).
+The base-to-novel tables show FedPGP's summary, HM(Base, Novel); their last block, "Every summary",
+gives the three summaries the field reports (``federated.results.SUMMARIES``) from the same
+seed-averaged Local / Base / Novel, and the global model's Base / Novel / HM where a method has one.
 """
 from __future__ import annotations
 
@@ -15,10 +18,11 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from federated.results import harmonic_mean
+from federated.results import SUMMARIES, harmonic_mean, summaries
 from tools.report_data import Cell, RunRecord, cell_of, derived, ordered, select
 
 B2N_COLUMNS = ["Local", "Base", "Novel", "HM", "HM/seed"]
+SUMMARY_COLUMNS = [short for short, _ in SUMMARIES.values()] + ["Global Base", "Global Novel", "Global HM"]
 
 
 @dataclass
@@ -78,7 +82,31 @@ def base_to_novel(runs: list[RunRecord], row: str = "method", table: str = "base
                             ["HM: from the averaged Base and Novel; HM/seed: the mean of the datasets' per-seed HM"]))
     for b in blocks:
         b.notes.append("mean ± sample std over seeds; (k/n): only k of n runs finished; HM/seed: per-seed HM averaged")
+        b.notes.append("HM = HM(Base, Novel), the summary of CoOp / FedPGP / FedTV; all three: 'Every summary'")
+    blocks.append(_summaries_block(runs, datasets, labels, row, per))
     return blocks
+
+
+def _summaries_block(runs: list[RunRecord], datasets: list[str], labels: list[str], row: str,
+                     per: dict[tuple[str, str], list[Cell]]) -> Block:
+    """Rows ``dataset / label``: the three summaries from the seed-averaged Local / Base / Novel, then the
+    global model's Base / Novel (seed means) and their HM."""
+    rows, cells = [], []
+    for ds in datasets:
+        for label in labels:
+            local, base, novel = per[ds, label][:3]
+            values = summaries(local.mean, base.mean, novel.mean)
+            chosen = select(runs, dataset=ds, **{row: label})
+            g_base, g_novel = (cell_of(chosen, _final(m)) for m in ("global_base", "global_novel"))
+            rows.append(f"{ds} / {label}")
+            cells.append([*(derived(values[k], [local, base, novel]) for k in SUMMARIES), g_base, g_novel,
+                          derived(harmonic_mean(g_base.mean, g_novel.mean), [g_base, g_novel])])
+    notes = [f"{short}: {text}" for short, text in SUMMARIES.values()]
+    notes += ["each from the seed-averaged Local / Base / Novel (as HM in the tables above)",
+              "Global: the global model alone (shared tensors; FedPGP / FedTV sigma, FedOTP's global prompts) on the "
+              "base / novel classes; missing for methods without a separate global model"]
+    return Block("Every summary", f"dataset / {row}", rows, SUMMARY_COLUMNS, cells,
+                 [[None] * len(SUMMARY_COLUMNS) for _ in rows], notes)
 
 
 def leave_one_domain_out(runs: list[RunRecord]) -> list[Block]:
