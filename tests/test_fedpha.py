@@ -168,3 +168,31 @@ def test_local_prompts_of_different_lengths_beat_promptfl_on_a_pathological_spli
         zero_shot = results["zero_shot"]["local"]
     assert local["FedPHA"] > local["PromptFL"] + 5.0, local
     assert local["FedPHA"] > zero_shot + 20.0, (local, zero_shot)
+
+
+def test_flower_simulation_with_per_client_lengths_matches_in_process(tmp_path):
+    """Each Flower node starts its client from the client's own prompt length (trainer.initial_personal_state)
+    and the run equals the in-process one (same tolerance as tests/test_flower_simulation.py)."""
+    pytest.importorskip("flwr", reason="Flower is optional: pip install -r requirements-flower.txt")
+    args = ["--trainer", "FedPHA", "--lr", "0.05"]
+    opts = ["TRAINER.FEDPHA.LOCAL_LENGTHS", "[4, 8, 6]"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as Ray's actors: the same float32 summation order in both engines
+    try:
+        inproc = main(fast_args(tmp_path / "inprocess", args, opts))
+        sim = main(fast_args(tmp_path / "flower", [*args, "--engine", "flower-sim"], opts))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(inproc["rounds"], sim["rounds"], strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+        assert b["local_per_client"] == pytest.approx(a["local_per_client"], abs=1e-9)
+    ref = torch.load(tmp_path / "inprocess" / "checkpoint.pt", weights_only=True)
+    got = torch.load(tmp_path / "flower" / "checkpoint.pt", weights_only=True)
+    torch.testing.assert_close(got["global"]["prompt_learner.ctx_global"], ref["global"]["prompt_learner.ctx_global"],
+                               atol=1e-5, rtol=1e-5)
+    for path in sorted((tmp_path / "flower" / "flower_nodes").glob(f"exp-{got['experiment']}/client*.pt")):
+        saved = torch.load(path, weights_only=True)
+        local = saved["states"][saved["round"]]["prompt_learner.ctx_local"]
+        assert local.shape[0] == [4, 8, 6][saved["client"]]
+        torch.testing.assert_close(local, ref["personal"][saved["client"]]["prompt_learner.ctx_local"],
+                                   atol=1e-5, rtol=1e-5)

@@ -37,8 +37,8 @@ reproduces the official ``GL_SVDMSE_HE``: the template is tokenised once for the
 ``L_max``, so a client with a shorter prompt reads its feature ``L_max - L_i`` positions after its
 EOT (exact as long as ``EOT_max + L_max - L_i < 77``; beyond it the official code reads its zero
 padding, we read padding-token embeddings). Clients of different lengths cannot be stacked: the
-batched engine trains them one after another (it says so); equal lengths are batched. The Flower
-engine starts every client from one personal state, so it refuses ``LOCAL_LENGTHS``.
+batched engine trains them one after another (it says so); equal lengths are batched. On Flower each
+node starts its client from that client's own length (``tests/test_fedpha.py``: simulation = in-process).
 
 Config ``TRAINER.FEDPHA`` (official argparse defaults): ``N_CTX`` 16 (global), ``N_CTX_LOCAL`` 16,
 ``LOCAL_LENGTHS`` [] (official Office31: 16,16,16,32,32,16; OfficeHome: 4 x 16 + 4 x 32; CIFAR: a
