@@ -93,3 +93,16 @@ def test_only_shared_tensors_reach_the_server(runs):
     flower_ckpt = torch.load(base / "flower" / "checkpoint.pt", weights_only=True)
     assert all(state == {} for state in flower_ckpt["personal"])
     assert not os.path.exists(base / "inprocess" / "flower_nodes")
+
+
+def test_simulation_console_lines_once(runs):
+    """The run's own lines once each in log.txt (the console's copy): zero-shot, one line per round; none of
+    Flower's repeated round summaries, no second copy of Flower's lines through the root logger."""
+    base, _, _, _ = runs
+    logs = sorted(p for p in os.listdir(base / "flower") if p.startswith("log.txt"))
+    text = (base / "flower" / logs[-1]).read_text()
+    lines = text.splitlines()
+    assert sum(ln.startswith("zero-shot CLIP") for ln in lines) == 1
+    assert [sum(ln.startswith(f"round {r}/2:") for ln in lines) for r in (1, 2)] == [1, 1]
+    assert "Aggregated MetricRecord" not in text and "INFO:flwr" not in text and "FutureWarning" not in text
+    assert lines[-1].startswith("results: ")

@@ -23,6 +23,7 @@ import os
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+from federated import console
 from federated.checkpoint import load_checkpoint
 from federated.errors import CheckpointError
 from federated.flower.node import experiment
@@ -84,6 +85,7 @@ def run_server(grid: Grid, cfg, run_config: dict, resume: bool = False) -> dict:
                     strategy.token)
     elif cfg.FED.ZS_REFERENCE:
         writer.set_zero_shot(server.evaluate_zero_shot())
+        logger.info(console.zero_shot_line(writer.results["zero_shot"]))
     if strategy.remaining_rounds:
         strategy.start(grid=grid, initial_arrays=ArrayRecord(strategy.global_state),
                        num_rounds=strategy.remaining_rounds, timeout=strategy.round_timeout)

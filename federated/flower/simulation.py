@@ -25,11 +25,26 @@ def gpu_share(cfg, num_users: int) -> float:
     return 1.0 / num_users if cfg.USE_CUDA and torch.cuda.is_available() else 0.0
 
 
+def quiet_flower() -> None:
+    """Flower's own lines once, and only what a user should act on: its round summaries repeat ours
+    (INFO), so its logger shows warnings only and does not pass them on to the root logger (which
+    would print them a second time); Ray's tip about accelerator variables is not for our users."""
+    import logging
+    import warnings
+
+    flwr = logging.getLogger("flwr")
+    flwr.setLevel(logging.WARNING)
+    flwr.propagate = False
+    warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
+
+
 def run_flower_simulation(cfg, num_cpus_per_client: float = 1.0, resume: bool = False) -> dict:
     """Run (``resume``: continue) ``cfg`` (frozen yacs config) on Flower's simulation; returns the results."""
     for k, v in OFFLINE_ENV.items():
         os.environ.setdefault(k, v)
     from flwr.simulation import run_simulation
+
+    quiet_flower()
 
     from federated.flower.client_app import make_client_app
     from federated.flower.node import experiment

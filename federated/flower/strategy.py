@@ -93,7 +93,7 @@ class FedTVStrategy(Strategy):
         return max(self.rounds - self.offset, 0)
 
     def summary(self) -> None:
-        logger.info("FedTVStrategy: trainer %s, aggregator %s, %d clients, rounds %d..%d, min %d clients per round",
+        logger.debug("FedTVStrategy: trainer %s, aggregator %s, %d clients, rounds %d..%d, min %d clients per round",
                     type(self.server.trainer).__name__, type(self.server.aggregator).__name__,
                     self.server.num_users, self.offset + 1, self.rounds, self.min_clients)
 
