@@ -78,7 +78,7 @@ def test_every_documented_command_exists(doc, command):
         assert os.path.isfile(os.path.join(REPO, script)), f"{_rel(doc)}: {script} does not exist ({command})"
     elif argv[0] == "python" and argv[1] == "-m" and argv[2] not in ("pip", "pytest"):
         assert importlib.util.find_spec(argv[2]) is not None, f"{_rel(doc)}: no module {argv[2]} ({command})"
-    if argv[:2] == ["python", "federated_main.py"] and not PLACEHOLDER.search(command):
+    if argv[:2] == ["python", "federated_main.py"] and not PLACEHOLDER.search(command) and "--help" not in argv:
         cwd = os.getcwd()
         os.chdir(REPO)  # the docs' relative config paths are relative to the repository
         try:

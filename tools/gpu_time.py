@@ -7,7 +7,7 @@
 
 A run's time is counted from its resolved config (``federated.cli.build_cfg``: trainer, rounds, local
 epochs, clients, fraction sampled, shots, batch size, base / all classes, evaluation frequency) and the
-dataset's size (``datasets/sizes.py``), with the per-operation costs of ``bench/gpu_costs.json`` (issue 8's
+dataset's size (``datasets/sizes.py``), with the per-operation costs of ``bench/gpu_costs.json`` (the
 H100 timings; the file's ``source`` says which numbers are measured and which are assumptions). Two modes:
 
 * **fast** (FedTV's way, the default): image features cached once -- ``FED.CACHE_VIEWS`` augmented views
@@ -33,7 +33,7 @@ Per step: ``text(rows) + image + overhead`` where ``rows`` is the number of **to
 processes (:func:`text_rows`: ``G (1 + n_ctx) + G C S`` with a shared prefix, ``prompts x (1 + n_ctx + S)``
 trimmed, ``prompts x 77`` dense; ``G`` context sets, ``C`` classes, ``S`` the dataset's suffix length from
 ``datasets/sizes.py``) and ``text(rows)`` interpolates the measured forward+backward time of that many
-token rows (:meth:`Costs.text`; issue 8's prompt counts x 77). Evaluations: each client (each model: once
+token rows (:meth:`Costs.text`; the measured prompt counts x 77). Evaluations: each client (each model: once
 when every client holds the same model) on its local test split and, in base-to-novel runs, on every
 base and novel test image: one text forward over the set's class prompts (+ the images in reference
 mode). ``FED.ZS_REFERENCE`` adds one zero-shot evaluation. Not modelled: data loading, Python overhead
