@@ -330,3 +330,19 @@ def test_default_output_folder_names_the_clients_the_partition_really_has():
     assert "_3perdomain_" in split.OUTPUT_DIR and "users" not in split.OUTPUT_DIR
     demo = build_cfg(parse_args([]))
     assert os.path.basename(demo.OUTPUT_DIR) == "tiny_base_pathological_5users_16shots_seed1"
+
+
+# ------------------------------------------------------------------------------- PromptFL's configuration
+def test_promptfl_default_is_the_table_1_baseline_scripts_configuration():
+    """The FedPGP repository's Table 1 baseline scripts run PLOT/vit_b16.yaml with --lr 0.001 --gamma 1
+    --round 25 --local_epoch 2: SGD 0.001, constant rate, no warm-up; the published PromptFL yaml's
+    cosine schedule (lr 0.002, 1 warm-up epoch) is the alternative config."""
+    for backbone in ("vit_b16", "rn50"):
+        cfg = get_cfg_from(os.path.join(REPO, "configs", "trainers", "PromptFL", f"{backbone}.yaml"))
+        o = cfg.OPTIM
+        assert (o.NAME, o.LR, o.LR_SCHEDULER, o.GAMMA, o.WARMUP_EPOCH) == ("sgd", 0.001, "single_step", 1.0, -1)
+        assert (o.MOMENTUM, o.WEIGHT_DECAY, o.ROUND, o.MAX_EPOCH) == (0.9, 0.0005, 25, 2)
+        assert (cfg.DATALOADER.TRAIN_X.BATCH_SIZE, cfg.DATALOADER.TEST.BATCH_SIZE) == (32, 100)
+    cosine = get_cfg_from(os.path.join(REPO, "configs", "trainers", "PromptFL", "vit_b16_cosine.yaml")).OPTIM
+    assert (cosine.LR, cosine.LR_SCHEDULER, cosine.WARMUP_EPOCH, cosine.WARMUP_TYPE, cosine.WARMUP_CONS_LR) == (
+        0.002, "cosine", 1, "constant", 1e-5)

@@ -82,3 +82,4 @@ def flora_setting(point: Point, toy: bool, partition: str, shots: int = 0, beta:
     if partition == "noniid":
         flags["--beta"] = str(beta)
     point.flags.update(_toy_or(toy, flags, {"--num-users": "3", "--rounds": "2", "--num-shots": "4"}))
+    point.opts += ["TEST.EVAL_FREQ", "1"]  # every round (the CIFAR yamls' Table 5 protocol says 10)
