@@ -1,16 +1,18 @@
 """Server-side aggregation of the shared tensors.
 
 An aggregator is called once per round with the uploads of the sampled clients:
-``aggregator(uploads, num_samples, previous_global, client_ids) -> (new_global, info)``, where
-``uploads`` is a list of ``{key: tensor}`` holding only shared keys, ``num_samples`` the clients'
-train-set sizes, ``client_ids`` who uploaded, and ``info`` a dict with at least the per-client
-``weights`` (JSON-able; they sum to 1). A personalised aggregator (each client downloads its own
+``aggregator(uploads, num_samples, previous_global, client_ids, round_idx=r, side_information=s)
+-> (new_global, info)``, where ``uploads`` is a list of ``{key: tensor}`` holding only shared keys,
+``num_samples`` the clients' train-set sizes, ``client_ids`` who uploaded, ``round_idx`` the 0-based
+round, ``side_information`` ``{client id: what the trainer's side_information gave}`` for the clients
+that sent it so far, and ``info`` a dict with at least the per-client ``weights`` (JSON-able; they
+sum to 1). A personalised aggregator (each client downloads its own
 mix, e.g. CE-LoRA) also puts ``info["per_client"] = {client_id: state}``: the server then sends
 that state instead of ``new_global`` to those clients (and does not write it to results.json).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -56,7 +58,8 @@ class FedAvg:
         self.cfg = cfg
 
     def __call__(self, uploads: list[State], num_samples: list[int], previous: State | None = None,
-                 client_ids: list[int] | None = None) -> tuple[State, dict]:
+                 client_ids: list[int] | None = None, *, round_idx: int | None = None,
+                 side_information: Mapping[int, State] | None = None) -> tuple[State, dict]:
         if not uploads or not uploads[0]:
             return {}, {"weights": []}
         weights = data_size_weights(num_samples)

@@ -95,21 +95,20 @@ def personalized_weights(s_param: torch.Tensor, s_data: torch.Tensor | None, num
 class SimilarityPersonalized:
     """Per-client mixes of the uploads weighted by parameter- and data-space similarity.
 
-    ``statistics``: a mapping ``client id -> Statistics`` filled by the trainer (the CE-LoRA trainer
-    computes each client's statistics from its training data when the client first trains, and
-    hands the same dict to this aggregator: the channel stays inside the trainer/aggregator pair).
+    ``side_information``: ``client id -> Statistics``, what the CE-LoRA trainer's ``side_information``
+    computed on each client the first time it trained (the coordinator passes it every round).
     """
 
-    def __init__(self, cfg=None, statistics: Mapping[int, Statistics] | None = None,
-                 lam: float | None = None, temperature: float | None = None):
+    def __init__(self, cfg=None, lam: float | None = None, temperature: float | None = None):
         node = cfg.TRAINER.get("CELORA") if cfg is not None and "TRAINER" in cfg else None
         self.lam = float(lam if lam is not None else (node.AGG_LAMBDA if node is not None else 0.5))
         self.temperature = float(temperature if temperature is not None
                                  else (node.AGG_TEMPERATURE if node is not None else 0.2))
-        self.statistics = statistics if statistics is not None else {}
 
     def __call__(self, uploads: list[State], num_samples: list[int], previous: State | None = None,
-                 client_ids: list[int] | None = None) -> tuple[State, dict]:
+                 client_ids: list[int] | None = None, *, round_idx: int | None = None,
+                 side_information: Mapping[int, Statistics] | None = None) -> tuple[State, dict]:
+        statistics = side_information or {}
         if not uploads or not uploads[0]:
             return {}, {"weights": []}
         ids = list(client_ids) if client_ids is not None else list(range(len(uploads)))
@@ -117,8 +116,8 @@ class SimilarityPersonalized:
             raise ValueError(f"{len(uploads)} uploads but {len(ids)} client ids")
         fedavg = data_size_weights(num_samples)
         s_param = parameter_similarity(uploads, previous)
-        have_stats = all(c in self.statistics for c in ids)
-        s_data = data_similarity([self.statistics[c] for c in ids]) if have_stats else None
+        have_stats = all(c in statistics for c in ids)
+        s_data = data_similarity([statistics[c] for c in ids]) if have_stats else None
         w = personalized_weights(s_param, s_data, num_samples, self.lam, self.temperature)
         per_client = {cid: weighted_average(uploads, w[i]) for i, cid in enumerate(ids)}
         info = {

@@ -8,17 +8,17 @@ For every shared tensor ``k`` separately, with ``p_i = n_i / sum_j n_j`` the dat
     f_i = p_i a_i / sum_j p_j a_j
     w^k = sum_i f_i w_i^k
 
-When there is no previous global (the first aggregation of a run) it is data-size FedAvg, as in
-the published code. The server hands every aggregator the current global state, which in round 1
-is the initialisation; an SAA that knows that initial state (``initial``, set by the FedTV trainer)
-treats a ``previous`` identical to it as "no previous global", so round 1 is FedAvg and a resumed
-run behaves exactly like an uninterrupted one. Without ``initial`` (e.g. ``FED.AGGREGATION saa``
-with another trainer) only ``previous=None`` / an empty state counts as "no previous global".
+In round 1 (``round_idx == 0``, which the coordinator passes) and when there is no previous global,
+it is data-size FedAvg, as in the published code: the previous global of round 1 is only the random
+initialisation. The round index travels with the call, so a resumed run behaves exactly like an
+uninterrupted one.
 
 The temperature ``T`` (published: 1.0, hard-coded) comes from the constructor, else
 ``cfg.TRAINER.FEDTV.SAA_TEMP``, else 1.0.
 """
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -46,28 +46,21 @@ class SAA:
     ``cosine_per_tensor`` (``{key: [per client]}``), and ``rule`` ("fedavg" in the first round).
     """
 
-    def __init__(self, cfg=None, temperature: float | None = None, initial: State | None = None):
+    def __init__(self, cfg=None, temperature: float | None = None):
         if temperature is None:
             node = cfg.TRAINER.get("FEDTV") if cfg is not None else None
             temperature = float(node.SAA_TEMP) if node is not None and "SAA_TEMP" in node else 1.0
         if not temperature > 0:
             raise ValueError(f"SAA temperature must be positive, got {temperature}")
         self.temperature = float(temperature)
-        self.initial = {k: v.detach().cpu().clone() for k, v in initial.items()} if initial is not None else None
-
-    def _is_first_round(self, previous: State | None) -> bool:
-        if not previous:
-            return True
-        if self.initial is None or set(self.initial) != set(previous):
-            return False
-        return all(torch.equal(self.initial[k], previous[k].detach().cpu()) for k in previous)
 
     def __call__(self, uploads: list[State], num_samples: list[int], previous: State | None = None,
-                 client_ids: list[int] | None = None) -> tuple[State, dict]:
+                 client_ids: list[int] | None = None, *, round_idx: int | None = None,
+                 side_information: Mapping[int, State] | None = None) -> tuple[State, dict]:
         if not uploads or not uploads[0]:
             return {}, {"weights": []}
         share = data_size_weights(num_samples)
-        if self._is_first_round(previous):
+        if not previous or round_idx == 0:  # round 1: the previous global is the random initialisation
             return weighted_average(uploads, share), {"rule": "fedavg", "weights": share.tolist()}
         missing = set(uploads[0]) - set(previous)
         if missing:

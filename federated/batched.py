@@ -25,11 +25,12 @@ Hence batched and sequential training give the same tensors up to floating-point
 (``tests/test_speed_batched.py``).
 
 Requirements (:func:`batching_support` names the one that fails; the server then trains the clients
-one after another): frozen, cached image features (``FED.FEATURE_CACHE``), a frozen text tower, the
-base class' training step and local loop, no fp16 gradient scaling, an elementwise optimiser (``sgd``,
-``adam``, ``adamw``, ``amsgrad``), and a ``compute_loss`` that ``vmap`` can map (no ``.item()`` or
-data-dependent Python branches; a failure raises :class:`BatchingUnsupported` with vmap's reason
-before any state changes, and the server falls back to sequential training).
+one after another): a method that does not declare ``SEQUENTIAL`` (``trainers/method.py``), frozen,
+cached image features (``FED.FEATURE_CACHE``), a frozen text tower, no fp16 gradient scaling, an
+elementwise optimiser (``sgd``, ``adam``, ``adamw``, ``amsgrad``), and a ``compute_loss`` that
+``vmap`` can map (no ``.item()`` or data-dependent Python branches; a failure raises
+:class:`BatchingUnsupported` with vmap's reason before any state changes, and the server falls back
+to sequential training).
 
 Deviation from sequential training: a non-finite loss is detected at the end of the epoch (one
 host sync per epoch instead of one per step); the round is aborted either way.
@@ -57,11 +58,10 @@ class BatchingUnsupported(RuntimeError):
 def batching_support(trainer: FederatedTrainer) -> str | None:
     """``None`` when ``trainer``'s clients can be trained together, else the reason why not."""
     cls = type(trainer)
+    if cls.SEQUENTIAL:
+        return f"{cls.__name__} trains its clients one after another: {cls.SEQUENTIAL}"
     if not trainer.image_features_cacheable:
         return f"{cls.__name__}'s image path is trainable or prompted (its image features are not cacheable)"
-    for name in ("forward_backward", "local_train", "build_optimizers", "run_epoch"):
-        if getattr(cls, name) is not getattr(FederatedTrainer, name):
-            return f"{cls.__name__} overrides {name}"
     encoder = getattr(trainer.model, "text_encoder", None)
     if isinstance(encoder, nn.Module) and any(p.requires_grad for p in encoder.parameters()):
         return f"{cls.__name__} trains its text tower (each client has its own text encoder)"

@@ -70,6 +70,8 @@ class FederatedServer:
             union = list({id(item): item for client in data.train for item in client}.values())
             if union:
                 self.feature_cache = TrainFeatureCache(cfg, trainer, union, self.tfm_train)
+        #: client id -> the trainer's ``side_information`` of that client (sent once, when it first trains)
+        self.side_information: dict[int, dict] = {}
         self.batched = None
         self.execution: dict = {}  # how the run is executed (results.json "execution")
         # why clients train one after another (None: together), said in the run's first lines
@@ -277,7 +279,8 @@ class FederatedServer:
                     accs.append(summary.get("acc", float("nan")))
                 agg_info = {}
                 if shared_keys:
-                    global_state, agg_info = self.aggregator(uploads, sizes, global_state, clients)
+                    global_state, agg_info = self.aggregator(uploads, sizes, global_state, clients, round_idx=r,
+                                                             side_information=self.side_information)
                     client_global.update(agg_info.pop("per_client", {}))
             else:
                 agg_info = {}
@@ -304,13 +307,21 @@ class FederatedServer:
             out = []
             for cid, state in tqdm(starts.items(), desc=f"round {round_idx + 1} clients", leave=False,
                                    disable=not self.show_progress):
-                summary = self.train_client(cid, round_idx, state)
+                summary, side = self.train_client(cid, round_idx, state, cid not in self.side_information)
+                if side is not None:
+                    self.side_information[cid] = side
                 out.append((cid, summary, t.get_state(t.shared_keys() + t.personal_keys())))
             return out
         cids = list(starts)
         seed_everything(derive_seed(self.seed, round_idx, 0))
+        loaders = [self.train_loader(c, round_idx) for c in cids]
+        for cid, loader in zip(cids, loaders, strict=True):
+            if cid not in self.side_information:
+                side = t.side_information(loader)
+                if side is not None:
+                    self.side_information[cid] = side
         try:
-            trained = self.batched.train([starts[c] for c in cids], [self.train_loader(c, round_idx) for c in cids],
+            trained = self.batched.train([starts[c] for c in cids], loaders,
                                          int(self.cfg.OPTIM.MAX_EPOCH),
                                          [{"client": c, "round": round_idx + 1} for c in cids])
         except BatchingUnsupported as err:  # raised before anything was trained
@@ -321,14 +332,20 @@ class FederatedServer:
             return self.train_round(round_idx, starts)
         return [(cid, summary, state) for cid, (summary, state) in zip(cids, trained, strict=True)]
 
-    def train_client(self, cid: int, round_idx: int, state: dict) -> dict[str, float]:
+    def train_client(self, cid: int, round_idx: int, state: dict,
+                     side_information: bool = False) -> tuple[dict[str, float], dict | None]:
         """Client ``cid``'s local training in round ``round_idx`` (0-based) from ``state`` (its downloaded
-        shared + personal tensors), seeded from ``(SEED, round, client)``; returns the trainer's summary.
-        The in-process loop and the Flower ClientApp both train through here."""
-        self.trainer.load_state(state)
+        shared + personal tensors), seeded from ``(SEED, round, client)``. Returns the trainer's summary
+        and, when ``side_information`` is asked for (the client's first training), the trainer's
+        ``side_information`` of the client's loader (None when the method has none). The in-process
+        loop and the Flower ClientApp both train through here."""
+        t = self.trainer
+        t.load_state(state)
         seed_everything(derive_seed(self.seed, round_idx, cid, 0))
-        return self.trainer.local_train(self.train_loader(cid, round_idx), int(self.cfg.OPTIM.MAX_EPOCH),
-                                        context={"client": cid, "round": round_idx + 1})
+        loader = self.train_loader(cid, round_idx)
+        side = t.side_information(loader) if side_information else None
+        summary = t.local_train(loader, int(self.cfg.OPTIM.MAX_EPOCH), context={"client": cid, "round": round_idx + 1})
+        return summary, side
 
     def finish(self, writer: ResultsWriter) -> dict:
         """Close the results files, plot the accuracy curves, log the table; returns the results."""

@@ -76,14 +76,15 @@ def test_equally_similar_uploads_reduce_to_fedavg():
 
 
 def test_first_round_is_fedavg():
+    """Round 1 (round_idx 0, passed by the coordinator) or no previous global: FedAvg; later rounds: SAA."""
     ups = _ups([1.0, 0.0], [0.0, 1.0])
     initial = {"w": torch.tensor([1.0, 0.0])}
-    for agg, prev in ((SAA(), None), (SAA(), {}), (SAA(initial=initial), initial)):
-        out, info = agg(ups, [1, 3], prev)
+    for prev, round_idx in ((None, None), ({}, None), (initial, 0)):
+        out, info = SAA()(ups, [1, 3], prev, round_idx=round_idx)
         assert info["rule"] == "fedavg"
         assert torch.allclose(out["w"], torch.tensor([0.25, 0.75]))
-    # a previous global that differs from the initial state: similarity-aware
-    _, info = SAA(initial=initial)(ups, [1, 3], {"w": torch.tensor([1.0, 0.1])})
+    # a later round, even with the same previous global: similarity-aware
+    _, info = SAA()(ups, [1, 3], initial, round_idx=1)
     assert info["rule"] == "saa"
 
 

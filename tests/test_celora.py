@@ -115,8 +115,8 @@ def test_aggregator_on_hand_made_uploads_and_statistics():
     uploads = [{"C": up.clone()}, {"C": up.clone()}, {"C": torch.tensor([[0.0, -1.0], [1.0, 0.0]])}]
     stats = {7: _stats([4, 0], [[1.0, 0.0], [0.0, 0.0]]), 8: _stats([4, 0], [[1.0, 0.0], [0.0, 0.0]]),
              9: _stats([0, 4], [[0.0, 0.0], [0.0, 1.0]])}
-    agg = SimilarityPersonalized(statistics=stats, lam=0.5, temperature=0.2)
-    new_global, info = agg(uploads, [5, 5, 5], prev, [7, 8, 9])
+    agg = SimilarityPersonalized(lam=0.5, temperature=0.2)
+    new_global, info = agg(uploads, [5, 5, 5], prev, [7, 8, 9], side_information=stats)
     w = torch.tensor(info["personal_weights"])
     torch.testing.assert_close(w.sum(1), torch.ones(3), atol=1e-5, rtol=0)
     assert w[0, 0] == pytest.approx(w[0, 1], abs=1e-6) and w[1, 0] == pytest.approx(w[1, 1], abs=1e-6)

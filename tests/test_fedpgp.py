@@ -132,9 +132,9 @@ def test_sigma_is_shared_and_u_v_stay_on_the_client(tmp_path):
     uploads = []
     inner = server.aggregator
 
-    def spy(ups, sizes, previous, client_ids=None):
+    def spy(ups, sizes, previous, client_ids=None, **context):
         uploads.extend(ups)
-        return inner(ups, sizes, previous, client_ids)
+        return inner(ups, sizes, previous, client_ids, **context)
 
     server.aggregator = spy
     server.run()

@@ -158,7 +158,8 @@ def test_similarity_aware_aggregation_by_default_and_fedavg_switch(tmp_path):
     agg = tr.build_aggregator()
     assert isinstance(agg, SAA) and agg.temperature == 0.7
     initial = tr.get_state(tr.shared_keys())
-    assert set(agg.initial) == set(initial)  # round 1 (previous == initial state) is FedAvg
+    _, info = agg([initial, initial], [1, 1], initial, [0, 1], round_idx=0)
+    assert info["rule"] == "fedavg"  # round 1 is FedAvg (the coordinator passes the round)
     assert isinstance(_trainer(tmp_path, "TRAINER.FEDTV.AGGREGATION", "fedavg").build_aggregator(), FedAvg)
     assert isinstance(_trainer(tmp_path, "FED.AGGREGATION", "fedavg").build_aggregator(), FedAvg)
 

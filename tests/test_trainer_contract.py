@@ -1,5 +1,5 @@
-"""Every registered trainer: shared and personal keys partition its trainable parameters, and the
-server receives only shared tensors."""
+"""Every registered trainer: the engines own its loop and optimiser, the server receives only shared
+tensors (the shared / personal split itself: tests/test_method_table.py)."""
 import pytest
 import torch
 
@@ -18,12 +18,17 @@ def _setup(tmp_path, trainer, *opts):
     return cfg, data, build_trainer(cfg, classnames=data.classnames)
 
 
+LOOP = ("local_train", "forward_backward", "build_optimizers", "run_epoch", "train")
+
+
 @pytest.mark.parametrize("name", TRAINER_REGISTRY.registered_names())
-def test_shared_and_personal_keys_partition_trainable_parameters(tmp_path, name):
-    _, _, trainer = _setup(tmp_path, name)
-    shared, personal = set(trainer.shared_keys()), set(trainer.personal_keys())
-    assert not shared & personal
-    assert shared | personal == set(trainer.trainable_parameters())
+def test_the_engines_own_the_loop_and_the_optimiser(name):
+    """A method declares (SHARED, CFG_RULES, SEQUENTIAL, build_model, compute_loss ...); it does not
+    replace the training loop, whose sequential and batched versions must give the same results."""
+    from trainers.base import FederatedTrainer
+
+    cls = TRAINER_REGISTRY.get(name)
+    assert [m for m in LOOP if getattr(cls, m) is not getattr(FederatedTrainer, m)] == []
 
 
 @pytest.mark.parametrize("name", TRAINER_REGISTRY.registered_names())
@@ -33,9 +38,9 @@ def test_server_only_receives_shared_tensors(tmp_path, name):
     seen = []
     inner = server.aggregator
 
-    def spy(uploads, sizes, previous, client_ids=None):
+    def spy(uploads, sizes, previous, client_ids=None, **context):
         seen.extend(uploads)
-        return inner(uploads, sizes, previous, client_ids)
+        return inner(uploads, sizes, previous, client_ids, **context)
 
     server.aggregator = spy
     server.run()

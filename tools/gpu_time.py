@@ -178,8 +178,8 @@ class MethodCost:
     False when the class text features are fixed (linear head, feature adapters); ``text_weights``: the
     text tower's weights are trained; ``image_trainable``: the image path is prompted / adapted (not
     cacheable: forward+backward every step); ``personal``: clients hold different models (evaluated one
-    by one); ``batchable``: ``federated/batched.batching_support`` accepts it; ``trains``: False for
-    zero-shot (one evaluation round).
+    by one); ``trains``: False for zero-shot (one evaluation round). Whether its clients can be batched
+    is the trainer's own declaration (``SEQUENTIAL``, :attr:`batchable`).
     """
 
     prompt: str = "trimmed"
@@ -191,29 +191,36 @@ class MethodCost:
     text_weights: bool = False
     image_trainable: bool = False
     personal: bool = False
-    batchable: bool = True
     trains: bool = True
+    method: str = ""
+
+    @property
+    def batchable(self) -> bool:
+        """What a ``FED.BATCH_CLIENTS True`` run does: the trainer does not declare ``SEQUENTIAL``."""
+        import trainers  # noqa: F401  (registers the trainers)
+        from dassl.engine import TRAINER_REGISTRY
+
+        return not TRAINER_REGISTRY.get(self.method).SEQUENTIAL
 
 
-#: ``batchable``: what a ``FED.BATCH_CLIENTS True`` run does (``federated/batched.batching_support`` and the
-#: vmap check; checked on toy runs): FedMaPLe / the LoRA and full fine-tuning trainers are refused, so they
-#: train clients one after another; so does any run with ``PREC fp16`` (gradient scaling; e.g. the
-#: published FedOTP and FedCoCoOp configs: add ``PREC bf16`` to batch them). FedMaPLe is counted as
-#: trimmed, not shared-prefix (its deep text prompts act inside the blocks).
-METHOD_COSTS: dict[str, MethodCost] = {
-    "ZeroshotCLIP": MethodCost(prompt="full", trains=False, batchable=False),
+#: Trainers declaring ``SEQUENTIAL`` (FedMaPLe, the LoRA and full fine-tuning trainers) train clients one
+#: after another in a ``FED.BATCH_CLIENTS True`` run; so does any run with ``PREC fp16`` (gradient scaling;
+#: e.g. the published FedOTP and FedCoCoOp configs: add ``PREC bf16`` to batch them). FedMaPLe is counted
+#: as trimmed, not shared-prefix (its deep text prompts act inside the blocks).
+METHOD_COSTS: dict[str, MethodCost] = {name: dataclasses.replace(cost, method=name) for name, cost in {
+    "ZeroshotCLIP": MethodCost(prompt="full", trains=False),
     "CoOp": MethodCost(prompt="shared", personal=True),
     "PromptFL": MethodCost(prompt="shared"),
     "PromptProx": MethodCost(prompt="shared"),
     "KgCoOp": MethodCost(prompt="shared"),
     "FedCoCoOp": MethodCost(prompt="shared", per_image=True),
     "FedOTP": MethodCost(per_class=2, personal=True),
-    "FedMaPLe": MethodCost(image_trainable=True, batchable=False),
+    "FedMaPLe": MethodCost(image_trainable=True),
     "FedPGP": MethodCost(prompt="shared", context_sets=2, ref_passes=4, personal=True),
     "FedTV": MethodCost(prompt="shared", context_sets=2, ref_passes=4, personal=True),
-    "FLoRA": MethodCost(prompt="full", batchable=False),
-    "CELoRA": MethodCost(prompt="full", personal=True, batchable=False),
-    "FedFFT": MethodCost(prompt="full", text_weights=True, batchable=False),
+    "FLoRA": MethodCost(prompt="full"),
+    "CELoRA": MethodCost(prompt="full", personal=True),
+    "FedFFT": MethodCost(prompt="full", text_weights=True),
     "FedLC": MethodCost(prompt="full", text_per_step=False),
     "FedAA": MethodCost(prompt="full", text_per_step=False),
     # global + local prompt sets in one pass (published: one dense pass of 2C prompts)
@@ -221,8 +228,8 @@ METHOD_COSTS: dict[str, MethodCost] = {
     # local, projected-local and global prompt sets (equal lengths: one pass; published: three)
     "FedPHA": MethodCost(prompt="shared", context_sets=3, ref_passes=3, personal=True),
     # adapters inside both towers: hand-crafted prompts through the adapted text tower, a ViT pass per step
-    "pFedMMA": MethodCost(prompt="full", image_trainable=True, personal=True, batchable=False),
-}
+    "pFedMMA": MethodCost(prompt="full", image_trainable=True, personal=True),
+}.items()}
 
 
 # --------------------------------------------------------------------- the shape of a run

@@ -1,9 +1,20 @@
 """``FederatedTrainer``: what every FedTV trainer shares.
 
 A federated trainer wraps ONE frozen CLIP (loaded once per process and shared by every client) and
-a small set of trainable tensors. It declares which trainable tensors are **shared** (sent to the
-server and aggregated) and which are **personal** (never leave the client); the two sets partition
-its trainable parameters. The server drives it through:
+a small set of trainable tensors. A method is a subclass that declares (``trainers/method.py``):
+
+* ``CFG_NODE``, ``cfg_defaults()`` and ``CFG_RULES``: its config node, the node's defaults, and the
+  allowed values and ranges of its keys (checked before the model is built);
+* ``SHARED``: name patterns of its **shared** tensors (sent to the server and aggregated); every other
+  trainable tensor is **personal** (never leaves the client);
+* ``build_aggregator()``: the server's rule (FedAvg unless the method or ``FED.AGGREGATION`` says otherwise),
+  and ``side_information(loader)``: what that rule needs to know about a client's data (default none);
+* ``build_model()`` (set ``self.model``) and ``compute_loss(features, labels)``;
+* ``SEQUENTIAL``: why its clients must be trained one after another by the trainer's own loop
+  (``""``: the engines may train them together). The loop and the optimiser (``local_train``, ``forward_backward``,
+  ``build_optimizers``, ``run_epoch``) belong to the engines: methods do not override them.
+
+The server drives it through:
 
 * ``shared_keys()`` / ``personal_keys()``, ``get_state(keys)`` / ``load_state(state)``;
 * ``local_train(loader, epochs, context)``: fresh optimiser and scheduler per call (per client per
@@ -19,7 +30,6 @@ its trainable parameters. The server drives it through:
   personalised one;
 * ``build_aggregator()``: the server-side aggregation rule (FedAvg by default).
 
-Subclasses implement ``build_model`` (set ``self.model``) and usually ``compute_loss``.
 """
 from __future__ import annotations
 
@@ -33,6 +43,7 @@ from torch import nn
 
 from dassl.engine import TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
+from trainers.method import Rule, check_rules, shared_names
 
 logger = logging.getLogger("fedtv.trainer")
 
@@ -58,13 +69,17 @@ class FederatedTrainer(TrainerX):
 
     #: Name of the trainer's node under ``cfg.TRAINER`` (e.g. ``"PROMPTFL"``).
     CFG_NODE: str = ""
-    #: Prefixes of trainable parameter names that are shared with the server. Everything else that
-    #: is trainable is personal.
-    SHARED_PREFIXES: tuple[str, ...] = ()
+    #: Allowed values of the node's keys (``trainers/method.py``); merged with the bases' rules.
+    CFG_RULES: dict[str, Rule] = {}
+    #: Name patterns of the trainable tensors shared with the server. Every other trainable tensor is personal.
+    SHARED: tuple[str, ...] = ()
+    #: Why this method's clients must be trained one after another by its own loop ("" = they need not).
+    SEQUENTIAL: str = ""
     #: Frozen image features are a pure function of the image: evaluation caches them.
     image_features_cacheable: bool = True
 
     def __init__(self, cfg, classnames: list[str] | None = None, dm=None):
+        check_rules(type(self), cfg)
         self._feature_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._shared_optimizers_built = False
         super().__init__(cfg, dm=dm, classnames=classnames)
@@ -75,8 +90,17 @@ class FederatedTrainer(TrainerX):
 
     # ------------------------------------------------------------------ config
     @classmethod
+    def cfg_defaults(cls):
+        """This method's config node with its defaults (a yacs ``CfgNode``); None: the method has none."""
+        return None
+
+    @classmethod
     def extend_cfg(cls, cfg) -> None:
-        """Add this trainer's ``cfg.TRAINER.<CFG_NODE>`` node (override in subclasses)."""
+        """Add ``cfg.TRAINER.<CFG_NODE>`` (``cfg_defaults()``) unless a method sharing the node added it."""
+        if cls.CFG_NODE and cls.CFG_NODE not in cfg.TRAINER:
+            node = cls.cfg_defaults()
+            if node is not None:
+                cfg.TRAINER[cls.CFG_NODE] = node
 
     @property
     def tcfg(self):
@@ -111,7 +135,8 @@ class FederatedTrainer(TrainerX):
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
     def shared_keys(self) -> list[str]:
-        return [n for n in self.trainable_parameters() if n.startswith(self.SHARED_PREFIXES)]
+        """The trainable tensors matched by ``SHARED`` (in parameter order)."""
+        return shared_names(self.SHARED, self.trainable_parameters())
 
     def personal_keys(self) -> list[str]:
         shared = set(self.shared_keys())
@@ -143,6 +168,12 @@ class FederatedTrainer(TrainerX):
         from federated.aggregation import build_aggregator
 
         return build_aggregator(self.cfg.FED.AGGREGATION or "fedavg", self.cfg)
+
+    def side_information(self, loader) -> dict[str, torch.Tensor] | None:
+        """What the aggregator needs to know about a client's training data (e.g. CE-LoRA's per-class
+        feature statistics), computed on the client from ``loader`` the first time it trains and sent
+        once with its update; None (the default): nothing."""
+        return None
 
     # ------------------------------------------------------------------ model pieces used by subclasses
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

@@ -16,10 +16,10 @@ Deviations from the published code (REFERENCE §8, pitfall 10), and why:
   ``train_c_only``). A, B start from the same seeded draw on every client, so the shared C matrices
   of different clients live in the same bases and can be averaged.
 * Server: ``federated/aggregation_personalized.py`` (formula and its reasons in its docstring). The
-  data-space statistics (per-class counts and means of normalised frozen image features) are
-  computed by this trainer from a client's training loader the first time the client trains, and
-  held in ``self.client_statistics``, the dict the aggregator reads: no raw data leaves the client,
-  and the server loop needs no extra channel.
+  data-space statistics (per-class counts and means of normalised frozen image features) are this
+  method's ``side_information``: computed on the client from its training loader the first time the
+  client trains, sent once with its update (in process and over Flower alike) and handed to the
+  aggregator by the coordinator. No raw data leaves the client.
 
 Loss, evaluation and targets are FLoRA's (``trainers/flora.py``): contrastive loss over the class
 prompts by default, text tower attention output projections, rank 2.
@@ -41,21 +41,16 @@ class CELoRA(LoRATrainer):
 
     CFG_NODE = "CELORA"
     TRI = True
+    SHARED = ("*.C",)  # only the r x r matrices C
 
     @classmethod
-    def extend_cfg(cls, cfg) -> None:
-        if cls.CFG_NODE not in cfg.TRAINER:
-            node: CN = lora_cfg_node(rank=2, alpha=32.0, scaling="alpha_over_r")
-            node.INIT = "zero_c"  # zero_c | published
-            node.TRAIN_AB = True
-            node.AGG_LAMBDA = 0.5  # weight of parameter vs data similarity
-            node.AGG_TEMPERATURE = 0.2
-            cfg.TRAINER[cls.CFG_NODE] = node
-
-    def __init__(self, cfg, classnames: list[str] | None = None, dm=None):
-        #: client id -> per-class feature statistics, shared once with the server's aggregator.
-        self.client_statistics: dict[int, Statistics] = {}
-        super().__init__(cfg, classnames=classnames, dm=dm)
+    def cfg_defaults(cls) -> CN:
+        node: CN = lora_cfg_node(rank=2, alpha=32.0, scaling="alpha_over_r")
+        node.INIT = "zero_c"  # zero_c | published
+        node.TRAIN_AB = True
+        node.AGG_LAMBDA = 0.5  # weight of parameter vs data similarity
+        node.AGG_TEMPERATURE = 0.2
+        return node
 
     def init_factors(self, factors: list[LoRAFactors]) -> None:
         init_tri_lora(factors, str(self.tcfg.INIT), self._init_generator)
@@ -63,18 +58,15 @@ class CELoRA(LoRATrainer):
             f.A.requires_grad_(bool(self.tcfg.TRAIN_AB))
             f.B.requires_grad_(bool(self.tcfg.TRAIN_AB))
 
-    def shared_keys(self) -> list[str]:
-        """Only the r x r matrices C."""
-        return [n for n in self.trainable_parameters() if n.endswith(".C")]
-
     def build_aggregator(self):
         if self.cfg.FED.AGGREGATION:
             return super().build_aggregator()
-        return SimilarityPersonalized(self.cfg, statistics=self.client_statistics)
+        return SimilarityPersonalized(self.cfg)
 
     @torch.no_grad()
-    def data_statistics(self, loader) -> Statistics:
-        """Per-class counts and means of the client's normalised frozen image features."""
+    def side_information(self, loader) -> Statistics:
+        """Per-class counts and means of the client's normalised frozen image features (what the
+        aggregator's data similarity needs), from the loader the client first trains on."""
         feats, labels = [], []
         for batch in loader:
             if "feat" in batch:
@@ -85,9 +77,3 @@ class CELoRA(LoRATrainer):
                     feats.append(self.model.clip.model.encode_image(images).float().cpu())
             labels.append(batch["label"])
         return class_feature_statistics(torch.cat(feats), torch.cat(labels), self.num_classes)
-
-    def local_train(self, loader, epochs: int, context: dict | None = None) -> dict[str, float]:
-        cid = (context or {}).get("client")
-        if cid is not None and cid not in self.client_statistics:
-            self.client_statistics[cid] = self.data_statistics(loader)
-        return super().local_train(loader, epochs, context)

@@ -39,7 +39,7 @@ from torch.utils.checkpoint import checkpoint
 from yacs.config import CfgNode as CN
 
 from dassl.engine import TRAINER_REGISTRY
-from federated.errors import ConfigError
+from trainers.method import Range
 from trainers.prompt_learner import PromptCLIP, PromptLearner
 from trainers.prompt_trainer import PromptTrainer
 
@@ -134,23 +134,20 @@ class FedCoCoOp(PromptTrainer):
     """CoCoOp in federated learning: the context and the meta-net are shared and averaged."""
 
     CFG_NODE = "FEDCOCOOP"
-    SHARED_PREFIXES = ("prompt_learner.ctx", "prompt_learner.meta_net.")
+    SHARED = ("prompt_learner.ctx", "prompt_learner.meta_net.*")
+    CFG_RULES = {"PROMPT_CHUNK": Range(0)}  # 0 = no bound
 
     @classmethod
-    def extend_cfg(cls, cfg) -> None:
-        if cls.CFG_NODE not in cfg.TRAINER:
-            node = CN()
-            node.N_CTX = 4
-            node.CTX_INIT = "a photo of a"
-            node.PREC = "fp16"
-            node.PROMPT_CHUNK = 0
-            cfg.TRAINER[cls.CFG_NODE] = node
+    def cfg_defaults(cls) -> CN:
+        node = CN()
+        node.N_CTX = 4
+        node.CTX_INIT = "a photo of a"
+        node.PREC = "fp16"
+        node.PROMPT_CHUNK = 0
+        return node
 
     def build_prompt_learner(self, clip) -> ConditionalPromptLearner:
         return ConditionalPromptLearner(clip, self.classnames, n_ctx=self.tcfg.N_CTX, ctx_init=self.tcfg.CTX_INIT)
 
     def build_clip_model(self, clip, prompt_learner: ConditionalPromptLearner) -> ConditionalCLIP:
-        chunk = self.tcfg.PROMPT_CHUNK
-        if chunk < 0:
-            raise ConfigError(f"TRAINER.FEDCOCOOP.PROMPT_CHUNK must be >= 0 (0 = no bound), got {chunk}")
-        return ConditionalCLIP(clip, prompt_learner, prompt_chunk=chunk)
+        return ConditionalCLIP(clip, prompt_learner, prompt_chunk=self.tcfg.PROMPT_CHUNK)

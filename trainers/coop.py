@@ -16,7 +16,7 @@ class CoOp(PromptTrainer):
     """Local prompt learning: the context is personal, the server aggregates nothing."""
 
     CFG_NODE = "COOP"
-    SHARED_PREFIXES = ()
+    SHARED = ()
 
 
 @TRAINER_REGISTRY.register()
@@ -24,4 +24,4 @@ class PromptFL(PromptTrainer):
     """Federated prompt learning: the context ``prompt_learner.ctx`` is shared and averaged."""
 
     CFG_NODE = "PROMPTFL"
-    SHARED_PREFIXES = ("prompt_learner.ctx",)
+    SHARED = ("prompt_learner.ctx",)

@@ -95,16 +95,15 @@ class FedLC(FederatedTrainer):
     """Federated linear probe on frozen image features, initialised from zero-shot text weights."""
 
     CFG_NODE = "FEDLC"
-    SHARED_PREFIXES = ("head.",)
+    SHARED = ("head.*",)
 
     @classmethod
-    def extend_cfg(cls, cfg) -> None:
-        if cls.CFG_NODE not in cfg.TRAINER:
-            node = CN()
-            node.NORMALIZE = True
-            node.USE_LOGIT_SCALE = False
-            node.PREC = "fp32"
-            cfg.TRAINER[cls.CFG_NODE] = node
+    def cfg_defaults(cls) -> CN:
+        node = CN()
+        node.NORMALIZE = True
+        node.USE_LOGIT_SCALE = False
+        node.PREC = "fp32"
+        return node
 
     def build_model(self) -> None:
         clip = load_frozen_clip(self.cfg, self.device)
@@ -119,16 +118,15 @@ class FedAA(FederatedTrainer):
     """FedCLIP-style attention adapter(s) on frozen CLIP features, shared and averaged."""
 
     CFG_NODE = "FEDAA"
-    SHARED_PREFIXES = ("adapters.",)
+    SHARED = ("adapters.*",)
 
     @classmethod
-    def extend_cfg(cls, cfg) -> None:
-        if cls.CFG_NODE not in cfg.TRAINER:
-            node = CN()
-            node.REDUCTION = 1
-            node.ON = ["vision"]  # vision and/or text
-            node.PREC = "fp32"
-            cfg.TRAINER[cls.CFG_NODE] = node
+    def cfg_defaults(cls) -> CN:
+        node = CN()
+        node.REDUCTION = 1
+        node.ON = ["vision"]  # vision and/or text
+        node.PREC = "fp32"
+        return node
 
     def build_model(self) -> None:
         on = [str(s).lower() for s in self.tcfg.ON]

@@ -98,17 +98,16 @@ class FedMaPLe(PromptTrainer):
     """MaPLe prompts, every prompt and coupling function shared (FedAvg)."""
 
     CFG_NODE = "MAPLE"
-    SHARED_PREFIXES = ("prompt_learner.",)
+    SHARED = ("prompt_learner.*",)
     image_features_cacheable = False
+    SEQUENTIAL = "its image tower is prompted: image features are not cacheable, every step encodes images"
 
     @classmethod
-    def extend_cfg(cls, cfg) -> None:
-        if cls.CFG_NODE in cfg.TRAINER:
-            return
+    def cfg_defaults(cls) -> CN:
         node: CN = prompt_cfg_node(n_ctx=2, prec="fp16")
         node.CTX_INIT = "a photo of a"
         node.PROMPT_DEPTH = 9  # J: prompts in the input and at blocks 1..J-1 of both towers
-        cfg.TRAINER[cls.CFG_NODE] = node
+        return node
 
     def build_prompt_learner(self, clip) -> MaPLePromptLearner:
         t = self.tcfg

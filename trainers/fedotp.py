@@ -43,6 +43,7 @@ from yacs.config import CfgNode as CN
 from dassl.engine import TRAINER_REGISTRY
 from federated.errors import ClassSpaceError
 from trainers.image_tokens import image_tokens
+from trainers.method import Range
 from trainers.optimal_transport import OT_METHODS, STOP_RULES, uniform_plan
 from trainers.prompt_learner import PromptCLIP, PromptLearner
 from trainers.prompt_trainer import PromptTrainer, prompt_cfg_node
@@ -132,14 +133,16 @@ class FedOTP(PromptTrainer):
     """Global prompts shared (FedAvg), local prompts personal, OT between patches and prompts."""
 
     CFG_NODE = "FEDOTP"
-    SHARED_PREFIXES = ("prompt_learner.ctx_global",)
+    SHARED = ("prompt_learner.ctx_global",)
+    CFG_RULES = {"OT": lambda node: None if str(node.OT).lower() in OT_METHODS else
+                 f"TRAINER.FEDOTP.OT must be Sinkhorn or COT, got '{node.OT}'",
+                 "TOP_PERCENT": Range(0, 1, low_open=True), "EPS": Range(0, low_open=True), "MAX_ITER": Range(1),
+                 "STOP_RULE": STOP_RULES}
     #: ``encode_images`` returns projected tokens ``(B, 1 + P, D)``: a separate training-view cache.
     image_feature_kind = "tokens"
 
     @classmethod
-    def extend_cfg(cls, cfg) -> None:
-        if cls.CFG_NODE in cfg.TRAINER:
-            return
+    def cfg_defaults(cls) -> CN:
         node: CN = prompt_cfg_node(n_ctx=16, prec="fp16")
         node.NUM_PROMPTS = 2  # N prompts per class (published num_prompt)
         node.NUM_GLOBAL = 1  # the first ones are shared (published avg_prompt)
@@ -150,7 +153,7 @@ class FedOTP(PromptTrainer):
         node.STOP_RULE = "published"  # early stop of the OT iterations: "published" | "marginal"
         node.TOP_PERCENT = 0.8
         node.CACHE_TOKENS = True  # cache the frozen image tokens of evaluation sets in memory
-        cfg.TRAINER[cls.CFG_NODE] = node
+        return node
 
     def build_prompt_learner(self, clip) -> MultiPromptLearner:
         t = self.tcfg
@@ -160,13 +163,6 @@ class FedOTP(PromptTrainer):
 
     def build_clip_model(self, clip, prompt_learner) -> OTPromptCLIP:
         t = self.tcfg
-        if str(t.OT).lower() not in OT_METHODS:
-            raise ValueError(f"TRAINER.FEDOTP.OT must be Sinkhorn or COT, got '{t.OT}'")
-        if not 0 < float(t.TOP_PERCENT) <= 1 or not float(t.EPS) > 0 or int(t.MAX_ITER) < 1:
-            raise ValueError("TRAINER.FEDOTP needs 0 < TOP_PERCENT <= 1, EPS > 0 and MAX_ITER >= 1; got "
-                             f"{t.TOP_PERCENT}, {t.EPS}, {t.MAX_ITER}")
-        if str(t.STOP_RULE) not in STOP_RULES:
-            raise ValueError(f"TRAINER.FEDOTP.STOP_RULE must be one of {', '.join(STOP_RULES)}, got '{t.STOP_RULE}'")
         self.image_features_cacheable = bool(t.CACHE_TOKENS)
         return OTPromptCLIP(clip, prompt_learner, method=str(t.OT), eps=float(t.EPS), thresh=float(t.THRESH),
                             max_iter=int(t.MAX_ITER), top_percent=float(t.TOP_PERCENT), stop_rule=str(t.STOP_RULE))

@@ -42,7 +42,6 @@ class FedPGP(GlobalPersonalPromptTrainer):
     CFG_NODE = "FEDPGP"
 
     @classmethod
-    def extend_cfg(cls, cfg) -> None:
-        if cls.CFG_NODE not in cfg.TRAINER:
-            cfg.TRAINER[cls.CFG_NODE] = global_personal_cfg_node(bottleneck=8, mu=0.5, temp=0.5,
-                                                                 negative_pair="global", handcrafted="published")
+    def cfg_defaults(cls):
+        return global_personal_cfg_node(bottleneck=8, mu=0.5, temp=0.5, negative_pair="global",
+                                        handcrafted="published")

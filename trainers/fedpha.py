@@ -59,7 +59,7 @@ from torch import nn
 from yacs.config import CfgNode as CN
 
 from dassl.engine import TRAINER_REGISTRY
-from federated.errors import ConfigError
+from trainers.method import Range
 from trainers.prompt_learner import PromptCLIP, PromptLearner
 from trainers.prompt_trainer import PromptTrainer
 
@@ -201,43 +201,36 @@ class FedPHACLIP(PromptCLIP):
         return self.encode_contexts([pl.ctx_local], pl.local_tok)[0]
 
 
+def _lengths_rule(t) -> str | None:
+    lengths = [int(t.N_CTX), int(t.N_CTX_LOCAL), *[int(n) for n in t.LOCAL_LENGTHS]]
+    if min(lengths) < 1:
+        return f"TRAINER.FEDPHA.N_CTX, N_CTX_LOCAL and LOCAL_LENGTHS must be >= 1, got {lengths}"
+    return None
+
+
 @TRAINER_REGISTRY.register()
 class FedPHA(PromptTrainer):
     """Global prompt shared (FedAvg), per-client-length local prompt personal, SVD projection + alignment."""
 
     CFG_NODE = "FEDPHA"
-    SHARED_PREFIXES = ("prompt_learner.ctx_global",)
+    SHARED = ("prompt_learner.ctx_global",)
+    CFG_RULES = {"PROJECTION": PROJECTIONS, "LOCAL_EOT": EOT_MODES, "RATIO": Range(0, 1),
+                 "LOCAL_LENGTHS": _lengths_rule, "ALPHA": Range(0), "PULL_WEIGHT": Range(0), "PUSH_WEIGHT": Range(0)}
 
     @classmethod
-    def extend_cfg(cls, cfg) -> None:
-        if cls.CFG_NODE not in cfg.TRAINER:
-            node = CN()
-            node.N_CTX = 16
-            node.N_CTX_LOCAL = 16
-            node.LOCAL_LENGTHS = []
-            node.RATIO = 0.8
-            node.ALPHA = 1.0
-            node.PULL_WEIGHT = 1.0
-            node.PUSH_WEIGHT = 1.0
-            node.PROJECTION = "null_space"
-            node.LOCAL_EOT = "own"
-            node.PREC = "fp16"
-            cfg.TRAINER[cls.CFG_NODE] = node
-
-    def validate_cfg(self) -> None:
-        t, node = self.tcfg, f"TRAINER.{self.CFG_NODE}"
-        if t.PROJECTION not in PROJECTIONS:
-            raise ConfigError(f"{node}.PROJECTION must be one of {PROJECTIONS}, got '{t.PROJECTION}'")
-        if t.LOCAL_EOT not in EOT_MODES:
-            raise ConfigError(f"{node}.LOCAL_EOT must be one of {EOT_MODES}, got '{t.LOCAL_EOT}'")
-        if not 0.0 <= float(t.RATIO) <= 1.0:
-            raise ConfigError(f"{node}.RATIO must be in [0, 1], got {t.RATIO}")
-        lengths = [int(t.N_CTX), int(t.N_CTX_LOCAL), *[int(n) for n in t.LOCAL_LENGTHS]]
-        if min(lengths) < 1:
-            raise ConfigError(f"{node}.N_CTX, N_CTX_LOCAL and LOCAL_LENGTHS must be >= 1, got {lengths}")
-        for key in ("ALPHA", "PULL_WEIGHT", "PUSH_WEIGHT"):
-            if float(t[key]) < 0:
-                raise ConfigError(f"{node}.{key} must be >= 0, got {t[key]}")
+    def cfg_defaults(cls) -> CN:
+        node = CN()
+        node.N_CTX = 16
+        node.N_CTX_LOCAL = 16
+        node.LOCAL_LENGTHS = []
+        node.RATIO = 0.8
+        node.ALPHA = 1.0
+        node.PULL_WEIGHT = 1.0
+        node.PUSH_WEIGHT = 1.0
+        node.PROJECTION = "null_space"
+        node.LOCAL_EOT = "own"
+        node.PREC = "fp16"
+        return node
 
     def local_length(self, cid: int) -> int:
         """Client ``cid``'s local prompt length."""
@@ -245,7 +238,6 @@ class FedPHA(PromptTrainer):
         return int(lengths[cid % len(lengths)]) if lengths else int(self.tcfg.N_CTX_LOCAL)
 
     def build_prompt_learner(self, clip) -> FedPHAPromptLearner:
-        self.validate_cfg()
         t = self.tcfg
         lengths = [int(n) for n in t.LOCAL_LENGTHS] or [int(t.N_CTX_LOCAL)]
         return FedPHAPromptLearner(clip, self.classnames, int(t.N_CTX), self.local_length(0), max(lengths),

@@ -73,6 +73,7 @@ from trainers.lowrank_prompt import (
     GlobalPersonalPromptTrainer,
     global_personal_cfg_node,
 )
+from trainers.method import Range
 from trainers.visual_adapters import AttentionAdapter, VisualDynamicFusion
 
 INIT_CHOICES = ("orthogonal", "normal")
@@ -185,22 +186,31 @@ class FedTVCLIP(GlobalPersonalCLIP):
 
 
 # ------------------------------------------------------------------------------------------- trainer
+def _factor_terms_rule(node) -> str | None:
+    """ORTHO_WEIGHT / L2_WEIGHT act on the factors B and A of the ``bsa`` / ``ba`` terms."""
+    if (float(node.ORTHO_WEIGHT) > 0 or float(node.L2_WEIGHT) > 0) and node.ADAPTATION not in ("bsa", "ba"):
+        return ("TRAINER.FEDTV.ORTHO_WEIGHT / L2_WEIGHT act on B and A: they need ADAPTATION bsa or ba, "
+                f"got '{node.ADAPTATION}' (set both weights to 0)")
+    return None
+
+
 @TRAINER_REGISTRY.register()
 class FedTV(GlobalPersonalPromptTrainer):
     """sigma + global adapter shared; B, S, A, local adapter and fusion personal; SAA on the server."""
 
     CFG_NODE = "FEDTV"
-    SHARED_PREFIXES = ("prompt_learner.sigma", "glo_adapter.")
+    SHARED = ("prompt_learner.sigma", "glo_adapter.*")
     ADAPTATIONS = {
         **GlobalPersonalPromptTrainer.ADAPTATIONS,
         "bsa": OrthogonalLowRankPromptLearner,
         "ba": FloraPromptLearner,
     }
+    CFG_RULES = {"ADAPTATION": tuple(ADAPTATIONS), "INIT": INIT_CHOICES, "FUSION": FUSION_CHOICES,
+                 "AGGREGATION": AGGREGATION_CHOICES, "ORTHO_WEIGHT": Range(0), "L2_WEIGHT": Range(0),
+                 "FUSION_HIDDEN": Range(1), "SAA_TEMP": Range(0, low_open=True), "ORTHO_A": _factor_terms_rule}
 
     @classmethod
-    def extend_cfg(cls, cfg) -> None:
-        if cls.CFG_NODE in cfg.TRAINER:
-            return
+    def cfg_defaults(cls):
         node = global_personal_cfg_node(bottleneck=8, mu=1.0, temp=0.5, negative_pair="handcrafted",
                                         handcrafted="published")
         node.ADAPTATION = "bsa"
@@ -216,33 +226,12 @@ class FedTV(GlobalPersonalPromptTrainer):
         node.FUSION_SCALED = False
         node.AGGREGATION = "saa"
         node.SAA_TEMP = 1.0
-        cfg.TRAINER[cls.CFG_NODE] = node
-
-    def validate_cfg(self) -> None:
-        from federated.errors import ConfigError
-
-        super().validate_cfg()
-        t, node = self.tcfg, f"TRAINER.{self.CFG_NODE}"
-        for key, choices in (("INIT", INIT_CHOICES), ("FUSION", FUSION_CHOICES), ("AGGREGATION", AGGREGATION_CHOICES)):
-            if t[key] not in choices:
-                raise ConfigError(f"{node}.{key} must be one of {choices}, got '{t[key]}'")
-        for key in ("ORTHO_WEIGHT", "L2_WEIGHT"):
-            if float(t[key]) < 0:
-                raise ConfigError(f"{node}.{key} must be >= 0, got {t[key]}")
-        if int(t.FUSION_HIDDEN) < 1:
-            raise ConfigError(f"{node}.FUSION_HIDDEN must be >= 1, got {t.FUSION_HIDDEN}")
-        if float(t.SAA_TEMP) <= 0:
-            raise ConfigError(f"{node}.SAA_TEMP must be > 0, got {t.SAA_TEMP}")
-        needs_factors = float(t.ORTHO_WEIGHT) > 0 or float(t.L2_WEIGHT) > 0
-        if needs_factors and t.ADAPTATION not in ("bsa", "ba"):
-            raise ConfigError(f"{node}.ORTHO_WEIGHT / L2_WEIGHT act on B and A: they need ADAPTATION bsa or ba, "
-                              f"got '{t.ADAPTATION}' (set both weights to 0)")
+        return node
 
     def build_prompt_learner(self, clip) -> GlobalPersonalPromptLearner:
         t = self.tcfg
         if t.ADAPTATION not in ("bsa", "ba"):
-            return super().build_prompt_learner(clip)  # validates the config too
-        self.validate_cfg()
+            return super().build_prompt_learner(clip)
         return self.ADAPTATIONS[t.ADAPTATION](
             clip, self.classnames, rank=int(t.BOTTLENECK), init=t.INIT, n_ctx=t.N_CTX, ctx_init=t.CTX_INIT,
             csc=t.CSC, class_token_position=t.CLASS_TOKEN_POSITION)
@@ -272,9 +261,9 @@ class FedTV(GlobalPersonalPromptTrainer):
         return loss, logits, extra
 
     def build_aggregator(self):
-        """SAA (knowing the initial shared state, so round 1 is FedAvg) unless FedAvg is asked for."""
+        """SAA (round 1: FedAvg) unless FedAvg is asked for."""
         name = self.cfg.FED.AGGREGATION or self.tcfg.AGGREGATION
         if name.lower() != "saa":
             return build_aggregator(name, self.cfg)
-        return SAA(self.cfg, temperature=float(self.tcfg.SAA_TEMP), initial=self.get_state(self.shared_keys()))
+        return SAA(self.cfg, temperature=float(self.tcfg.SAA_TEMP))
 

@@ -98,12 +98,11 @@ class FLoRA(LoRATrainer):
     """LoRA on CLIP's text tower, every LoRA tensor shared and FedAvg-aggregated."""
 
     CFG_NODE = "FLORA"
-    SHARED_PREFIXES = ("text_encoder.", "visual.")
+    SHARED = ("text_encoder.*", "visual.*")
 
     @classmethod
-    def extend_cfg(cls, cfg) -> None:
-        if cls.CFG_NODE not in cfg.TRAINER:
-            cfg.TRAINER[cls.CFG_NODE] = lora_cfg_node(rank=2, alpha=32.0, scaling="alpha")
+    def cfg_defaults(cls) -> CN:
+        return lora_cfg_node(rank=2, alpha=32.0, scaling="alpha")
 
     def init_factors(self, factors: list[LoRAFactors]) -> None:
         init_lora(factors, self._init_generator)
@@ -114,17 +113,16 @@ class FedFFT(TunedCLIPTrainer):
     """Full fine-tuning of a copy of the text tower (optionally the image tower), all shared."""
 
     CFG_NODE = "FEDFFT"
-    SHARED_PREFIXES = ("text_encoder.", "visual.")
+    SHARED = ("text_encoder.*", "visual.*")
 
     @classmethod
-    def extend_cfg(cls, cfg) -> None:
-        if cls.CFG_NODE not in cfg.TRAINER:
-            node = CN()
-            node.TOWERS = ["text"]  # text and/or vision
-            node.TRAIN_TOKEN_EMBEDDING = True
-            node.LOSS = "contrastive"
-            node.PREC = "fp32"
-            cfg.TRAINER[cls.CFG_NODE] = node
+    def cfg_defaults(cls) -> CN:
+        node = CN()
+        node.TOWERS = ["text"]  # text and/or vision
+        node.TRAIN_TOKEN_EMBEDDING = True
+        node.LOSS = "contrastive"
+        node.PREC = "fp32"
+        return node
 
     def _towers(self) -> set[str]:
         towers = {str(t).lower() for t in self.tcfg.TOWERS}

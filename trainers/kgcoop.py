@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from yacs.config import CfgNode as CN
 
 from dassl.data.datasets import dataset_template
 from dassl.engine import TRAINER_REGISTRY
-from federated.errors import ConfigError
 from trainers.handcrafted import HandcraftedText
+from trainers.method import Range
 from trainers.prompt_learner import PromptCLIP, PromptLearner
 from trainers.prompt_trainer import PromptTrainer, prompt_cfg_node
 
@@ -63,33 +64,31 @@ class KgCoOpCLIP(PromptCLIP):
         self.handcrafted.set_classnames(classnames)
 
 
+def _template_rule(node) -> str | None:
+    if node.TEMPLATE and "{}" not in node.TEMPLATE:
+        return f"TRAINER.KGCOOP.TEMPLATE must contain '{{}}' for the class name, got '{node.TEMPLATE}'"
+    return None
+
+
 @TRAINER_REGISTRY.register()
 class KgCoOp(PromptTrainer):
     """CoOp context + knowledge-guided regulariser; the context is shared and averaged."""
 
     CFG_NODE = "KGCOOP"
-    SHARED_PREFIXES = ("prompt_learner.ctx",)
+    SHARED = ("prompt_learner.ctx",)
+    CFG_RULES = {"DISTANCE": DISTANCES, "W": Range(0), "TEMPLATE": _template_rule}
 
     @classmethod
-    def extend_cfg(cls, cfg) -> None:
-        if cls.CFG_NODE not in cfg.TRAINER:
-            node = prompt_cfg_node(n_ctx=4)
-            node.CTX_INIT = "a photo of a"
-            node.W = 8.0
-            node.DISTANCE = "l2"
-            node.TEMPLATE = ""
-            cfg.TRAINER[cls.CFG_NODE] = node
+    def cfg_defaults(cls) -> CN:
+        node = prompt_cfg_node(n_ctx=4)
+        node.CTX_INIT = "a photo of a"
+        node.W = 8.0
+        node.DISTANCE = "l2"
+        node.TEMPLATE = ""
+        return node
 
     def build_clip_model(self, clip, prompt_learner):
-        t = self.tcfg
-        if t.DISTANCE not in DISTANCES:
-            raise ConfigError(f"TRAINER.KGCOOP.DISTANCE must be one of {DISTANCES}, got '{t.DISTANCE}'")
-        if t.W < 0:
-            raise ConfigError(f"TRAINER.KGCOOP.W must be >= 0, got {t.W}")
-        template = t.TEMPLATE or dataset_template(self.cfg)
-        if "{}" not in template:
-            raise ConfigError(f"TRAINER.KGCOOP.TEMPLATE must contain '{{}}' for the class name, got '{template}'")
-        return KgCoOpCLIP(clip, prompt_learner, template)
+        return KgCoOpCLIP(clip, prompt_learner, self.tcfg.TEMPLATE or dataset_template(self.cfg))
 
     def compute_loss(self, image_features: torch.Tensor,
                      labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:

@@ -59,6 +59,7 @@ from yacs.config import CfgNode as CN
 
 from federated.errors import ClassSpaceError
 from trainers.handcrafted import HandcraftedText
+from trainers.method import Range
 from trainers.prompt_learner import PromptCLIP, PromptLearner
 from trainers.prompt_trainer import PromptTrainer, prompt_cfg_node
 
@@ -268,46 +269,30 @@ def global_personal_cfg_node(bottleneck: int = 8, mu: float = 0.5, temp: float =
 class GlobalPersonalPromptTrainer(PromptTrainer):
     """Trainer base of the family: ``sigma`` shared, the personal term personal, ``L_ce + MU * L_con``.
 
-    Subclasses set ``CFG_NODE``, override ``extend_cfg`` for their defaults and may register other
-    personal terms in ``ADAPTATIONS`` (name -> learner class; "lowrank" classes take ``rank=``).
+    Subclasses set ``CFG_NODE``, ``cfg_defaults`` and may register other personal terms in
+    ``ADAPTATIONS`` (name -> learner class; "lowrank" classes take ``rank=``) and in the
+    ``ADAPTATION`` rule.
     """
 
-    SHARED_PREFIXES = ("prompt_learner.sigma",)
+    SHARED = ("prompt_learner.sigma",)
     ADAPTATIONS: dict[str, type[GlobalPersonalPromptLearner]] = {
         "lowrank": LowRankPromptLearner,
         "fullrank": FullRankPromptLearner,
     }
+    CFG_RULES = {"ADAPTATION": tuple(ADAPTATIONS), "NEGATIVE_PAIR": NEGATIVE_PAIRS,
+                 "HANDCRAFTED": HANDCRAFTED_CHOICES, "TEMP": Range(0, low_open=True), "MU": Range(0),
+                 "BOTTLENECK": Range(1)}
 
     @classmethod
-    def extend_cfg(cls, cfg) -> None:
-        if cls.CFG_NODE and cls.CFG_NODE not in cfg.TRAINER:
-            cfg.TRAINER[cls.CFG_NODE] = global_personal_cfg_node()
-
-    def validate_cfg(self) -> None:
-        """Clear errors for bad values of the family's keys."""
-        from federated.errors import ConfigError
-
-        t, node = self.tcfg, f"TRAINER.{self.CFG_NODE}"
-        if t.ADAPTATION not in self.ADAPTATIONS:
-            raise ConfigError(f"{node}.ADAPTATION must be one of {sorted(self.ADAPTATIONS)}, got '{t.ADAPTATION}'")
-        if t.NEGATIVE_PAIR not in NEGATIVE_PAIRS:
-            raise ConfigError(f"{node}.NEGATIVE_PAIR must be one of {NEGATIVE_PAIRS}, got '{t.NEGATIVE_PAIR}'")
-        if t.HANDCRAFTED not in HANDCRAFTED_CHOICES:
-            raise ConfigError(f"{node}.HANDCRAFTED must be one of {HANDCRAFTED_CHOICES}, got '{t.HANDCRAFTED}'")
-        if float(t.TEMP) <= 0:
-            raise ConfigError(f"{node}.TEMP must be > 0, got {t.TEMP}")
-        if float(t.MU) < 0:
-            raise ConfigError(f"{node}.MU must be >= 0, got {t.MU}")
-        if int(t.BOTTLENECK) < 1:
-            raise ConfigError(f"{node}.BOTTLENECK (rank) must be >= 1, got {t.BOTTLENECK}")
-        if self.ADAPTATIONS[t.ADAPTATION].TAKES_RANK and int(t.BOTTLENECK) >= int(t.N_CTX):
-            logger.warning("%s.BOTTLENECK %d >= N_CTX %d: the personal term is not low-rank (full rank is %d)",
-                           node, int(t.BOTTLENECK), int(t.N_CTX), int(t.N_CTX))
+    def cfg_defaults(cls) -> CN:
+        return global_personal_cfg_node()
 
     def build_prompt_learner(self, clip) -> GlobalPersonalPromptLearner:
-        self.validate_cfg()
         t = self.tcfg
         cls = self.ADAPTATIONS[t.ADAPTATION]
+        if cls.TAKES_RANK and int(t.BOTTLENECK) >= int(t.N_CTX):
+            logger.warning("TRAINER.%s.BOTTLENECK %d >= N_CTX %d: the personal term is not low-rank (full rank "
+                           "is %d)", self.CFG_NODE, int(t.BOTTLENECK), int(t.N_CTX), int(t.N_CTX))
         kwargs = dict(n_ctx=t.N_CTX, ctx_init=t.CTX_INIT, csc=t.CSC, class_token_position=t.CLASS_TOKEN_POSITION)
         if cls.TAKES_RANK:
             kwargs["rank"] = int(t.BOTTLENECK)

@@ -150,30 +150,24 @@ class pFedMMA(TunedCLIPTrainer):  # noqa: N801 - the method's published name
     """Multi-modal adapters in both towers; the shared projection is averaged, down / up stay personal."""
 
     CFG_NODE = "PFEDMMA"
-    SHARED_PREFIXES = ("adapters.shared_adapter.",)
+    SHARED = ("adapters.shared_adapter.*",)
+    CFG_RULES = {
+        "ADAPTER_END": lambda t: None if 1 <= int(t.ADAPTER_START) <= int(t.ADAPTER_END) else
+        f"TRAINER.PFEDMMA needs 1 <= ADAPTER_START <= ADAPTER_END, got {t.ADAPTER_START}, {t.ADAPTER_END}",
+        "ADAPTER_SCALE": lambda t: None if int(t.ADAPTER_DIM) >= 1 and float(t.ADAPTER_SCALE) > 0 else
+        f"TRAINER.PFEDMMA needs ADAPTER_DIM >= 1 and ADAPTER_SCALE > 0, got {t.ADAPTER_DIM}, {t.ADAPTER_SCALE}",
+    }
 
     @classmethod
-    def extend_cfg(cls, cfg) -> None:
-        if cls.CFG_NODE not in cfg.TRAINER:
-            node = CN()
-            node.ADAPTER_START = 5
-            node.ADAPTER_END = 12
-            node.ADAPTER_DIM = 32
-            node.ADAPTER_SCALE = 0.001
-            node.TEXT_CTX_INIT = "a photo of a"
-            node.PREC = "amp"
-            cfg.TRAINER[cls.CFG_NODE] = node
-
-    def validate_cfg(self, text_depth: int, visual_depth: int) -> None:
-        t, node = self.tcfg, f"TRAINER.{self.CFG_NODE}"
-        if int(t.ADAPTER_START) < 1 or int(t.ADAPTER_END) < int(t.ADAPTER_START):
-            raise ConfigError(f"{node} needs 1 <= ADAPTER_START <= ADAPTER_END, got {t.ADAPTER_START}, {t.ADAPTER_END}")
-        if int(t.ADAPTER_START) > min(text_depth, visual_depth):
-            raise ConfigError(f"{node}.ADAPTER_START {t.ADAPTER_START} is past the last block (text {text_depth}, "
-                              f"image {visual_depth} blocks)")
-        if int(t.ADAPTER_DIM) < 1 or float(t.ADAPTER_SCALE) <= 0:
-            raise ConfigError(f"{node} needs ADAPTER_DIM >= 1 and ADAPTER_SCALE > 0, got {t.ADAPTER_DIM}, "
-                              f"{t.ADAPTER_SCALE}")
+    def cfg_defaults(cls) -> CN:
+        node = CN()
+        node.ADAPTER_START = 5
+        node.ADAPTER_END = 12
+        node.ADAPTER_DIM = 32
+        node.ADAPTER_SCALE = 0.001
+        node.TEXT_CTX_INIT = "a photo of a"
+        node.PREC = "amp"
+        return node
 
     def build_model(self) -> None:
         t = self.tcfg
@@ -184,7 +178,9 @@ class pFedMMA(TunedCLIPTrainer):  # noqa: N801 - the method's published name
             text_depth, visual_depth = len(residual_blocks(text_tower)), len(residual_blocks(visual))
         except TypeError as err:
             raise ConfigError(f"pFedMMA needs transformer towers (ViT image tower): {err}") from None
-        self.validate_cfg(text_depth, visual_depth)
+        if int(t.ADAPTER_START) > min(text_depth, visual_depth):
+            raise ConfigError(f"TRAINER.PFEDMMA.ADAPTER_START {t.ADAPTER_START} is past the last block (text "
+                              f"{text_depth}, image {visual_depth} blocks)")
         start, end = int(t.ADAPTER_START), int(t.ADAPTER_END)
         text_layers = adapter_layers(start, end, text_depth)
         visual_layers = adapter_layers(start, end, visual_depth)

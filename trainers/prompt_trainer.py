@@ -28,12 +28,11 @@ def prompt_cfg_node(n_ctx: int = 16, prec: str = "fp32") -> CN:
 
 
 class PromptTrainer(FederatedTrainer):
-    """Frozen CLIP + a learnable prompt; what is shared is declared by ``SHARED_PREFIXES``."""
+    """Frozen CLIP + a learnable prompt; what is shared is declared by ``SHARED``."""
 
     @classmethod
-    def extend_cfg(cls, cfg) -> None:
-        if cls.CFG_NODE and cls.CFG_NODE not in cfg.TRAINER:
-            cfg.TRAINER[cls.CFG_NODE] = prompt_cfg_node()
+    def cfg_defaults(cls) -> CN:
+        return prompt_cfg_node()
 
     def build_prompt_learner(self, clip) -> PromptLearner:
         t = self.tcfg

@@ -42,8 +42,8 @@ import torch
 from torch import nn
 
 from dassl.engine import TRAINER_REGISTRY
-from federated.errors import ConfigError
 from trainers.fedotp import MultiPromptLearner
+from trainers.method import Range
 from trainers.prompt_learner import PromptCLIP
 from trainers.prompt_trainer import PromptTrainer, prompt_cfg_node
 
@@ -78,19 +78,17 @@ class PromptFolio(PromptTrainer):
     """Global context shared (FedAvg), local context personal, text features mixed by ``THETA``."""
 
     CFG_NODE = "PROMPTFOLIO"
-    SHARED_PREFIXES = ("prompt_learner.ctx_global",)
+    SHARED = ("prompt_learner.ctx_global",)
+    CFG_RULES = {"THETA": Range(0, 1)}
 
     @classmethod
-    def extend_cfg(cls, cfg) -> None:
-        if cls.CFG_NODE not in cfg.TRAINER:
-            node = prompt_cfg_node(n_ctx=8, prec="fp16")
-            node.THETA = 0.4
-            cfg.TRAINER[cls.CFG_NODE] = node
+    def cfg_defaults(cls):
+        node = prompt_cfg_node(n_ctx=8, prec="fp16")
+        node.THETA = 0.4
+        return node
 
     def build_prompt_learner(self, clip) -> MultiPromptLearner:
         t = self.tcfg
-        if not 0.0 <= float(t.THETA) <= 1.0:
-            raise ConfigError(f"TRAINER.PROMPTFOLIO.THETA must be in [0, 1], got {t.THETA}")
         return MultiPromptLearner(clip, self.classnames, n_prompts=2, n_global=1, n_ctx=t.N_CTX,
                                   ctx_init=t.CTX_INIT, csc=t.CSC, class_token_position=t.CLASS_TOKEN_POSITION)
 

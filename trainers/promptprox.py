@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from dassl.engine import TRAINER_REGISTRY
-from federated.errors import ConfigError
 from trainers.coop import PromptFL
+from trainers.method import Range
 from trainers.prompt_trainer import prompt_cfg_node
 
 
@@ -57,18 +57,14 @@ class PromptProx(PromptFL):
 
     CFG_NODE = "PROMPTPROX"
 
-    @classmethod
-    def extend_cfg(cls, cfg) -> None:
-        if cls.CFG_NODE not in cfg.TRAINER:
-            node = prompt_cfg_node()
-            node.MU = 0.5
-            node.PROX_DETACHED = False
-            cfg.TRAINER[cls.CFG_NODE] = node
+    CFG_RULES = {"MU": Range(0)}
 
-    def build_model(self) -> None:
-        if self.tcfg.MU < 0:
-            raise ConfigError(f"TRAINER.PROMPTPROX.MU must be >= 0, got {self.tcfg.MU}")
-        super().build_model()
+    @classmethod
+    def cfg_defaults(cls):
+        node = prompt_cfg_node()
+        node.MU = 0.5
+        node.PROX_DETACHED = False
+        return node
 
     def compute_loss(self, image_features: torch.Tensor,
                      labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:

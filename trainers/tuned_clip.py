@@ -116,6 +116,8 @@ class TunedCLIPTrainer(FederatedTrainer):
     ``build_visual(clip_model) -> nn.Module | None`` (None: the shared frozen image tower).
     """
 
+    SEQUENTIAL = "it trains a copy of a CLIP tower: each client has its own text (or image) encoder"
+
     def build_text_tower(self, clip_model: nn.Module) -> TextTower:
         raise NotImplementedError
 

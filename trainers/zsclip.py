@@ -45,13 +45,14 @@ class ZeroshotCLIP(FederatedTrainer):
     """Zero-shot CLIP: every client uses the same frozen model; the server only evaluates."""
 
     CFG_NODE = "ZSCLIP"
+    SEQUENTIAL = "it has nothing to train"
 
     @classmethod
-    def extend_cfg(cls, cfg) -> None:
-        if "ZSCLIP" not in cfg.TRAINER:
-            cfg.TRAINER.ZSCLIP = CN()
-            cfg.TRAINER.ZSCLIP.TEMPLATE = ""  # "" = the dataset's own template
-            cfg.TRAINER.ZSCLIP.PREC = "fp32"
+    def cfg_defaults(cls) -> CN:
+        node = CN()
+        node.TEMPLATE = ""  # "" = the dataset's own template
+        node.PREC = "fp32"
+        return node
 
     def build_model(self) -> None:
         clip = load_frozen_clip(self.cfg, self.device)

@@ -6,7 +6,9 @@ Messages (``content`` keys):
   node ids to client ids (the node's client id comes from its ``--node-config``).
 * ``train``: ``arrays`` = the shared tensors this client downloads, ``config`` = ``round`` (0-based),
   ``seed``, ``experiment`` (the token that keys the node's personal-state store) and
-  ``personal-round`` (whose personal state to start from, ``node.PersonalStore``). The node adds
+  ``personal-round`` (whose personal state to start from, ``node.PersonalStore``) and
+  ``side-information`` (whether to send the trainer's ``side_information`` of this client: the first
+  time it trains, e.g. CE-LoRA's feature statistics; replied as ``side``). The node adds
   that personal state, trains through
   ``FederatedServer.train_client`` (seeded from ``(SEED, round, client)``, the same loader as the
   in-process loop), keeps the new personal tensors as this round's, and replies ``arrays`` = **only the shared
@@ -75,13 +77,16 @@ def _train(msg: Message, context: Context, cfg_text: str | None) -> Message:
     t, cid = exp.trainer, ident.client_id
     store = _store(context, exp, ident, config)
     personal = store.load(t.initial_personal_state(cid), int(_setting(config, "personal-round")))
-    summary = exp.server.train_client(cid, round_idx, {**_download(msg), **personal})
+    summary, side = exp.server.train_client(cid, round_idx, {**_download(msg), **personal},
+                                            bool(_setting(config, "side-information")))
     store.save(t.get_state(t.personal_keys()), round_idx)
     metrics = MetricRecord({"num-examples": len(exp.server.data.train[cid]), "client-id": cid,
                             "loss": float(summary.get("loss", float("nan"))),
                             "acc": float(summary.get("acc", float("nan")))})
-    return Message(RecordDict({"arrays": ArrayRecord(t.get_state(t.shared_keys())), "metrics": metrics}),
-                   reply_to=msg)
+    content = {"arrays": ArrayRecord(t.get_state(t.shared_keys())), "metrics": metrics}
+    if side is not None:
+        content["side"] = ArrayRecord(side)
+    return Message(RecordDict(content), reply_to=msg)
 
 
 def _evaluate(msg: Message, context: Context, cfg_text: str | None) -> Message:

@@ -76,6 +76,7 @@ class FedTVStrategy(Strategy):
         self.offset = 0  # rounds finished before this Flower run (a resumed run)
         self.token = uuid.uuid4().hex  # the experiment's identity on the nodes
         self.last_trained: dict[int, int] = {}  # client id -> last round (0-based) whose training was aggregated
+        self.side_information: dict[int, dict] = {}  # client id -> the trainer's side information it sent
 
     def restore(self, ckpt: dict) -> None:
         """Continue the Flower checkpoint ``ckpt`` (``federated.checkpoint.load_checkpoint``): its global
@@ -140,7 +141,9 @@ class FedTVStrategy(Strategy):
 
     def _messages(self, clients: list[int], message_type: str, config: dict) -> list[Message]:
         def config_of(cid: int) -> ConfigRecord:
-            return ConfigRecord({**config, "experiment": self.token, "personal-round": self.last_trained.get(cid, -1)})
+            extra = {"side-information": cid not in self.side_information} if message_type == MessageType.TRAIN else {}
+            return ConfigRecord({**config, "experiment": self.token, "personal-round": self.last_trained.get(cid, -1),
+                                 **extra})
 
         return [Message(RecordDict({"arrays": ArrayRecord(self._download(cid)), "config": config_of(cid)}),
                         dst_node_id=self.node_of[cid], message_type=message_type) for cid in clients]
@@ -185,9 +188,13 @@ class FedTVStrategy(Strategy):
         uploads = [dict(by_client[c].content["arrays"].to_torch_state_dict()) for c in clients]
         metrics = [by_client[c].content["metrics"] for c in clients]
         sizes = [int(m["num-examples"]) for m in metrics]
+        for cid in clients:
+            if "side" in by_client[cid].content:
+                self.side_information[cid] = dict(by_client[cid].content["side"].to_torch_state_dict())
         agg_info: dict = {}
         if uploads and self.server.trainer.shared_keys():
-            self.global_state, agg_info = self.server.aggregator(uploads, sizes, self.global_state, clients)
+            self.global_state, agg_info = self.server.aggregator(uploads, sizes, self.global_state, clients,
+                                                                 round_idx=r, side_information=self.side_information)
             self.client_global.update(agg_info.pop("per_client", {}))
         self.last_trained.update({cid: r for cid in clients})
         record = round_record(r, clients, sizes, [float(m["loss"]) for m in metrics],
