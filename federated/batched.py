@@ -59,7 +59,7 @@ def batching_support(trainer: FederatedTrainer) -> str | None:
     """``None`` when ``trainer``'s clients can be trained together, else the reason why not."""
     cls = type(trainer)
     if cls.SEQUENTIAL:
-        return f"{cls.__name__} trains its clients one after another: {cls.SEQUENTIAL}"
+        return f"{cls.__name__} declares SEQUENTIAL: {cls.SEQUENTIAL}"
     if not trainer.image_features_cacheable:
         return f"{cls.__name__}'s image path is trainable or prompted (its image features are not cacheable)"
     encoder = getattr(trainer.model, "text_encoder", None)

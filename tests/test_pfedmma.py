@@ -115,8 +115,8 @@ def test_bad_values_are_clear_errors(tmp_path):
 def test_clients_are_trained_one_after_another_and_say_why(tmp_path, caplog):
     with caplog.at_level("INFO", logger="fedtv"):
         results = main(fast_args(tmp_path, ["--trainer", "pFedMMA"], ["FED.BATCH_CLIENTS", "True"]))
-    assert "one after another (pFedMMA's image path is trainable or prompted (its image features are not cacheable))" \
-        in caplog.text and not results["execution"]["batched_clients"]
+    assert "one after another (pFedMMA declares SEQUENTIAL: its adapters sit inside both towers" in caplog.text
+    assert not results["execution"]["batched_clients"]
     assert results["final"]["local"] is not None
 
 

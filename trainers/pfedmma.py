@@ -151,6 +151,7 @@ class pFedMMA(TunedCLIPTrainer):  # noqa: N801 - the method's published name
 
     CFG_NODE = "PFEDMMA"
     SHARED = ("adapters.shared_adapter.*",)
+    SEQUENTIAL = "its adapters sit inside both towers: image features are not cacheable, every step encodes images"
     CFG_RULES = {
         "ADAPTER_END": lambda t: None if 1 <= int(t.ADAPTER_START) <= int(t.ADAPTER_END) else
         f"TRAINER.PFEDMMA needs 1 <= ADAPTER_START <= ADAPTER_END, got {t.ADAPTER_START}, {t.ADAPTER_END}",
