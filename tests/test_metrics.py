@@ -106,3 +106,11 @@ def test_each_methods_global_model(tmp_path):
                 fedotp.model.prompt_learner.construct_prompts(fedotp.model.prompt_learner.ctx_global[0]))
             torch.testing.assert_close(feats[0], expected)
     assert fedotp.has_global_model and not trainer_of("PromptFL").has_global_model
+
+    folio = trainer_of("PromptFolio")  # THETA 0.4 mixes; the global model is the global context alone
+    with torch.no_grad():
+        t_global, t_local = folio.model.text_feature_pair()
+        assert not torch.allclose(folio.model.text_features(), t_global)
+        with folio.global_model():
+            torch.testing.assert_close(folio.model.text_features(), t_global)
+    assert folio.has_global_model

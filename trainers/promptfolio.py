@@ -69,7 +69,10 @@ class PortfolioCLIP(PromptCLIP):
         return t_global, t_local
 
     def text_features(self) -> torch.Tensor:
-        """The mixed class features ``(C, D)`` (not unit-norm unless THETA is 0 or 1)."""
+        """The mixed class features ``(C, D)`` (not unit-norm unless THETA is 0 or 1); the global prompt's
+        alone (THETA 0) under the trainer's ``global_model()``."""
+        if self.prompt_learner.global_only:
+            return self.encode_contexts([self.prompt_learner.ctx_global[0]])[0]
         return portfolio_mix(*self.text_feature_pair(), self.theta)
 
 
