@@ -59,6 +59,9 @@ def add_federated_keys(cfg: CN) -> None:
     cfg.FED = CN()
     cfg.FED.FRAC = 1.0  # fraction of clients sampled per round (round 1 trains every client)
     cfg.FED.ALL_CLIENTS_FIRST_ROUND = True
+    # Clients that never train and are not evaluated: [] (default); [5] is the published FedPGP `fedavg` /
+    # `local` loops' leftover `idxs_users.pop(5)` (its PromptFL and local CoOp baselines).
+    cfg.FED.EXCLUDE_CLIENTS = []
     cfg.FED.AGGREGATION = ""  # "" = the trainer's own aggregator; "fedavg" forces plain FedAvg
     cfg.FED.EVAL_BASE_NOVEL = True  # evaluate Base/Novel accuracy in base-to-novel runs
     cfg.FED.ZS_REFERENCE = True  # evaluate hand-crafted-prompt zero-shot CLIP once before training

@@ -24,7 +24,7 @@ from federated import console
 from federated.batched import BatchedClients, BatchingUnsupported, batching_support
 from federated.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, set_rng_state
 from federated.data import FederatedData
-from federated.errors import ClassSpaceError, TrainingDiverged
+from federated.errors import ClassSpaceError, ConfigError, TrainingDiverged
 from federated.feature_cache import EvalFeatureCache, TrainFeatureCache
 from federated.results import ResultsWriter, format_table, global_model_metrics, summaries
 from federated.state import state_nbytes
@@ -54,6 +54,7 @@ class FederatedServer:
         self.trainer = trainer
         self.data = data
         self.num_users = data.num_users
+        self.excluded_clients = self._excluded_clients()  # a bad FED.EXCLUDE_CLIENTS fails here, before anything runs
         self.seed = int(cfg.SEED)
         self.output_dir = cfg.OUTPUT_DIR
         self.checkpoint_path = os.path.join(self.output_dir, CHECKPOINT_NAME)
@@ -110,11 +111,23 @@ class FederatedServer:
         (``0..K-1``), then ``max(int(frac*K), 1)`` drawn without replacement, in the order drawn (as the
         published loops train them: with one optimiser shared by every client, ``FED.SHARED_OPTIMIZER``,
         the order carries the momentum from client to client)."""
+        excluded = self.excluded_clients
         if round_idx == 0 and self.cfg.FED.ALL_CLIENTS_FIRST_ROUND:
-            return list(range(self.num_users))
+            return [c for c in range(self.num_users) if c not in excluded]
         m = max(int(float(self.cfg.FED.FRAC) * self.num_users), 1)
         rng = np.random.default_rng(derive_seed(self.seed, round_idx, 2))
-        return [int(c) for c in rng.choice(self.num_users, size=min(m, self.num_users), replace=False)]
+        if not excluded:
+            return [int(c) for c in rng.choice(self.num_users, size=min(m, self.num_users), replace=False)]
+        eligible = [c for c in range(self.num_users) if c not in excluded]
+        return [int(c) for c in rng.choice(eligible, size=min(m, len(eligible)), replace=False)]
+
+    def _excluded_clients(self) -> set[int]:
+        """``FED.EXCLUDE_CLIENTS``: clients that never train and are not evaluated (published ``pop(5)``)."""
+        excluded = {int(c) for c in self.cfg.FED.get("EXCLUDE_CLIENTS", [])}
+        if any(not 0 <= c < self.num_users for c in excluded) or len(excluded) >= self.num_users:
+            raise ConfigError(f"FED.EXCLUDE_CLIENTS {sorted(excluded)} must name some (not all) of the clients "
+                              f"0..{self.num_users - 1}")
+        return excluded
 
     # ------------------------------------------------------------------ evaluation
     def accuracy_on(self, key: str, items, classnames) -> float | None:
@@ -186,10 +199,14 @@ class FederatedServer:
         """
         same_model = not self.trainer.personal_keys() and all(s is shared[0] for s in shared)
         per_client: dict[int, dict] = {}
+        first = None
         for cid, (s, p) in enumerate(zip(shared, personal, strict=True)):
-            per_client[cid] = self.evaluate_client(cid, {**s, **p}, base_novel=not (same_model and cid > 0))
-            if same_model and cid > 0:
-                per_client[cid].update(base=per_client[0]["base"], novel=per_client[0]["novel"])
+            if cid in self.excluded_clients:
+                continue
+            per_client[cid] = self.evaluate_client(cid, {**s, **p}, base_novel=not (same_model and first is not None))
+            if same_model and first is not None:
+                per_client[cid].update(base=per_client[first]["base"], novel=per_client[first]["novel"])
+            first = cid if first is None else first
         record = self.combine_evaluations(per_client)
         if all(s is shared[0] for s in shared):  # one global model (not a personalised aggregation)
             record.update(global_model_metrics(self, shared[0], personal[0]))
@@ -201,7 +218,7 @@ class FederatedServer:
         template = self.data.template
         local = {}
         for cid, items in enumerate(self.data.test):
-            if items:
+            if items and cid not in self.excluded_clients:
                 loader = self.test_loader(f"local{cid}", items)
                 local[cid] = t.evaluate_zero_shot(loader, self.data.classnames, template, key=f"local{cid}")["accuracy"]
         out = {"template": template, "local": float(np.mean(list(local.values()))) if local else None}

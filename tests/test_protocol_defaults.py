@@ -346,3 +346,30 @@ def test_promptfl_default_is_the_table_1_baseline_scripts_configuration():
     cosine = get_cfg_from(os.path.join(REPO, "configs", "trainers", "PromptFL", "vit_b16_cosine.yaml")).OPTIM
     assert (cosine.LR, cosine.LR_SCHEDULER, cosine.WARMUP_EPOCH, cosine.WARMUP_TYPE, cosine.WARMUP_CONS_LR) == (
         0.002, "cosine", 1, "constant", 1e-5)
+
+
+def test_excluded_clients_never_train_and_are_not_evaluated(tmp_path, monkeypatch):
+    """FED.EXCLUDE_CLIENTS [1] (the published PromptFL / local loops' pop(5), here on 3 clients): client 1
+    is never trained (any round) nor part of Local; the others are as without the flag."""
+    from federated.run import main
+    from federated.server import FederatedServer
+    from tests.fedtv_testing import fast_args
+
+    trained = []
+    original = FederatedServer.train_client
+
+    def spying(self, cid, round_idx, state):
+        trained.append(cid)
+        return original(self, cid, round_idx, state)
+
+    monkeypatch.setattr(FederatedServer, "train_client", spying)
+    opts = ["FED.BATCH_CLIENTS", "False", "FED.EVAL_BASE_NOVEL", "False"]
+    res = main(fast_args(tmp_path / "x", ["--trainer", "PromptFL", "--rounds", "2"],
+                         [*opts, "FED.EXCLUDE_CLIENTS", "[1]"]))
+    assert sorted(set(trained)) == [0, 2] and [r["clients"] for r in res["rounds"]] == [[0, 2], [0, 2]]
+    last = res["rounds"][-1]
+    assert set(last["local_per_client"]) == {"0", "2"}
+    assert last["local"] == pytest.approx((last["local_per_client"]["0"] + last["local_per_client"]["2"]) / 2)
+    with pytest.raises(Exception, match="EXCLUDE_CLIENTS"):
+        main(fast_args(tmp_path / "y", ["--trainer", "PromptFL", "--rounds", "1"], [*opts, "FED.EXCLUDE_CLIENTS",
+                                                                                      "[0, 1, 2]"]))
