@@ -131,6 +131,8 @@ class ResultsWriter:
         last = evaluated[-1]
         locals_ = [r["local"] for r in evaluated if r.get("local") is not None]
         tail = locals_[-5:]
+        best = max(locals_) if locals_ else None
+        at_best = [r for r in evaluated if best is not None and r.get("local") == best]
         return {
             "round": last["round"],
             "local": last.get("local"),
@@ -139,7 +141,11 @@ class ResultsWriter:
             "base": last.get("base"),
             "novel": last.get("novel"),
             **{k: last.get(k) for k in (*SUMMARIES, *GLOBAL_METRICS)},
-            "best_local": max(locals_) if locals_ else None,
+            "best_local": best,
+            # the round the published code's save.pt holds (saved whenever the mean Local is >= the best so far,
+            # so the last of the best rounds), whose Base / Novel the published evaluation reports
+            "at_best_local": {k: at_best[-1].get(k) for k in ("round", "local", "base", "novel", *SUMMARIES,
+                                                             *GLOBAL_METRICS)} if at_best else None,
             "mean_last5_local": sum(tail) / len(tail) if tail else None,
         }
 

@@ -114,3 +114,21 @@ def test_each_methods_global_model(tmp_path):
         with folio.global_model():
             torch.testing.assert_close(folio.model.text_features(), t_global)
     assert folio.has_global_model
+
+
+def test_final_block_names_the_round_the_published_checkpoint_holds(tmp_path):
+    """The published code overwrites save.pt whenever the mean Local is >= the best so far (ties: the later
+    round) and reports Base / Novel of that checkpoint: final.at_best_local is that round's record."""
+    from yacs.config import CfgNode
+
+    from federated.results import ResultsWriter
+
+    writer = ResultsWriter(str(tmp_path), CfgNode({"SEED": 1}), tensorboard=False)
+    for r, (loc, base, novel) in enumerate([(50, 40, 30), (70, 60, 50), (60, 65, 55), (70, 62, 52), (65, 70, 60)], 1):
+        writer.add_round({"round": r, "clients": [0], "local": float(loc), "base": float(base), "novel": float(novel),
+                          **summaries(float(loc), float(base), float(novel))})
+    final = writer.results["final"]
+    assert final["round"] == 5 and final["best_local"] == 70.0
+    best = final["at_best_local"]
+    assert (best["round"], best["base"], best["novel"]) == (4, 62.0, 52.0)
+    assert best["hm"] == pytest.approx(2 * 62 * 52 / 114)
