@@ -93,6 +93,9 @@ def test_loss_is_two_cross_entropies_plus_pull_and_push(tmp_path):
     assert extra["push"].item() == pytest.approx(push.item(), rel=1e-4, abs=1e-6)
     assert loss.item() == pytest.approx((ce_l + ce_g + pull + 2.0 * push).item(), rel=1e-4)
     torch.testing.assert_close(model.eval_context(), t_l, rtol=1e-4, atol=1e-5)
+    with torch.no_grad(), trainer.global_model():  # the global model: the global prompt alone
+        torch.testing.assert_close(model.eval_context(), t_g, rtol=1e-4, atol=1e-5)
+    assert trainer.has_global_model
 
 
 def test_own_eot_reads_the_clients_own_prompt_and_published_reads_the_max_length_position(tmp_path):

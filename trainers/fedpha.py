@@ -27,7 +27,8 @@ dimensions), and the official SVD is not detached (gradients reach ``P_g`` throu
     L = CE(s f t_l^T) + CE(s f t_g^T) + PULL * MSE(t_l, t_p) + PUSH * mean_c relu(ALPHA - ||t_l,c - t_g,c||_2)
 
 (``s`` the logit scale, ``f`` the normalised image features, MSE the mean over all ``C x D`` entries).
-Inference uses the local prompt only (``t_l``).
+Inference uses the local prompt only (``t_l``); the global model (``global_model()``: global metrics) is
+the global prompt alone (``t_g``).
 
 **Per-client lengths.** A client's ``ctx_local`` carries its length in its shape: ``load_state`` adopts
 the shape of the state it is given (and re-tokenises the local prompts for that length), and
@@ -133,6 +134,9 @@ class FedPHAPromptLearner(nn.Module):
     ``set_local_length`` re-creates ``ctx_local`` for another length (a client's own).
     """
 
+    #: True: classify with the global prompt alone (the trainer's ``global_model()``).
+    global_only: bool = False
+
     def __init__(self, clip, classnames: list[str], n_ctx_global: int, n_ctx_local: int, max_local: int,
                  eot: str = "own"):
         super().__init__()
@@ -196,8 +200,11 @@ class FedPHACLIP(PromptCLIP):
         return t_l, t_g, t_p
 
     def text_features(self) -> torch.Tensor:
-        """The local prompt's class features ``(C, D)`` (FedPHA's inference)."""
+        """The local prompt's class features ``(C, D)`` (FedPHA's inference); the global prompt's under the
+        trainer's ``global_model()``."""
         pl = self.prompt_learner
+        if pl.global_only:
+            return self.encode_contexts([pl.ctx_global], pl.global_tok)[0]
         return self.encode_contexts([pl.ctx_local], pl.local_tok)[0]
 
 
