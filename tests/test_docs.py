@@ -67,7 +67,11 @@ def test_the_docs_name_paths_and_commands():
 
 @pytest.mark.parametrize("doc,path", CASES, ids=[f"{_rel(d)}:{p}" for d, p in CASES])
 def test_every_named_path_exists(doc, path):
-    assert os.path.exists(os.path.join(REPO, path)), f"{_rel(doc)} names {path}, which does not exist"
+    module, _, attribute = path.rpartition(".")
+    source = os.path.join(REPO, module + ".py")
+    found = os.path.exists(os.path.join(REPO, path)) or (  # or ``federated/batched.batching_support``
+        attribute.isidentifier() and os.path.isfile(source) and attribute in open(source).read())
+    assert found, f"{_rel(doc)} names {path}, which does not exist"
 
 
 @pytest.mark.parametrize("doc,command", COMMANDS, ids=[f"{_rel(d)}:{c[:60]}" for d, c in COMMANDS])
