@@ -53,14 +53,18 @@ def weights_fingerprint(weights_source: str) -> str:
     return _FINGERPRINTS[id_]
 
 
-def cache_key(items, backbone: str, weights: str, transform, views: int, seed: int) -> str:
-    """A hash of everything the features depend on (``weights``: see ``weights_fingerprint``)."""
+def cache_key(items, backbone: str, weights: str, transform, views: int, seed: int,
+              positions: list[int] | None = None) -> str:
+    """A hash of everything the features depend on (``weights``: see ``weights_fingerprint``;
+    ``positions``: the items' view-seed positions when they are not ``0..N-1``)."""
     h = hashlib.sha256()
     for text in (backbone, weights, repr(transform), str(views), str(seed), str(len(items))):
         h.update(text.encode())
         h.update(b"\0")
     for item in items:
         h.update(f"{item.impath}|{item.label}\n".encode())
+    if positions is not None and list(positions) != list(range(len(items))):
+        h.update(("positions " + " ".join(map(str, positions))).encode())
     return h.hexdigest()[:24]
 
 
@@ -75,22 +79,25 @@ def _view_seed(seed: int, i: int, v: int) -> int:
 
 
 @torch.inference_mode()
-def encode_pairs(trainer, wrapper: DatasetWrapper, pairs: list[tuple[int, int]], seed: int) -> np.ndarray:
-    """Features ``(len(pairs), *F)`` (float32) of view ``v`` of item ``i`` for each ``(i, v)`` in ``pairs``."""
+def encode_pairs(trainer, wrapper: DatasetWrapper, pairs: list[tuple[int, int]], seed: int,
+                 positions: list[int] | None = None) -> np.ndarray:
+    """Features ``(len(pairs), *F)`` (float32) of view ``v`` of item ``i`` for each ``(i, v)`` in ``pairs``;
+    the view is seeded from the item's position (``positions[i]``, default ``i``)."""
     images = []
     for i, v in pairs:
-        torch.manual_seed(_view_seed(seed, i, v))
+        torch.manual_seed(_view_seed(seed, i if positions is None else positions[i], v))
         images.append(wrapper[i]["img"])
     return trainer.encode_images(torch.stack(images).to(trainer.device)).float().cpu().numpy()
 
 
 def encode_views(trainer, items, transform, views: int, seed: int, batch_size: int = 128,
-                 show_progress: bool = True) -> np.ndarray:
+                 show_progress: bool = True, positions: list[int] | None = None) -> np.ndarray:
     """Features ``(N, V, *F)`` (float16) of ``V`` augmented views of every item (``F`` = the trainer's
     image-feature shape, e.g. ``(D,)`` or ``(1 + P, D)`` with patch tokens).
 
-    View ``v`` of item ``i`` is produced with the torch RNG seeded from ``(seed, i, v)``, so the cache
-    is reproducible in any process.
+    View ``v`` of item ``i`` is produced with the torch RNG seeded from ``(seed, positions[i], v)``
+    (``positions`` default ``0..N-1``), so the cache is reproducible in any process, and a node that
+    caches only its own clients' items (at their positions in the run's item list) gets the same views.
     """
     wrapper = DatasetWrapper(items, transform)
     out: np.ndarray | None = None
@@ -99,7 +106,7 @@ def encode_views(trainer, items, transform, views: int, seed: int, batch_size: i
     bar = tqdm(total=total, desc="caching image features", disable=not show_progress, leave=False)
     for start in range(0, total, batch_size):
         chunk = order[start : start + batch_size]
-        feats = encode_pairs(trainer, wrapper, chunk, seed)
+        feats = encode_pairs(trainer, wrapper, chunk, seed, positions)
         if out is None:
             out = np.zeros((len(items), views, *feats.shape[1:]), dtype=np.float16)
         for (i, v), f in zip(chunk, feats, strict=True):
@@ -123,8 +130,10 @@ class DiskFeatureCache:
     "test"); ``views`` 1 with a deterministic transform gives the evaluation features.
     """
 
-    def __init__(self, cfg, trainer, items, transform, views: int, prefix: str):
+    def __init__(self, cfg, trainer, items, transform, views: int, prefix: str,
+                 positions: list[int] | None = None):
         self.items = list(items)
+        self.positions = None if positions is None else [int(p) for p in positions]
         if not self.items:
             raise ValueError(f"no items to cache ({prefix} features)")
         self.views = max(int(views), 1)
@@ -138,7 +147,7 @@ class DiskFeatureCache:
         kind = getattr(trainer, "image_feature_kind", "")
         backbone = f"{clip.name}|{kind}" if kind else clip.name
         key = cache_key(self.items, backbone, weights_fingerprint(clip.weights_source), transform, self.views,
-                        self.seed)
+                        self.seed, self.positions)
         self.path = os.path.join(directory, f"{prefix}-{key}.npy")
         problem = self.check() if os.path.isfile(self.path) else "absent"
         if problem is None:
@@ -147,7 +156,7 @@ class DiskFeatureCache:
             if problem != "absent":
                 logger.warning("feature cache %s is unusable (%s): rebuilding it", self.path, problem)
             array = encode_views(trainer, self.items, transform, self.views, self.seed,
-                                 show_progress=bool(cfg.FED.SHOW_PROGRESS))
+                                 show_progress=bool(cfg.FED.SHOW_PROGRESS), positions=self.positions)
             _atomic_save(self.path, array)
             logger.debug("cached %d x %d image features in %s", len(self.items), self.views, self.path)
         self.features = np.load(self.path, mmap_mode="r")
@@ -162,7 +171,7 @@ class DiskFeatureCache:
             return f"shape {array.shape} {array.dtype}, expected ({len(self.items)}, {self.views}, ...) float16"
         wrapper = DatasetWrapper(self.items, self.transform)
         pairs = [(0, 0), (len(self.items) - 1, self.views - 1)]
-        fresh = encode_pairs(self.trainer, wrapper, pairs, self.seed)
+        fresh = encode_pairs(self.trainer, wrapper, pairs, self.seed, self.positions)
         if fresh.shape[1:] != array.shape[2:]:
             return f"feature shape {array.shape[2:]}, the encoder gives {fresh.shape[1:]}"
         for (i, v), f in zip(pairs, fresh, strict=True):
@@ -176,10 +185,12 @@ class DiskFeatureCache:
 
 
 class TrainFeatureCache(DiskFeatureCache):
-    """On-disk cache of ``FED.CACHE_VIEWS`` augmented training views of each item."""
+    """On-disk cache of ``FED.CACHE_VIEWS`` augmented training views of each item (``positions``: the
+    items' positions in the run's list of training items, which seed their views; default ``0..N-1``)."""
 
-    def __init__(self, cfg, trainer, items, transform):
-        super().__init__(cfg, trainer, items, transform, views=int(cfg.FED.CACHE_VIEWS), prefix="train")
+    def __init__(self, cfg, trainer, items, transform, positions: list[int] | None = None):
+        super().__init__(cfg, trainer, items, transform, views=int(cfg.FED.CACHE_VIEWS), prefix="train",
+                         positions=positions)
         self.index = {id(item): n for n, item in enumerate(self.items)}
 
     def loader(self, items, batch_size: int, generator: torch.Generator) -> CachedFeatureLoader:

@@ -49,7 +49,9 @@ def seed_everything(seed: int) -> None:
 class FederatedServer:
     """Runs a federated experiment of ``trainer`` over ``data`` (see the module docstring)."""
 
-    def __init__(self, cfg, trainer, data: FederatedData):
+    def __init__(self, cfg, trainer, data: FederatedData, clients: list[int] | None = None):
+        """``clients``: the clients this process trains when not all of them (a Flower node: ``[]``, then
+        each client's training features are cached when it first trains, only its own)."""
         self.cfg = cfg
         self.trainer = trainer
         self.data = data
@@ -67,9 +69,13 @@ class FederatedServer:
         reference = bool(cfg.FED.REFERENCE_MODE)
         # evaluation features on disk as well (later runs reuse them); never in reference mode
         self.eval_disk_cache = bool(cfg.FED.FEATURE_CACHE) and trainer.image_features_cacheable and not reference
-        if self.eval_disk_cache and trainer.trainable_parameters():
+        self.train_cache_enabled = self.eval_disk_cache and bool(trainer.trainable_parameters())
+        self._client_caches: dict[int, TrainFeatureCache] = {}
+        if self.train_cache_enabled:
             union = list({id(item): item for client in data.train for item in client}.values())
-            if union:
+            # an item's position in the run's item list seeds its cached views, in every process
+            self._positions = {id(item): n for n, item in enumerate(union)}
+            if union and clients is None:
                 self.feature_cache = TrainFeatureCache(cfg, trainer, union, self.tfm_train)
         #: client id -> the trainer's ``side_information`` of that client (sent once, when it first trains)
         self.side_information: dict[int, dict] = {}
@@ -79,7 +85,7 @@ class FederatedServer:
         self.sequential_reason: str | None = "--reference-mode" if reference else "FED.BATCH_CLIENTS False"
         if cfg.FED.BATCH_CLIENTS and not reference:
             self.sequential_reason = batching_support(trainer) or (
-                None if self.feature_cache else "no training feature cache")
+                None if self.train_cache_enabled else "no training feature cache")
             if self.sequential_reason is None:
                 self.batched = BatchedClients(trainer)
 
@@ -92,10 +98,23 @@ class FederatedServer:
     # ------------------------------------------------------------------ data
     def train_loader(self, cid: int, round_idx: int):
         generator = torch.Generator().manual_seed(derive_seed(self.seed, round_idx, cid, 1))
-        if self.feature_cache is not None:
-            return self.feature_cache.loader(self.data.train[cid], self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE, generator)
+        cache = self.train_cache(cid)
+        if cache is not None:
+            return cache.loader(self.data.train[cid], self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE, generator)
         return build_data_loader(self.cfg, self.data.train[cid], self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE,
                                  is_train=True, transform=self.tfm_train, generator=generator)
+
+    def train_cache(self, cid: int) -> TrainFeatureCache | None:
+        """The cached training features client ``cid`` trains on: the run's cache of every client's
+        items (in process), or, on a process that trains only some clients, a cache of this client's
+        own items (their views seeded by their positions in the run's item list: the same features)."""
+        if self.feature_cache is not None or not self.train_cache_enabled or not self.data.train[cid]:
+            return self.feature_cache
+        if cid not in self._client_caches:
+            items = self.data.train[cid]
+            self._client_caches[cid] = TrainFeatureCache(self.cfg, self.trainer, items, self.tfm_train,
+                                                         positions=[self._positions[id(i)] for i in items])
+        return self._client_caches[cid]
 
     def test_loader(self, key: str, items):
         if self.eval_disk_cache and items and not self.trainer.has_cached_features(key):
@@ -258,7 +277,7 @@ class FederatedServer:
                                     "total": sum(p.numel() for p in params.values())}
         # how the run was executed (speed mechanisms; results agree up to the documented tolerances)
         self.execution.update({"reference_mode": bool(self.cfg.FED.REFERENCE_MODE),
-                               "feature_cache": self.feature_cache is not None,
+                               "feature_cache": self.train_cache_enabled,
                                "batched_clients": self.batched is not None, "precision": t.precision,
                                "device": str(t.device)})
         writer.results["execution"] = self.execution

@@ -65,7 +65,7 @@ def experiment(cfg) -> Experiment:
         set_random_seed(int(cfg.SEED))
         data = build_federated_data(cfg)
         trainer = build_trainer(cfg, classnames=data.classnames)
-        server = FederatedServer(cfg, trainer, data)
+        server = FederatedServer(cfg, trainer, data, clients=[])  # a node caches only the clients it trains
         _EXPERIMENTS[key] = Experiment(cfg, server)
     return _EXPERIMENTS[key]
 

@@ -1,0 +1,33 @@
+"""A process that trains only some clients (a Flower node) caches only their training features, and
+trains them exactly as the in-process run does (their cached views are seeded by the items' positions
+in the run's item list, not in the node's)."""
+from __future__ import annotations
+
+import torch
+from fedtv_testing import fast_args
+
+from dassl.engine import build_trainer
+from federated.cli import build_cfg, parse_args
+from federated.data import build_federated_data
+from federated.server import FederatedServer
+
+
+def test_a_node_caches_only_its_own_clients_and_trains_them_identically(tmp_path):
+    opts = ["FED.CACHE_DIR", str(tmp_path / "cache")]
+    cfg = build_cfg(parse_args(fast_args(tmp_path, ["--trainer", "FedPGP"], opts)))
+    data = build_federated_data(cfg)
+    trainer = build_trainer(cfg, classnames=data.classnames)
+    start = trainer.get_state(trainer.shared_keys() + trainer.personal_keys())
+    everyone = FederatedServer(cfg, trainer, data)
+    node = FederatedServer(cfg, trainer, data, clients=[])
+    assert node.feature_cache is None and node._client_caches == {}  # nothing encoded before training
+    trained = {}
+    for name, server in (("in-process", everyone), ("node", node)):
+        summary, _ = server.train_client(1, 0, start)
+        trained[name] = (summary, trainer.get_state(list(start)))
+    assert list(node._client_caches) == [1]
+    assert node._client_caches[1].items == data.train[1] and len(data.train[1]) < len(everyone.feature_cache.items)
+    assert trained["node"][0] == trained["in-process"][0]
+    for key, value in trained["in-process"][1].items():
+        assert torch.equal(trained["node"][1][key], value), key
+    assert not torch.equal(trained["node"][1]["prompt_learner.sigma"], start["prompt_learner.sigma"])
