@@ -57,6 +57,8 @@ def test_simulation_matches_in_process_loop(runs):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
         for key in ("local", "base", "novel", "hm"):
             assert b[key] == pytest.approx(a[key], abs=1e-9), key
+        for key in ("hm_local_base_novel", "mean_local_hm", "global_base", "global_novel", "global_hm"):
+            assert a[key] is not None and b[key] == pytest.approx(a[key], abs=1e-9), key  # issue 15 metrics
         assert b["local_per_client"] == pytest.approx(a["local_per_client"], abs=1e-9)
         assert b["bytes_up_per_client"] == a["bytes_up_per_client"] > 0
     assert sim["zero_shot"] == inproc["zero_shot"]

@@ -41,7 +41,7 @@ from flwr.serverapp.strategy import Strategy
 
 from federated import console
 from federated.checkpoint import save_checkpoint
-from federated.results import ResultsWriter
+from federated.results import ResultsWriter, global_model_metrics
 from federated.server import FederatedServer, round_record
 from federated.state import state_nbytes
 
@@ -223,6 +223,10 @@ class FedTVStrategy(Strategy):
         if per_client:
             record.update(self.server.combine_evaluations(per_client))
             record["evaluated_clients"] = sorted(per_client)
+            if not self.client_global:  # one global model: measured here, as the in-process loop does
+                trainer = self.server.trainer
+                record.update(global_model_metrics(self.server, self.global_state,
+                                                   trainer.get_state(trainer.personal_keys())))
         record["seconds"] = time.time() - self._started
         self.writer.add_round(record)
         save_checkpoint(self.server.checkpoint_path, round_done=record["round"], trainer=self.server.trainer,
