@@ -41,13 +41,13 @@ class CIFAR10(RealDataset):
 
     def __init__(self, cfg):
         folder = ensure_cifar(type(self), cfg, "CIFAR10")
-        classnames = read_cifar_batch(os.path.join(folder, "batches.meta"))["label_names"]
+        classnames = read_cifar_batch(os.path.join(folder, "batches.meta"), ("label_names",))["label_names"]
         splits = {}
         for split, names in (("train", [f"data_batch_{i}" for i in range(1, 6)]), ("test", ["test_batch"])):
             items = []
             for name in names:
                 path = os.path.join(folder, name)
-                batch = read_cifar_batch(path)
+                batch = read_cifar_batch(path, ("data", "labels"))
                 items += to_items(cifar_images(batch, path), np.asarray(batch["labels"]), classnames, path)
             splits[split] = items
         self.finish(cfg, splits["train"], [], splits["test"], classnames, folder)

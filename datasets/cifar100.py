@@ -28,14 +28,14 @@ class CIFAR100(RealDataset):
 
     def __init__(self, cfg):
         folder = ensure_cifar(type(self), cfg, "CIFAR100")
-        meta = read_cifar_batch(os.path.join(folder, "meta"))
+        meta = read_cifar_batch(os.path.join(folder, "meta"), ("fine_label_names",))
         classnames = meta["fine_label_names"]
         self.coarse_classnames = meta.get("coarse_label_names", [])
         coarse_of_fine: dict[int, int] = {}
         splits = {}
         for split in ("train", "test"):
             path = os.path.join(folder, split)
-            batch = read_cifar_batch(path)
+            batch = read_cifar_batch(path, ("data", "fine_labels", "coarse_labels"))
             fine, coarse = np.asarray(batch["fine_labels"]), np.asarray(batch["coarse_labels"])
             for f, c in zip(fine.tolist(), coarse.tolist(), strict=True):
                 if coarse_of_fine.setdefault(f, c) != c:

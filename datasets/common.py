@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import random
-import tempfile
 from collections.abc import Callable, Sequence
 
 from dassl.data.datasets import DatasetBase, Datum
+from dassl.utils.atomic import atomic_write_bytes
 from federated.errors import DataError
 
 __all__ = [
@@ -59,21 +58,6 @@ def add_dataset_keys(cfg) -> None:
 def dataset_root(cfg) -> str:
     """The absolute data root ``cfg.DATASET.ROOT``."""
     return os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace`` (never a half-written file)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def list_class_folders(image_dir: str, ignored: Sequence[str] = ()) -> list[str]:
@@ -186,20 +170,56 @@ def check_labels(items: Sequence[Datum], classnames: Sequence[str], source: str)
         )
 
 
-def fewshot_cached(folder: str, num_shots: int, seed: int, make: Callable[[], dict]) -> dict:
-    """Load ``folder/shot_{num_shots}-seed_{seed}.pkl`` or build it with ``make()`` and save it atomically.
+def _fewshot_entries(items: Sequence[Datum], base: str) -> list[list]:
+    """``[path, label, domain, classname]`` per item; paths under ``base`` are stored relative to it."""
+    out = []
+    for d in items:
+        rel = os.path.relpath(d.impath, base)
+        out.append([d.impath if rel.startswith("..") or os.path.isabs(rel) else rel, d.label, d.domain, d.classname])
+    return out
 
-    The pickle holds ``{"train": [...], "val": [...]}`` lists of ``Datum``.
+
+def _fewshot_items(entries, base: str, path: str) -> list[Datum]:
+    items = []
+    for entry in entries:
+        try:
+            impath, label, domain, classname = entry
+            if not isinstance(impath, str) or not isinstance(classname, str):
+                raise TypeError
+            items.append(Datum(impath=os.path.join(base, impath), label=int(label), domain=int(domain),
+                               classname=classname))
+        except (TypeError, ValueError):
+            raise DataError(f"the few-shot cache {path} has a malformed entry {entry!r} "
+                            f"(expected [path, label, domain, classname]); delete it to rebuild it") from None
+    return items
+
+
+def fewshot_cached(folder: str, num_shots: int, seed: int, make: Callable[[], dict]) -> dict:
+    """Load ``folder/shot_{num_shots}-seed_{seed}.json`` or build it with ``make()`` and save it atomically.
+
+    ``make()`` returns ``{"train": [Datum], "val": [Datum]}``. The file is data only (json):
+    ``{"format": 1, "num_shots": K, "seed": S, "train": [[path, label, domain, classname], ...], "val": [...]}``,
+    paths relative to ``folder``'s parent (the dataset folder) when they lie under it. CoOp's pickle
+    caches (``.pkl``) are never read: unpickling a file can run code.
+
+    Raises:
+        DataError: the cache is unreadable or malformed (the message says to delete it).
     """
-    path = os.path.join(folder, f"shot_{num_shots}-seed_{seed}.pkl")
+    path = os.path.join(folder, f"shot_{num_shots}-seed_{seed}.json")
+    base = os.path.dirname(os.path.abspath(folder))
     if os.path.isfile(path):
         try:
-            with open(path, "rb") as f:
-                return pickle.load(f)
-        except (OSError, pickle.UnpicklingError, EOFError) as err:
+            with open(path, encoding="utf-8") as f:
+                raw = json.load(f)
+        except (OSError, ValueError) as err:
             raise DataError(f"cannot read the few-shot cache {path} ({err}); delete it to rebuild it") from None
+        if not isinstance(raw, dict) or not all(isinstance(raw.get(k), list) for k in ("train", "val")):
+            raise DataError(f"the few-shot cache {path} does not hold train and val lists; delete it to rebuild it")
+        return {k: _fewshot_items(raw[k], base, path) for k in ("train", "val")}
     data = make()
-    atomic_write_bytes(path, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
+    payload = {"format": 1, "num_shots": int(num_shots), "seed": int(seed),
+               **{k: _fewshot_entries(data[k], base) for k in ("train", "val")}}
+    atomic_write_bytes(path, json.dumps(payload).encode())
     return data
 
 

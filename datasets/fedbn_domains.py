@@ -16,7 +16,6 @@ prompt <-> label mapping changes with ``PYTHONHASHSEED``. ``Datum.domain`` is th
 from __future__ import annotations
 
 import os
-import pickle
 
 import numpy as np
 
@@ -24,22 +23,23 @@ from dassl.data.datasets import Datum
 from federated.errors import DataError
 
 from .common import RealDataset, dataset_root
+from .safe_pickle import load_data_pickle
 
 
 def read_pickle(path: str) -> tuple[list, list]:
-    """``(paths, labels)`` of one FedBN pickle (read with numpy's pickle loader, as FedBN does)."""
-    try:
-        with open(path, "rb") as f:
-            raw = pickle.load(f)
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise DataError(f"cannot read {path}: {err}") from None
+    """``(paths, labels)`` of one FedBN pickle (plain data and numpy arrays only: ``datasets/safe_pickle.py``)."""
+    raw = load_data_pickle(path)
     if isinstance(raw, dict) and {"paths", "labels"} <= set(raw):
         paths, labels = raw["paths"], raw["labels"]
     elif isinstance(raw, (tuple, list, np.ndarray)) and len(raw) == 2:
         paths, labels = raw
     else:
         raise DataError(f"{path} does not hold (paths, labels): got {type(raw).__name__}")
-    paths, labels = list(paths), list(labels)
+    try:
+        paths, labels = list(paths), list(labels)
+    except TypeError:
+        raise DataError(f"{path} does not hold (paths, labels) lists: got {type(paths).__name__} and "
+                        f"{type(labels).__name__}") from None
     if len(paths) != len(labels):
         raise DataError(f"{path}: {len(paths)} paths but {len(labels)} labels")
     return [str(p) for p in paths], labels
@@ -89,7 +89,10 @@ class FedBNDomainDataset(RealDataset):
                 raise DataError(f"{path}: class '{lab}' is not one of the {len(self.CLASSNAMES)} classes of "
                                 f"{type(self).__name__}: {', '.join(self.CLASSNAMES)}")
             return index[key]
-        label = int(lab)
+        try:
+            label = int(lab)
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: label {lab!r} is neither a class name nor an integer") from None
         if not 0 <= label < len(self.CLASSNAMES):
             raise DataError(f"{path}: label {label} is outside 0..{len(self.CLASSNAMES) - 1}")
         return label

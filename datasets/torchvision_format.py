@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import pickle
 import struct
 
 import numpy as np
@@ -15,20 +14,22 @@ import numpy as np
 from dassl.data.datasets import Datum
 from federated.errors import DataError
 
+from .safe_pickle import load_data_pickle
+
 __all__ = ["read_cifar_batch", "read_idx", "to_items"]
 
 
-def read_cifar_batch(path: str) -> dict:
-    """Unpickle one CIFAR python batch (``data_batch_1``, ``test``, ``meta`` ...) with byte keys decoded.
+def read_cifar_batch(path: str, required: tuple[str, ...] = ()) -> dict:
+    """Unpickle one CIFAR python batch (``data_batch_1``, ``test``, ``meta`` ...) with byte keys decoded
+    (plain data and numpy arrays only: ``datasets/safe_pickle.py``); ``required``: keys it must hold.
 
     Raises:
         DataError: the file is unreadable or not a CIFAR pickle.
     """
     try:
-        with open(path, "rb") as f:
-            raw = pickle.load(f, encoding="bytes")
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise DataError(f"cannot read the CIFAR file {path}: {err} (re-extract the archive)") from None
+        raw = load_data_pickle(path, encoding="bytes")
+    except DataError as err:
+        raise DataError(f"{err} (a CIFAR python batch: re-extract the archive)") from None
     if not isinstance(raw, dict):
         raise DataError(f"{path} is not a CIFAR python batch (expected a dict)")
     out = {}
@@ -37,6 +38,9 @@ def read_cifar_batch(path: str) -> dict:
         if isinstance(v, list) and v and isinstance(v[0], bytes):
             v = [x.decode() for x in v]
         out[key] = v
+    missing = [k for k in required if k not in out]
+    if missing:
+        raise DataError(f"{path} is not a CIFAR python batch: no {', '.join(missing)} entry (re-extract the archive)")
     return out
 
 
@@ -44,7 +48,7 @@ def cifar_images(batch: dict, path: str) -> np.ndarray:
     """``(N, 32, 32, 3)`` ``uint8`` images of a CIFAR batch (stored as ``(N, 3072)`` channel-major rows)."""
     try:
         return np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    except (KeyError, ValueError) as err:
+    except (KeyError, ValueError, TypeError) as err:
         raise DataError(f"{path}: no valid 'data' array ({err})") from None
 
 
@@ -73,7 +77,10 @@ def read_idx(path: str) -> np.ndarray:
 
 def to_items(images: np.ndarray, labels, classnames: list[str], source: str) -> list[Datum]:
     """One ``Datum`` per image (``impath = f"{source}#{i}"``), labels checked against ``classnames``."""
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    try:
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{source}: the labels are not integers ({err})") from None
     if len(labels) != len(images):
         raise DataError(f"{source}: {len(images)} images but {len(labels)} labels")
     bad = np.flatnonzero((labels < 0) | (labels >= len(classnames)))

@@ -16,8 +16,8 @@ import random
 import numpy as np
 import torch
 
-from dassl.engine.trainer import atomic_torch_save
 from federated.errors import CheckpointError
+from federated.run_dir import save_torch
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -55,7 +55,7 @@ def save_checkpoint(path: str, *, round_done: int, trainer, global_state: dict, 
                     results: dict, num_users: int, client_global: dict[int, dict] | None = None,
                     extra: dict | None = None) -> None:
     """Write the checkpoint atomically; ``extra``: further entries (the Flower engine's)."""
-    atomic_torch_save({
+    save_torch({
         "round": round_done,
         "trainer": type(trainer).__name__,
         "num_users": num_users,
@@ -69,19 +69,45 @@ def save_checkpoint(path: str, *, round_done: int, trainer, global_state: dict, 
     }, path)
 
 
-def load_checkpoint(path: str, trainer, num_users: int, engine: str = "inprocess") -> dict:
-    """Load and validate a checkpoint against ``trainer``, the number of clients and, for a trainer with
-    personal tensors, the ``engine`` that will use it (``inprocess`` or ``flower``)."""
-    if os.path.isdir(path):
-        path = os.path.join(path, CHECKPOINT_NAME)
+def _why_unreadable(err: Exception) -> str:
+    """What a failed ``torch.load(weights_only=True)`` says about the file, without torch's advice to
+    retry unsafely."""
+    text = str(err)
+    if "Unsupported global" in text:
+        name = text.split("GLOBAL ", 1)[-1].split(" was not", 1)[0].strip()
+        return f"it holds a pickled Python object ({name}) besides tensors, which FedTV never loads"
+    if "failed finding central directory" in text or "zip archive" in text or "Unsupported operand" in text:
+        return "not a torch checkpoint file (corrupt, truncated or another kind of file)"
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else 'unreadable'}"
+
+
+def read_checkpoint(path: str, mmap: bool = False) -> dict:
+    """The checkpoint file ``path`` (tensors and plain containers only: ``weights_only=True``, nothing in it
+    runs); ``mmap``: map the tensors lazily (to read its config and round cheaply).
+
+    Raises:
+        CheckpointError: no such file, or not a FedTV checkpoint (the message says why, and never suggests
+            an unsafe way to load it).
+    """
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path}: pass the OUTPUT_DIR of a run (it holds {CHECKPOINT_NAME})")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise CheckpointError(f"{path} is not a readable FedTV checkpoint ({type(err).__name__}: {err})") from None
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # noqa: BLE001 - any failure to read means it is not one of our checkpoints
+        raise CheckpointError(f"{path} is not a readable FedTV checkpoint: {_why_unreadable(err)}") from None
     if not isinstance(ckpt, dict) or "signature" not in ckpt:
         raise CheckpointError(f"{path} is not a FedTV checkpoint (no 'signature' entry)")
+    return ckpt
+
+
+def load_checkpoint(path: str, trainer, num_users: int, engine: str = "inprocess", cfg=None) -> dict:
+    """Load and validate a checkpoint against ``trainer``, the number of clients, for a trainer with
+    personal tensors the ``engine`` that will use it (``inprocess`` or ``flower``) and, for a resume,
+    the run's config ``cfg`` (``check_resume_config``; the allowed changes are returned as
+    ``ckpt["config_changes"]``)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, CHECKPOINT_NAME)
+    ckpt = read_checkpoint(path)
     name = type(trainer).__name__
     if ckpt["trainer"] != name:
         raise CheckpointError(f"{path} was written by trainer {ckpt['trainer']}, this run uses {name}")
@@ -109,4 +135,49 @@ def load_checkpoint(path: str, trainer, num_users: int, engine: str = "inprocess
         raise CheckpointError(f"{path} was written by a {written_by} run of {name}, whose personal tensors "
                               f"{'live on the Flower nodes' if written_by == 'flower' else 'the Flower nodes lack'}; "
                               f"this is a {engine} run: use {how}")
+    if cfg is not None:
+        ckpt["config_changes"] = check_resume_config(ckpt, cfg, path)
     return ckpt
+
+
+#: Config keys a resumed run may change: none can alter the finished rounds. More rounds (never fewer than
+#: the checkpoint finished), evaluation frequency and progress display, and where things are (the output,
+#: data, weights and cache locations: the same files found at another path).
+RESUMABLE_CHANGES = ("OPTIM.ROUND", "TEST.EVAL_FREQ", "FED.SHOW_PROGRESS", "OUTPUT_DIR", "DATASET.ROOT",
+                     "MODEL.BACKBONE.WEIGHTS", "FED.CACHE_DIR")
+
+
+def _flat(node: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in node.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_resume_config(ckpt: dict, cfg, path: str) -> dict[str, list]:
+    """Compare the config a checkpoint was written with (``ckpt["results"]["config"]``) with this run's
+    ``cfg``, as both engines do before a resume.
+
+    Returns:
+        The allowed changes (``RESUMABLE_CHANGES``), ``{key: [saved value, new value]}``, to record in
+        ``results.json``.
+
+    Raises:
+        CheckpointError: listing every other key that differs (saved -> new), or fewer ``OPTIM.ROUND``
+            than the checkpoint finished.
+    """
+    from federated.results import cfg_to_dict
+
+    saved, now = _flat(ckpt["results"]["config"]), _flat(cfg_to_dict(cfg))
+    differ = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+    refused = [k for k in differ if k not in RESUMABLE_CHANGES]
+    if refused:
+        detail = ", ".join(f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in refused)
+        raise CheckpointError(f"{path} was written with another config ({detail}); resume with the saved run's "
+                              f"settings (only {', '.join(RESUMABLE_CHANGES)} may change) or start a new run in "
+                              f"another --output-dir")
+    done = int(ckpt["round"])
+    if int(cfg.OPTIM.ROUND) < done and "OPTIM.ROUND" in differ:
+        raise CheckpointError(f"{path} has finished {done} rounds: --rounds {cfg.OPTIM.ROUND} would discard some; "
+                              f"resume with --rounds {done} or more")
+    return {k: [saved.get(k), now.get(k)] for k in differ}

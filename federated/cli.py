@@ -29,6 +29,7 @@ from yacs.config import CfgNode as CN
 from federated.config import (
     REPO_ROOT,
     bundled_input_size,
+    check_finite,
     default_output_dir,
     default_trainer_config,
     merge_file,
@@ -263,6 +264,7 @@ def build_cfg(args: argparse.Namespace, k: Known | None = None):
     merge_list(cfg, list(args.opts or []))
     cfg.MODEL.BACKBONE.NAME = resolve_backbone(cfg.MODEL.BACKBONE.NAME, k.backbones)
     _check_values(cfg, k)
+    check_finite(cfg)
     native = bundled_input_size(cfg.MODEL.BACKBONE.NAME)
     if native is not None and tuple(cfg.INPUT.SIZE) != (native, native):
         # a bundled ViT (tiny) only takes its own input size; the real datasets' yamls say 224

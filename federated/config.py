@@ -129,16 +129,63 @@ def _explain_unknown_key(cfg: CN, message: str, source: str) -> ConfigError:
     return ConfigError(f"unknown config key '{key}' in {source}.{hint} Valid keys there: {', '.join(valid)}")
 
 
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def _read_yaml(path: str) -> CN:
+    """The yaml file ``path`` as a config node: ``yaml.safe_load`` only (data, never code: a ``.py``
+    config, which yacs would import and run, is refused), with file, line and column on a syntax error."""
+    import yaml
+
+    if not path.lower().endswith(YAML_SUFFIXES):
+        raise ConfigError(f"config file {path}: only YAML files (.yaml, .yml) are accepted (a Python config "
+                          f"file would be executed)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            loaded = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"YAML syntax error in {where} (file:line:column): {problem}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read the config file {path}: {err}") from None
+    if loaded is None:
+        return CN()
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold KEY: value mappings, not a {type(loaded).__name__}")
+    try:
+        return CN(loaded)
+    except AssertionError as err:  # yacs refuses a value type (e.g. a set)
+        raise ConfigError(f"bad value in {path}: {err}") from None
+
+
 def merge_file(cfg: CN, path: str) -> None:
-    """Merge a yaml file into ``cfg`` with clear errors for a missing file or unknown keys."""
+    """Merge a yaml file into ``cfg`` with clear errors for a missing file, a non-YAML file, a YAML
+    syntax error (file, line, column) or unknown keys."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
+    loaded = _read_yaml(path)
     try:
-        cfg.merge_from_file(path)
+        cfg.merge_from_other_cfg(loaded)
     except KeyError as err:
         raise _explain_unknown_key(cfg, str(err.args[0] if err.args else err), path) from None
     except ValueError as err:
         raise ConfigError(f"bad value in {path}: {err}") from None
+
+
+def check_finite(cfg: CN, prefix: str = "") -> None:
+    """Every float in ``cfg`` is finite: a NaN or infinite value (``OPTIM.LR .nan``) is a ``ConfigError``
+    naming the key (it would make the run meaningless and ``results.json`` invalid JSON)."""
+    import math
+
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        values = value if isinstance(value, tuple | list) else [value]
+        if isinstance(value, CN):
+            check_finite(value, f"{name}.")
+        elif any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ConfigError(f"{name} is {value}: config values must be finite numbers")
 
 
 def _lookup(cfg: CN, key: str):

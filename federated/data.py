@@ -26,7 +26,8 @@ whole train split (images independent of ``SEED``; what FedPGP's OxfordPets load
 published loader does with ``SUBSAMPLE_CLASSES all``).
 
 ``DATASET.PARTITION hierarchical-dirichlet`` needs a dataset with ``coarse_of_fine`` (CIFAR-100).
-Every run writes its split to ``OUTPUT_DIR/split.json``; ``DATASET.SPLIT_FILE`` loads one instead
+Every run writes its split to ``OUTPUT_DIR/split.json`` (the coordinator, once the run is known to be
+valid: ``federated/server.py``); ``DATASET.SPLIT_FILE`` loads one instead
 of partitioning (``federated/split_file.py``).
 """
 from __future__ import annotations
@@ -240,10 +241,6 @@ def build_federated_data(cfg, dataset: DatasetBase | None = None, partition: boo
     from dassl.data.datasets import dataset_template
 
     data.template = dataset_template(cfg)
-    if partition and cfg.OUTPUT_DIR:
-        from federated.split_file import write_split_file
-
-        write_split_file(os.path.join(cfg.OUTPUT_DIR, "split.json"), data, cfg)
     return data
 
 

@@ -26,3 +26,8 @@ class ClassSpaceError(ValueError):
 
 class TrainingDiverged(RuntimeError):
     """A client's loss became non-finite; the last good checkpoint is kept."""
+
+
+class OutputError(RuntimeError):
+    """The output folder cannot be written (read-only, full, not a folder); the message names the path.
+    Files written before are intact (every write is atomic)."""

@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from dassl.data import DatasetWrapper
+from dassl.utils.atomic import atomic_write
 
 logger = logging.getLogger("fedtv.cache")
 
@@ -69,9 +70,7 @@ def cache_key(items, backbone: str, weights: str, transform, views: int, seed: i
 
 
 def _atomic_save(path: str, array: np.ndarray) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}.npy"
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.save(f, array))
 
 
 def _view_seed(seed: int, i: int, v: int) -> int:

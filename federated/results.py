@@ -4,15 +4,20 @@
 (``zero_shot``), one entry per round (``rounds``) and a ``final`` block with ``local``, ``base``,
 ``novel`` accuracies and the three base-to-novel summaries of ``SUMMARIES`` in percent (null where not
 measured); methods with a global model besides the personalised ones also hold ``global_base``,
-``global_novel`` and ``global_hm`` (the shared tensors alone on the base / novel classes).
+``global_novel`` and ``global_hm`` (the shared tensors alone on the base / novel classes). A resumed
+run adds ``resumes`` (after which round, and the allowed config changes ``{key: [saved, new]}``).
+Non-finite numbers are written as null: the file is always valid JSON.
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 from typing import Any
+
+from federated.run_dir import write_text, writing
 
 #: The base-to-novel summaries the field reports: key -> (short name, definition and who reports it).
 SUMMARIES: dict[str, tuple[str, str]] = {
@@ -65,13 +70,15 @@ def global_model_metrics(server, global_state: dict, personal: dict) -> dict:
     return {"global_base": base, "global_novel": novel, "global_hm": harmonic_mean(base, novel)}
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (not measured), so that it is valid JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def cfg_to_dict(cfg) -> dict:
@@ -93,7 +100,8 @@ class ResultsWriter:
 
     def __init__(self, output_dir: str, cfg, results: dict | None = None, tensorboard: bool = True):
         self.output_dir = output_dir
-        os.makedirs(output_dir, exist_ok=True)
+        with writing(output_dir):
+            os.makedirs(output_dir, exist_ok=True)
         self.results = results or {"config": cfg_to_dict(cfg), "zero_shot": None, "rounds": [], "final": None}
         self.results["config"] = cfg_to_dict(cfg)
         self._tb = None
@@ -104,6 +112,12 @@ class ResultsWriter:
                 self._tb = SummaryWriter(os.path.join(output_dir, "tensorboard"))
             except ImportError:  # pragma: no cover - tensorboard is a requirement
                 self._tb = None
+
+    def record_resume(self, after_round: int, config_changes: dict[str, list]) -> None:
+        """Note in ``results["resumes"]`` that the run continued after ``after_round`` rounds, with the
+        allowed config changes ``{key: [saved, new]}`` (``federated.checkpoint.check_resume_config``)."""
+        self.results.setdefault("resumes", []).append({"after_round": int(after_round),
+                                                       "config_changes": config_changes})
 
     def set_zero_shot(self, record: dict) -> None:
         self.results["zero_shot"] = record
@@ -150,17 +164,16 @@ class ResultsWriter:
         }
 
     def write(self) -> None:
-        _atomic_write_text(os.path.join(self.output_dir, "results.json"), json.dumps(self.results, indent=2))
+        write_text(os.path.join(self.output_dir, "results.json"),
+                   json.dumps(json_safe(self.results), indent=2, allow_nan=False))
         rows = [{k: r.get(k) for k in CSV_FIELDS} for r in self.results["rounds"]]
         for row in rows:
             row["clients"] = " ".join(str(c) for c in row["clients"] or [])
-        path = os.path.join(self.output_dir, "metrics.csv")
-        tmp = f"{path}.tmp.{os.getpid()}"
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(os.path.join(self.output_dir, "metrics.csv"), text.getvalue())
 
     def close(self) -> None:
         if self._tb is not None:

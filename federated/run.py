@@ -12,9 +12,9 @@ import os
 import sys
 
 from federated.cli import build_cfg, check_args, parse_args
-from federated.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
+from federated.errors import CheckpointError, ConfigError, DataError, OutputError, TrainingDiverged
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingDiverged)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingDiverged, OutputError)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -28,11 +28,14 @@ def main(argv: list[str] | None = None) -> dict:
     from dassl.utils import configure_logging, set_random_seed, setup_logger
     from federated import console
     from federated.data import build_federated_data
+    from federated.results import json_safe
+    from federated.run_dir import prepare_output_dir, write_text
     from federated.server import FederatedServer
 
     started = time.time()
     cfg = build_cfg(args)
-    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    # a refused resume or eval-only, or an unwritable folder, stops here: nothing in OUTPUT_DIR changed
+    prepare_output_dir(cfg, resume=bool(args.resume), eval_only=bool(args.eval_only), model_dir=args.model_dir)
     log_path = setup_logger(cfg.OUTPUT_DIR)
     configure_logging(verbose=args.verbose)
     log = logging.getLogger("fedtv")
@@ -58,8 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.eval_only:
         record = server.evaluate_saved(args.model_dir)
         path = os.path.join(cfg.OUTPUT_DIR, f"eval_{cfg.DATASET.SUBSAMPLE_CLASSES}.json")
-        with open(path, "w") as f:
-            json.dump(record, f, indent=2)
+        write_text(path, json.dumps(json_safe(record), indent=2, allow_nan=False))
         log.info(f"{cfg.DATASET.SUBSAMPLE_CLASSES} classes, model of {args.model_dir} after round {record['round']}: "
                  f"{console.metrics_text(record)}")
         log.info(f"results: {path}, log: {log_path}")

@@ -27,6 +27,7 @@ from federated.data import FederatedData
 from federated.errors import ClassSpaceError, ConfigError, TrainingDiverged
 from federated.feature_cache import EvalFeatureCache, TrainFeatureCache
 from federated.results import ResultsWriter, format_table, global_model_metrics, summaries
+from federated.split_file import write_split_file
 from federated.state import state_nbytes
 from utils.plots import plot_accuracy
 
@@ -257,9 +258,9 @@ class FederatedServer:
         global_state = t.get_state(shared_keys)
         personal = [t.initial_personal_state(cid) for cid in range(self.num_users)]
         client_global: dict[int, dict] = {}  # personalised aggregation: what each client downloads
-        start_round, results = 0, None
+        start_round, results, ckpt = 0, None, None
         if resume and os.path.isfile(self.checkpoint_path):
-            ckpt = load_checkpoint(self.checkpoint_path, t, self.num_users)
+            ckpt = load_checkpoint(self.checkpoint_path, t, self.num_users, cfg=self.cfg)
             start_round, results = int(ckpt["round"]), ckpt["results"]
             global_state, personal = ckpt["global"], ckpt["personal"]
             client_global = {int(k): v for k, v in ckpt.get("client_global", {}).items()}
@@ -269,7 +270,11 @@ class FederatedServer:
             logger.warning("--resume: no checkpoint in %s, starting from scratch", self.output_dir)
         elif os.path.isfile(self.checkpoint_path):
             logger.warning("%s holds an earlier run: it is overwritten (use --resume to continue it)", self.output_dir)
+        # the run is valid: from here on the output folder changes
+        write_split_file(os.path.join(self.output_dir, "split.json"), self.data, self.cfg)
         writer = ResultsWriter(self.output_dir, self.cfg, results)
+        if ckpt is not None:
+            writer.record_resume(start_round, ckpt["config_changes"])
         # Cost accounting: trainable parameter counts (shared = what is uploaded each round).
         params = t.trainable_parameters()
         writer.results["params"] = {"shared": sum(params[k].numel() for k in shared_keys),
@@ -299,10 +304,8 @@ class FederatedServer:
                     trained = self.train_round(r, starts)
                 except NonFiniteLossError as err:
                     writer.close()
-                    raise TrainingDiverged(
-                        f"client {err.context.get('client', '?')} in round {r + 1}: {err}. The last good checkpoint "
-                        f"({self.checkpoint_path}, after round {r}) is kept; lower OPTIM.LR or use PREC fp32"
-                    ) from None
+                    raise TrainingDiverged(f"client {err.context.get('client', '?')} in round {r + 1}: {err}. "
+                                           f"{self._kept_after(r)}; lower OPTIM.LR or use PREC fp32") from None
                 # aggregated (and recorded) in client-id order, whatever the training order: sums in the
                 # same order as Flower's strategy, which receives the uploads unordered
                 trained = sorted(trained, key=lambda item: item[0])
@@ -333,6 +336,16 @@ class FederatedServer:
                             client_global=client_global)
             logger.info(console.round_line(record, rounds))
         return self.finish(writer)
+
+    def _kept_after(self, rounds_done: int) -> str:
+        """What the output folder holds when round ``rounds_done + 1`` fails (said in the error message)."""
+        if rounds_done > 0:
+            return (f"The checkpoint after round {rounds_done} ({self.checkpoint_path}) and the results of rounds "
+                    f"1-{rounds_done} are kept (continue with --resume)")
+        if os.path.isfile(self.checkpoint_path):
+            return (f"No round finished, so this run wrote no checkpoint ({self.checkpoint_path} is still the "
+                    f"earlier run's)")
+        return "No round finished, so there is no checkpoint"
 
     def train_round(self, round_idx: int, starts: dict[int, dict]) -> list[tuple[int, dict, dict]]:
         """Train the round's clients (``starts``: client id -> its downloaded shared + personal tensors),

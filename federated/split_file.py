@@ -14,9 +14,9 @@ dataset item's path (or its unique id for in-memory datasets, e.g. ``.../data_ba
 from __future__ import annotations
 
 import json
-import os
 
 from dassl.data.datasets import Datum
+from federated.run_dir import write_text
 
 __all__ = ["read_split_file", "write_split_file"]
 
@@ -41,11 +41,7 @@ def write_split_file(path: str, data, cfg) -> None:
             for i, (train, test) in enumerate(zip(data.train, data.test, strict=True))
         ],
     }
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f)
-    os.replace(tmp, path)
+    write_text(path, json.dumps(payload))
 
 
 def read_split_file(path: str, dataset_name: str, classnames: list[str], pool: list[Datum]) -> dict:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 
 import numpy as np
 import pytest
@@ -191,15 +190,14 @@ def test_fewshot_subset_is_cached_atomically_and_reused(tmp_path):
     class_folders(str(tmp_path / "dtd" / "images"), ["banded", "bubbly"], per_class=20)
     ds = load(tmp_path, "DescribableTextures", COOP_FEWSHOT=True, NUM_SHOTS=3)
     assert len(ds.train_x) == 6 and len(ds.val) == 6  # val: min(shots, 4) per class (only 4 val images)
-    cache = tmp_path / "dtd" / "split_fewshot" / "shot_3-seed_1.pkl"
-    assert cache.is_file() and not [p for p in cache.parent.iterdir() if p.name.startswith(".tmp")]
-    with open(cache, "rb") as f:
-        cached = pickle.load(f)
-    assert [d.impath for d in cached["train"]] == [d.impath for d in ds.train_x]
+    # issue 17: the cache is json (data only), no longer a pickle
+    cache = tmp_path / "dtd" / "split_fewshot" / "shot_3-seed_1.json"
+    assert cache.is_file() and not [p for p in cache.parent.iterdir() if ".tmp" in p.name]
+    cached = json.loads(cache.read_text())
+    assert [os.path.join(tmp_path / "dtd", e[0]) for e in cached["train"]] == [d.impath for d in ds.train_x]
     # the cache is what a second load returns (tamper with it to prove it is read)
     cached["train"] = cached["train"][:1]
-    with open(cache, "wb") as f:
-        pickle.dump(cached, f)
+    cache.write_text(json.dumps(cached))
     assert len(load(tmp_path, "DescribableTextures", COOP_FEWSHOT=True, NUM_SHOTS=3).train_x) == 1
 
 

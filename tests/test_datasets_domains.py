@@ -17,6 +17,7 @@ from dassl.data.datasets import DATASET_REGISTRY
 from federated.config import get_cfg
 from federated.data import build_federated_data, load_dataset
 from federated.errors import DataError
+from federated.split_file import write_split_file
 from tests.fedtv_testing import REPO
 
 DOMAIN_DATASETS = ["DomainNet", "Office", "OfficeHome", "PACS"]
@@ -140,6 +141,8 @@ def test_split_file_round_trip_and_errors(tmp_path):
     cfg.OUTPUT_DIR = str(tmp_path / "run")
     data = build_federated_data(cfg)
     path = tmp_path / "run" / "split.json"
+    assert not path.exists()  # issue 17: the coordinator writes it, once the run is known to be valid
+    write_split_file(str(path), data, cfg)
     saved = json.loads(path.read_text())
     assert saved["target_domain"] == "sketch" and len(saved["clients"]) == 6
     again = build_federated_data(make_cfg(tmp_path, "PACS", SPLIT_FILE=str(path)))

@@ -119,13 +119,24 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
 
 def test_mismatched_checkpoint_is_refused_clearly(tmp_path):
     main(fast_args(tmp_path, ["--trainer", "PromptFL", "--rounds", "1"]))
-    with pytest.raises(CheckpointError, match="does not match.*prompt_learner.ctx"):
+    # issue 17: a changed config is refused by the config check (every differing key), before the model is built
+    with pytest.raises(CheckpointError, match=r"another config \(TRAINER.PROMPTFL.N_CTX 16 -> 4\)"):
         main(fast_args(tmp_path, ["--trainer", "PromptFL", "--rounds", "2", "--resume"],
                        ["TRAINER.PROMPTFL.N_CTX", "4"]))
+    # the model check behind it: a checkpoint of another shape (same config) is refused by its signature
+    from dassl.engine import build_trainer
+    from federated.checkpoint import load_checkpoint
+    from federated.cli import build_cfg, parse_args
+
+    cfg = build_cfg(parse_args(fast_args(tmp_path, ["--trainer", "PromptFL"], ["TRAINER.PROMPTFL.N_CTX", "4"])))
+    trainer = build_trainer(cfg, classnames=[f"c{i}" for i in range(6)])
+    with pytest.raises(CheckpointError, match="does not match.*prompt_learner.ctx"):
+        load_checkpoint(str(tmp_path), trainer, 3)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a readable"):
+    with pytest.raises(CheckpointError, match="not a readable") as err:
         main(fast_args(tmp_path / "bad", ["--eval-only", "--model-dir", str(tmp_path / "bad")]))
+    assert "weights_only" not in str(err.value)  # never suggests loading it unsafely
 
 
 def test_eval_only_on_novel_classes(tmp_path):

@@ -350,6 +350,22 @@ def evaluate(weights: Path, shots: int = 16, coop_steps: int = 200, **overrides)
     return res
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """``KEY=VALUE`` pairs with Python literal values (numbers, strings, tuples, lists; never code)."""
+    import ast
+
+    out = {}
+    for kv in items:
+        k, sep, v = kv.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[k] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            raise SystemExit(f"--set {k}: {v!r} is not a literal (a number, 'string', tuple or list)") from None
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=1800)
@@ -367,10 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     if not args.eval_only:
         pretrain(args.steps, args.batch, args.seed, args.pool, args.lr, args.output)
-    overrides = {}
-    for kv in args.set:
-        k, v = kv.split("=", 1)
-        overrides[k] = eval(v, {})  # noqa: S307 - numbers / tuples / lists on a research CLI
+    overrides = parse_overrides(args.set)
     t = time.time()
     res = evaluate(args.output, coop_steps=args.coop_steps, **overrides)
     print(" ".join(f"{k}={v:.1f}" for k, v in res.items()), f"({time.time() - t:.0f}s)")

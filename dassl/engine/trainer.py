@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dassl.utils.atomic import atomic_write
+
 logger = logging.getLogger("fedtv.engine")
 
 
@@ -35,18 +37,40 @@ def check_finite_loss(value: float, context: dict[str, Any]) -> None:
         raise NonFiniteLossError(f"loss is {value} ({where or 'during training'})", context)
 
 
-def atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save`` to ``path`` through a temporary file and an atomic rename.
+class _WriteErrors:
+    """A binary file that remembers the first ``OSError`` of its ``write`` (torch's zip writer turns it
+    into an unhelpful ``RuntimeError``)."""
 
-    A crash while writing leaves the previous file intact.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    def __init__(self, f):
+        self.f = f
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """``torch.save`` to ``path`` through a private temporary file and an atomic rename
+    (``dassl.utils.atomic``): a crash while writing leaves the previous file intact, and a link planted
+    at a temporary name is never followed. A failed write (disk full ...) raises its ``OSError``."""
+
+    def write(f) -> None:
+        checked = _WriteErrors(f)
+        try:
+            torch.save(obj, checked)
+        except RuntimeError:
+            if checked.error is not None:
+                raise checked.error from None
+            raise
+
+    atomic_write(path, write)
 
 
 class SimpleTrainer:

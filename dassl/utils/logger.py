@@ -27,14 +27,29 @@ class Logger:
     def write(self, msg: str) -> int:
         self.console.write(msg)
         if not self.file.closed:
-            self.file.write(msg)
-            self.file.flush()
+            try:
+                self.file.write(msg)
+                self.file.flush()
+            except OSError as err:
+                self._give_up(err)
         return len(msg)
 
     def flush(self) -> None:
         self.console.flush()
         if not self.file.closed:
-            self.file.flush()
+            try:
+                self.file.flush()
+            except OSError as err:
+                self._give_up(err)
+
+    def _give_up(self, err: OSError) -> None:
+        """The log file cannot be written (disk full ...): say so once, keep printing to the console."""
+        try:
+            self.file.close()
+        except OSError:
+            pass
+        self.console.write(f"\nwarning: the log file {self.fpath} cannot be written ({err.strerror or err}); "
+                           f"logging to the console only\n")
 
     def close(self) -> None:
         if not self.file.closed:

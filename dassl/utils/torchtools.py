@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .atomic import atomic_write, atomic_write_text
 from .tools import mkdir_if_missing
 
 __all__ = [
@@ -66,19 +67,18 @@ def save_checkpoint(
     if not model_name:
         model_name = f"model.pth.tar-{state['epoch']}"
     fpath = osp.join(save_dir, model_name)
-    torch.save(state, fpath)
-    with open(osp.join(save_dir, "checkpoint"), "w") as f:
-        f.write(f"{osp.basename(fpath)}\n")
+    atomic_write(fpath, lambda f: torch.save(state, f))
+    atomic_write_text(osp.join(save_dir, "checkpoint"), f"{osp.basename(fpath)}\n")
     if is_best:
         shutil.copy(fpath, osp.join(osp.dirname(fpath), "model-best.pth.tar"))
     return fpath
 
 
-def load_checkpoint(fpath: str, weights_only: bool = False) -> dict[str, Any]:
+def load_checkpoint(fpath: str, weights_only: bool = True) -> dict[str, Any]:
     """Load a checkpoint saved by ``save_checkpoint`` onto the CPU.
 
-    ``weights_only=False`` (the default) allows the optimiser/scheduler states Dassl stores; only
-    load files you trust.
+    ``weights_only=True`` (the default): tensors and plain containers only, which is what Dassl's
+    model, optimiser and scheduler states are; a file naming any other object is refused, never run.
     """
     if not fpath:
         raise ValueError("load_checkpoint: empty file path")

@@ -8,8 +8,9 @@ TensorBoard scalars and ``checkpoint.pt`` to ``OUTPUT_DIR`` after every round.
 Resume (``--resume`` in the run config's ``opts``, or ``federated_main.py --engine flower-sim
 --resume``): the server loads the Flower checkpoint in ``OUTPUT_DIR`` (refused with a
 ``CheckpointError`` when it holds another model, another number of clients, an in-process run of a
-personalised trainer, or a config that differs in a key other than ``RESUMABLE_CHANGES``) and runs
-only the remaining rounds (``FedTVStrategy.restore``); the nodes keep their personal state in their
+personalised trainer, or a config that differs in a key other than
+``federated.checkpoint.RESUMABLE_CHANGES``: the check the in-process engine shares) and runs only the
+remaining rounds (``FedTVStrategy.restore``); the nodes keep their personal state in their
 ``state-dir`` under the checkpoint's experiment token. Without a checkpoint it starts from scratch.
 
 ``make_server_app(cfg_text)`` fixes the config (simulation from the command line); the module-level
@@ -29,37 +30,20 @@ from federated.errors import CheckpointError
 from federated.flower.node import experiment
 from federated.flower.settings import cfg_from_run_config, cfg_from_text, resume_requested, run_setting
 from federated.flower.strategy import FedTVStrategy
-from federated.results import ResultsWriter, cfg_to_dict
+from federated.results import ResultsWriter
+from federated.run_dir import prepare_output_dir
+from federated.split_file import write_split_file
 
 logger = logging.getLogger("fedtv.flower")
-
-#: Config keys a resumed run may change: more rounds, where things are, how often it evaluates, logging.
-RESUMABLE_CHANGES = ("OPTIM.ROUND", "OUTPUT_DIR", "DATASET.ROOT", "MODEL.BACKBONE.WEIGHTS", "FED.CACHE_DIR",
-                     "TEST.EVAL_FREQ", "FED.SHOW_PROGRESS")
-
-
-def _flat(node: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in node.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
 
 def load_flower_checkpoint(server, cfg) -> dict | None:
     """The Flower checkpoint in ``OUTPUT_DIR`` validated against this run, or None when there is none."""
     if not os.path.isfile(server.checkpoint_path):
         logger.warning("--resume: no checkpoint in %s, starting from scratch", server.output_dir)
         return None
-    ckpt = load_checkpoint(server.checkpoint_path, server.trainer, server.num_users, engine="flower")
+    ckpt = load_checkpoint(server.checkpoint_path, server.trainer, server.num_users, engine="flower", cfg=cfg)
     if "experiment" not in ckpt:
         raise CheckpointError(f"{server.checkpoint_path} was not written by a Flower run (no experiment token)")
-    saved, now = _flat(ckpt["results"]["config"]), _flat(cfg_to_dict(cfg))
-    changed = sorted(k for k in saved.keys() | now.keys()
-                     if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
-    if changed:
-        detail = ", ".join(f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
-        raise CheckpointError(f"{server.checkpoint_path} was written with another config ({detail}); resume with "
-                              f"the saved run's settings (only {', '.join(RESUMABLE_CHANGES)} may change)")
     return ckpt
 
 
@@ -67,13 +51,16 @@ def run_server(grid: Grid, cfg, run_config: dict, resume: bool = False) -> dict:
     """Run (``resume``: continue) the experiment of ``cfg`` over the nodes of ``grid``; returns the results."""
     from dassl.utils import setup_logger
 
-    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    prepare_output_dir(cfg, resume=resume)  # a refused resume changes nothing in OUTPUT_DIR
     setup_logger(cfg.OUTPUT_DIR)
     server = experiment(cfg).server
     ckpt = load_flower_checkpoint(server, cfg) if resume else None
     if ckpt is None and os.path.isfile(server.checkpoint_path):
         logger.warning("%s holds an earlier run: it is overwritten (use --resume to continue it)", cfg.OUTPUT_DIR)
+    write_split_file(os.path.join(cfg.OUTPUT_DIR, "split.json"), server.data, cfg)
     writer = ResultsWriter(cfg.OUTPUT_DIR, cfg, ckpt["results"] if ckpt else None)
+    if ckpt is not None:
+        writer.record_resume(int(ckpt["round"]), ckpt["config_changes"])
     strategy = FedTVStrategy(server, writer, round_timeout=run_setting(run_config, "round-timeout"),
                              join_timeout=run_setting(run_config, "join-timeout"),
                              rejoin_wait=run_setting(run_config, "rejoin-wait"),
