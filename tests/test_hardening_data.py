@@ -160,6 +160,9 @@ def test_atomic_writes_never_follow_a_planted_symlink(tmp_path):
     assert victim.read_text() == "precious"
     assert torch.load(out / "checkpoint.pt", weights_only=True)["a"].tolist() == [1.0, 1.0]
     assert (out / "results.json").read_text() == "{}" and not (out / "results.json").is_symlink()
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert os.stat(out / "results.json").st_mode & 0o777 == 0o666 & ~umask  # as a plain open() would make it
     leftovers = sorted(p.name for p in out.iterdir() if "tmp" in p.name)
     assert leftovers == sorted([f"checkpoint.pt.tmp.{pid}", f"results.json.tmp.{pid}", f".results.json.tmp-{pid}-x"])
 
@@ -205,3 +208,20 @@ def test_pretrain_set_values_are_literals_never_code(tmp_path):
     with pytest.raises(SystemExit, match="--set lr: .* is not a literal"):
         parse_overrides([f"lr=__import__('os').system('touch {marker}')"])
     assert not marker.exists()
+
+
+def test_flower_deploy_binds_the_superlink_to_localhost(tmp_path, monkeypatch):
+    import argparse
+    import subprocess
+
+    from tools import flower_deploy
+
+    started = []
+    monkeypatch.setattr(flower_deploy.Deployment, "_start", lambda self, name, cmd: started.append(cmd))
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, "", ""))
+    deploy = flower_deploy.Deployment(argparse.Namespace(work_dir=str(tmp_path), insecure=True, num_nodes=1,
+                                                         port=9190))
+    deploy.start_superlink()
+    (cmd,) = started
+    assert cmd[0] == "flower-superlink" and cmd[cmd.index("--host") + 1] == "127.0.0.1"  # never 0.0.0.0
+    assert deploy.link == "127.0.0.1:9190"

@@ -19,6 +19,12 @@ Resume: ``--resume`` (the same ``--work-dir`` and ``--opts``; ``--rounds`` may g
 server's checkpoint in ``<work-dir>/output`` with a new SuperLink and new SuperNodes; the nodes keep
 their ``<work-dir>/node_state``, which holds their personal tensors under the run's experiment token.
 Logs of every process are in ``<work-dir>/logs``.
+
+Exposure: the SuperLink binds ``LOOPBACK`` (127.0.0.1) only. Flower serves the Fleet API (SuperNodes),
+the Control API (``flwr run`` / ``ls`` / ``stop``) and the ServerAppIO API on that one port, and node
+authentication guards the Fleet API only: whoever reaches the port with the (public) CA certificate
+can submit an app, i.e. run code on the SuperLink and on every SuperNode. Across machines, reach it
+through an SSH tunnel or a VPN and firewall the port (docs/FLOWER_USAGE.md, "Who can submit code").
 """
 from __future__ import annotations
 
@@ -32,6 +38,9 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The only address the SuperLink listens on (module docstring: the Control API accepts code from anyone
+#: who reaches it).
+LOOPBACK = "127.0.0.1"
 OFFLINE_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
 
@@ -90,7 +99,7 @@ class Deployment:
                     "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
         self.procs: dict[str, subprocess.Popen] = {}
         self.creds = None if args.insecure else make_credentials(os.path.join(self.work, "certs"), args.num_nodes)
-        self.link = f"127.0.0.1:{args.port}"
+        self.link = f"{LOOPBACK}:{args.port}"
 
     def _start(self, name: str, cmd: list[str]) -> subprocess.Popen:
         log = open(os.path.join(self.logs, f"{name}.log"), "a")  # noqa: SIM115 - closed with the process
@@ -117,7 +126,7 @@ class Deployment:
             f.write("\n".join(lines) + "\n")
 
     def start_superlink(self) -> None:
-        self._start("superlink", ["flower-superlink", "--host", "127.0.0.1", "--port", str(self.args.port),
+        self._start("superlink", ["flower-superlink", "--host", LOOPBACK, "--port", str(self.args.port),
                                   "--disable-runtime-dependency-installation", *self._tls("link")])
         self.write_cli_config()
         deadline = time.time() + 60

@@ -2,8 +2,9 @@
 writer left behind.
 
 A file is written to a fresh temporary file in the target's own folder (``tempfile.mkstemp``: created
-with ``O_CREAT | O_EXCL``, mode 0600, so a symlink or file planted at a guessable name is never
-followed or overwritten), flushed and ``fsync``'d, then renamed over the target (``os.replace``, atomic
+with ``O_CREAT | O_EXCL``, so a symlink or file planted at a guessable name is never followed or
+overwritten; it gets the mode a plain ``open`` would give, 0666 less the umask), flushed and
+``fsync``'d, then renamed over the target (``os.replace``, atomic
 on POSIX). A crash at any moment leaves the previous file intact. Temporary names are
 ``.<target name>.tmp-<pid>-<random>``; the pid lets :func:`remove_stale_temps` tell a dead writer's
 leftover from a live writer's file.
@@ -23,6 +24,19 @@ _TEMP = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[^/]*$")
 _LEGACY_TEMP = re.compile(r"^(?P<name>[^.].*)\.tmp\.(?P<pid>\d+)(\.npy)?$")
 
 
+def _file_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file: 0666 less this process's umask (read from
+    ``/proc/self/status``; 0644 where that is not available)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o644
+
+
 def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
     """Call ``write(f)`` on a new temporary binary file next to ``path``, then rename it to ``path``.
 
@@ -34,6 +48,7 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.tmp-{os.getpid()}-")
     try:
+        os.fchmod(fd, _file_mode())  # mkstemp's 0600 while writing; the usual mode once in place
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
