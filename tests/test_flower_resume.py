@@ -117,7 +117,8 @@ def test_mismatched_checkpoints_are_refused(runs):
     with pytest.raises(CheckpointError, match=r"another config \(OPTIM.LR 0.05 -> 0.01\)"):
         main(fast_args(out, [*ARGS, "--rounds", "4", "--resume", "--lr", "0.01"]))
     with pytest.raises(CheckpointError, match="written by a flower run of FedPGP"):
-        main(fast_args(out, ["--trainer", "FedPGP", "--rounds", "4", "--resume"]))  # the in-process engine
+        # the in-process engine, same config (issue 17: a different one is refused by the shared config check first)
+        main(fast_args(out, [*ARGS[:-2], "--rounds", "4", "--resume"]))
     # issue 17: refused by the config check both engines share, before anything is built
     with pytest.raises(CheckpointError, match=r"another config \(DATASET.USERS 3 -> 2\)"):
         main(fast_args(out, [*ARGS, "--rounds", "4", "--resume", "--num-users", "2"]))

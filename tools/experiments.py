@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from dassl.utils.atomic import atomic_write_text
 from tools.run_folder import MANIFEST, RUN_INFO, run_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -270,11 +271,7 @@ def update_manifest(root: str, table: str, title: str, runs: list[Run]) -> str:
                                   f"use another --output-root")
     for run in runs:
         manifest["runs"][os.path.relpath(run.output_dir, root)] = {"key": run.key, "argv": run.argv}
-    os.makedirs(root, exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(manifest, indent=1))
     return path
 
 
