@@ -6,6 +6,7 @@ Each test starts a SuperLink and SuperNodes as separate processes; every Flower 
 fresh ClientApp process, so one run takes a few minutes on 2 shared cores. Bounded by the tool's
 ``--timeout``; the tool stops exactly the processes it started.
 """
+import json
 import shlex
 import shutil
 
@@ -91,3 +92,42 @@ def test_deployment_resumes_after_the_superlink_dies(tmp_path):
         saved = torch.load(path, weights_only=True)
         for k, v in ref["personal"][saved["client"]].items():
             torch.testing.assert_close(saved["states"][saved["round"]][k], v, atol=1e-5, rtol=1e-5)
+
+
+def test_the_documented_command_runs_as_written(tmp_path):
+    """docs/FLOWER_USAGE.md's deployment command, exactly as written except the work folder: default
+    (shipped) toy-world weights, TLS, the default port."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from tests.fedtv_testing import REPO
+
+    with open(os.path.join(REPO, "docs", "FLOWER_USAGE.md")) as f:
+        text = f.read()
+    (command,) = [c.replace("\\\n", " ") for c in re.findall(r"^python tools/flower_deploy\.py.*?(?<!\\)\n", text,
+                                                              flags=re.M | re.S)]
+    argv = shlex.split(command)
+    argv[argv.index("--work-dir") + 1] = str(tmp_path / "deploy")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", FEDTV_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, *argv[1:]], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "deploy" / "results.json").read_text())
+    users = int(argv[argv.index("--num-nodes") + 1])
+    assert len(results["rounds"]) == int(re.search(r"--rounds (\d+)", command).group(1))
+    assert results["config"]["MODEL"]["BACKBONE"]["WEIGHTS"].endswith("clip/weights/tiny_toyworld.safetensors")
+    assert results["zero_shot"]["local"] > 40  # the shipped weights, not random ones: 10 classes per client
+    assert set(results["rounds"][-1]["local_per_client"]) == {str(k) for k in range(users)}
+
+
+def test_a_failed_run_reports_the_servers_own_error(tmp_path):
+    from tools.flower_deploy import last_error
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "superlink.log").write_text("INFO : starting\nTraceback (most recent call last):\n  File x\n"
+                                        "clip.loading.ClipWeightsUnavailable: The default weights are missing\n")
+    (logs / "flwr_run.log").write_text("INFO : run 1 submitted\n")
+    assert last_error(str(logs)) == "clip.loading.ClipWeightsUnavailable: The default weights are missing"

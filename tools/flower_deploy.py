@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -198,7 +199,9 @@ class Deployment:
                 print(f"restarted node {a.kill_node}", flush=True)
             time.sleep(0.5)
         if self.procs["flwr_run"].returncode:
-            raise DeployError(f"flwr run failed ({self.procs['flwr_run'].returncode}): see {self.logs}/flwr_run.log")
+            cause = last_error(self.logs)
+            raise DeployError(f"flwr run failed ({self.procs['flwr_run'].returncode})" + (f": {cause}" if cause else "")
+                              + f" (logs: {self.logs})")
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL, each process group this deployment started (and nothing else)."""
@@ -212,6 +215,47 @@ class Deployment:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def default_clip_weights(args: argparse.Namespace) -> str:
+    """The weights every process loads when ``--clip-weights`` is not given: ``flwr run`` ships the app
+    as text files only, so a backbone whose default weights are a file of this repository (the toy
+    world's ``tiny``) gets that file's absolute path; other backbones keep their default (a tag)."""
+    import shlex
+
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    from clip.names import DEFAULT_WEIGHTS, PACKAGE_DIR
+    from federated.cli import build_cfg, known, parse_args
+
+    argv = shlex.split(args.opts)
+    if args.dataset_config:
+        argv = ["--dataset-config-file", os.path.join(args.app, args.dataset_config), *argv]
+    if args.trainer_config:
+        argv = ["--config-file", os.path.join(args.app, args.trainer_config), *argv]
+    cfg = build_cfg(parse_args(argv), known(live=False))
+    if cfg.MODEL.BACKBONE.WEIGHTS or cfg.MODEL.BACKBONE.NAME not in DEFAULT_WEIGHTS:
+        return ""
+    return str(PACKAGE_DIR / DEFAULT_WEIGHTS[cfg.MODEL.BACKBONE.NAME])
+
+
+#: A traceback's last line (``clip.loading.ClipWeightsUnavailable: ...``) or a logged error line.
+_ERROR_LINE = re.compile(r"^((?:[\w.]+\.)?[A-Z]\w*(?:Error|Exception|Unavailable|Diverged): |error: |ERROR\b)")
+
+
+def last_error(logs: str) -> str | None:
+    """The last error line the ServerApp or ``flwr run`` logged (what actually went wrong), if any."""
+    found = None
+    for name in ("superlink.log", "flwr_run.log"):
+        try:
+            with open(os.path.join(logs, name), errors="replace") as f:
+                for line in f:
+                    text = line.strip()
+                    if _ERROR_LINE.match(text):
+                        found = text
+        except OSError:
+            continue
+    return found
 
 
 def _rounds_done(path: str) -> int:
@@ -229,7 +273,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--opts", default="", help="federated_main.py flags and KEY VALUE overrides (one string)")
     p.add_argument("--dataset-config", default="", help="dataset yaml (default: the toy world)")
     p.add_argument("--trainer-config", default="", help="trainer yaml (default: per trainer and backbone)")
-    p.add_argument("--clip-weights", default="", help="CLIP weights on every node (a local file, a tag or none)")
+    p.add_argument("--clip-weights", default="",
+                   help="CLIP weights on every node (a local file, a tag or none; default: the backbone's default, "
+                        "the shipped file's absolute path for tiny)")
     p.add_argument("--data-root", default="", help="data root on every node")
     p.add_argument("--app", default=REPO, help="the Flower app directory (this repository)")
     p.add_argument("--port", type=int, default=9190, help="SuperLink port; SuperNodes use port+10+k")
@@ -265,6 +311,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise DeployError(f"--resume: no checkpoint in {output_dir} (pass the --work-dir of the earlier run)")
     if os.path.isfile(results_path) and not args.resume:
         os.remove(results_path)
+    if not args.clip_weights:
+        args.clip_weights = default_clip_weights(args)
     dep = Deployment(args)
     try:
         dep.start_superlink()
@@ -276,7 +324,8 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         dep.stop()
     if not os.path.isfile(results_path):
-        raise DeployError(f"the run wrote no {results_path}: see {dep.logs}")
+        cause = last_error(dep.logs)
+        raise DeployError(f"the run wrote no {results_path}" + (f": {cause}" if cause else "") + f" (logs: {dep.logs})")
     shutil.copy(results_path, os.path.join(dep.work, "results.json"))
     with open(results_path) as f:
         return json.load(f)
