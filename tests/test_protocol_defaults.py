@@ -198,9 +198,9 @@ def test_clients_train_in_the_order_they_were_sampled(tmp_path, monkeypatch):
     seen: list[tuple[int, int]] = []
     original = FederatedServer.train_client
 
-    def spying(self, cid, round_idx, state):
+    def spying(self, cid, round_idx, *args, **kwargs):
         seen.append((round_idx, cid))
-        return original(self, cid, round_idx, state)
+        return original(self, cid, round_idx, *args, **kwargs)
 
     monkeypatch.setattr(FederatedServer, "train_client", spying)
     res = main(fast_args(tmp_path, ["--trainer", "PromptFL", "--num-users", "6", "--rounds", "4", "--frac", "0.67",
@@ -358,9 +358,9 @@ def test_excluded_clients_never_train_and_are_not_evaluated(tmp_path, monkeypatc
     trained = []
     original = FederatedServer.train_client
 
-    def spying(self, cid, round_idx, state):
+    def spying(self, cid, round_idx, *args, **kwargs):
         trained.append(cid)
-        return original(self, cid, round_idx, state)
+        return original(self, cid, round_idx, *args, **kwargs)
 
     monkeypatch.setattr(FederatedServer, "train_client", spying)
     opts = ["FED.BATCH_CLIENTS", "False", "FED.EVAL_BASE_NOVEL", "False"]
