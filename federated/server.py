@@ -318,7 +318,8 @@ class FederatedServer:
                     accs.append(summary.get("acc", float("nan")))
                 agg_info = {}
                 if shared_keys:
-                    global_state, agg_info = self.aggregator(uploads, sizes, global_state, clients, round_idx=r,
+                    ids = [cid for cid, _, _ in trained]  # the uploads' order
+                    global_state, agg_info = self.aggregator(uploads, sizes, global_state, ids, round_idx=r,
                                                              side_information=self.side_information)
                     client_global.update(agg_info.pop("per_client", {}))
             else:

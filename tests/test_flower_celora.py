@@ -42,10 +42,6 @@ def test_statistics_reach_the_flower_aggregator_and_round_one_is_the_same(runs):
     _same_round(inproc["rounds"][0], sim["rounds"][0])
 
 
-@pytest.mark.xfail(strict=True, reason="open: in-process CE-LoRA training depends on the position a client "
-                                       "trains at in a round, not only on its id (sampled order [2, 1, 0] gives "
-                                       "client 2 the upload client 0 gets in order [0, 1, 2]); Flower's nodes do "
-                                       "not share that dependence, so round 2's mixes of clients 0 and 2 differ")
 def test_every_round_and_the_personalised_mixes_are_the_same(runs):
     base, inproc, sim = runs
     for a, b in zip(inproc["rounds"], sim["rounds"], strict=True):
