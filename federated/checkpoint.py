@@ -10,14 +10,16 @@ resume it (for a trainer with personal tensors; checkpoints without ``engine`` a
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
 
 import numpy as np
 import torch
 
+from dassl.utils.atomic import remove_stale_temps
 from federated.errors import CheckpointError
-from federated.run_dir import save_torch
+from federated.run_dir import check_writable, save_torch
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -181,3 +183,24 @@ def check_resume_config(ckpt: dict, cfg, path: str) -> dict[str, list]:
         raise CheckpointError(f"{path} has finished {done} rounds: --rounds {cfg.OPTIM.ROUND} would discard some; "
                               f"resume with --rounds {done} or more")
     return {k: [saved.get(k), now.get(k)] for k in differ}
+
+
+def prepare_output_dir(cfg, *, resume: bool = False, eval_only: bool = False, model_dir: str | None = None) -> None:
+    """Validate the run before anything in ``cfg.OUTPUT_DIR`` changes (module docstring), then remove the
+    temporary files that killed writers left in it.
+
+    Raises:
+        CheckpointError: a resume whose checkpoint is unreadable or has another config (every differing
+            key is listed); ``--eval-only`` without a readable checkpoint in ``model_dir``.
+        OutputError: the output folder cannot be created or written.
+    """
+    folder = cfg.OUTPUT_DIR
+    if eval_only and model_dir:
+        path = model_dir if os.path.isfile(model_dir) else os.path.join(model_dir, CHECKPOINT_NAME)
+        read_checkpoint(path, mmap=True)
+    elif resume and os.path.isfile(os.path.join(folder, CHECKPOINT_NAME)):
+        path = os.path.join(folder, CHECKPOINT_NAME)
+        check_resume_config(read_checkpoint(path, mmap=True), cfg, path)
+    check_writable(folder)
+    for path in remove_stale_temps(folder):
+        logging.getLogger("fedtv.run_dir").info("removed %s, a temporary file of a writer that no longer runs", path)

@@ -27,9 +27,10 @@ def main(argv: list[str] | None = None) -> dict:
     from dassl.engine import build_trainer
     from dassl.utils import configure_logging, set_random_seed, setup_logger
     from federated import console
+    from federated.checkpoint import prepare_output_dir
     from federated.data import build_federated_data
     from federated.results import json_safe
-    from federated.run_dir import prepare_output_dir, write_text
+    from federated.run_dir import write_text
     from federated.server import FederatedServer
 
     started = time.time()

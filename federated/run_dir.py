@@ -1,9 +1,10 @@
 """A run's output folder: checked before anything in it changes, written only atomically, cleared of
 the temporary files of killed writers.
 
-``prepare_output_dir`` runs first (before the log file, the data or the model): a resume's checkpoint
-must be readable and written with this run's config (``federated.checkpoint.check_resume_config``),
-``--eval-only`` needs a checkpoint in ``--model-dir``, and the folder must be creatable and writable.
+``federated.checkpoint.prepare_output_dir`` runs first (before the log file, the data or the model): a
+resume's checkpoint must be readable and written with this run's config
+(``federated.checkpoint.check_resume_config``), ``--eval-only`` needs a checkpoint in ``--model-dir``,
+and the folder must be creatable and writable.
 Only then are the temporary files of dead writers removed. Every results file is written with
 ``write_text`` / ``save_torch``: atomically (``dassl.utils.atomic``), and a failed write (read-only
 folder, full disk) is an ``OutputError`` naming the path, with the earlier file intact.
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from dassl.utils.atomic import atomic_write_text, remove_stale_temps
+from dassl.utils.atomic import atomic_write_text
 from federated.errors import OutputError
 
 logger = logging.getLogger("fedtv.run_dir")
@@ -71,26 +72,3 @@ def check_writable(folder: str) -> None:
             os.remove(probe)
     except OSError as err:
         raise OutputError(f"the output folder {folder} is not writable: {err.strerror or err}") from None
-
-
-def prepare_output_dir(cfg, *, resume: bool = False, eval_only: bool = False, model_dir: str | None = None) -> None:
-    """Validate the run before anything in ``cfg.OUTPUT_DIR`` changes (module docstring), then remove the
-    temporary files that killed writers left in it.
-
-    Raises:
-        CheckpointError: a resume whose checkpoint is unreadable or has another config (every differing
-            key is listed); ``--eval-only`` without a readable checkpoint in ``model_dir``.
-        OutputError: the output folder cannot be created or written.
-    """
-    from federated.checkpoint import CHECKPOINT_NAME, check_resume_config, read_checkpoint
-
-    folder = cfg.OUTPUT_DIR
-    if eval_only and model_dir:
-        path = model_dir if os.path.isfile(model_dir) else os.path.join(model_dir, CHECKPOINT_NAME)
-        read_checkpoint(path, mmap=True)
-    elif resume and os.path.isfile(os.path.join(folder, CHECKPOINT_NAME)):
-        path = os.path.join(folder, CHECKPOINT_NAME)
-        check_resume_config(read_checkpoint(path, mmap=True), cfg, path)
-    check_writable(folder)
-    for path in remove_stale_temps(folder):
-        logger.info("removed %s, a temporary file of a writer that no longer runs", path)

@@ -25,13 +25,12 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from federated import console
-from federated.checkpoint import load_checkpoint
+from federated.checkpoint import load_checkpoint, prepare_output_dir
 from federated.errors import CheckpointError
 from federated.flower.node import experiment
 from federated.flower.settings import cfg_from_run_config, cfg_from_text, resume_requested, run_setting
 from federated.flower.strategy import FedTVStrategy
 from federated.results import ResultsWriter
-from federated.run_dir import prepare_output_dir
 from federated.split_file import write_split_file
 
 logger = logging.getLogger("fedtv.flower")
