@@ -48,10 +48,12 @@ def load_flower_checkpoint(server, cfg) -> dict | None:
 
 def run_server(grid: Grid, cfg, run_config: dict, resume: bool = False) -> dict:
     """Run (``resume``: continue) the experiment of ``cfg`` over the nodes of ``grid``; returns the results."""
-    from dassl.utils import setup_logger
+    from dassl.utils import configure_logging, setup_logger
 
     prepare_output_dir(cfg, resume=resume)  # a refused resume changes nothing in OUTPUT_DIR
     setup_logger(cfg.OUTPUT_DIR)
+    if not logging.getLogger("fedtv").handlers:  # a deployment's ServerApp process: the run's lines in log.txt
+        configure_logging()
     server = experiment(cfg).server
     ckpt = load_flower_checkpoint(server, cfg) if resume else None
     if ckpt is None and os.path.isfile(server.checkpoint_path):
