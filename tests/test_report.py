@@ -198,6 +198,8 @@ def test_base2novel_report_gives_every_summary_and_the_global_model(tmp_path):
     d1, d2 = manifest(root, "base2novel", keys)
     fake_run(d1, {"local": 90.0, "base": 80.0, "novel": 60.0, "hm": 68.57, "global_base": 70.0, "global_novel": 66.0})
     fake_run(d2, {"local": 94.0, "base": 70.0, "novel": 70.0, "hm": 70.0, "global_base": 72.0, "global_novel": 64.0})
+    (d3,) = manifest(root, "base2novel", [{"dataset": "dtd", "method": "PromptFL", "seed": "1"}])
+    fake_run(d3, {"local": 90.0, "base": 80.0, "novel": 60.0, "hm": 68.57})  # one model: no global columns
     out = str(tmp_path / "report")
     write_report(root, "base2novel", out)
     v = values(out, "base2novel")
@@ -208,6 +210,9 @@ def test_base2novel_report_gives_every_summary_and_the_global_model(tmp_path):
     assert float(v[(*row, "(L+HM)/2")]["mean"]) == pytest.approx((92 + hm) / 2)
     assert float(v[(*row, "Global Base")]["mean"]) == pytest.approx(71.0)
     assert float(v[(*row, "Global HM")]["mean"]) == pytest.approx(2 * 71 * 65 / 136)
+    assert "| dtd / PromptFL | 68.57 |" in open(os.path.join(out, "base2novel.md")).read()
+    assert "| — | — | — |" in open(os.path.join(out, "base2novel.md")).read()  # no global model: not "missing"
     md = open(os.path.join(out, "base2novel.md")).read()
+    assert "| dtd / FedPGP |" in md and "missing (" not in md
     assert "HM = HM(Base, Novel), the summary of CoOp / FedPGP / FedTV" in md
     assert "HM(L,B,N): HM(Local, Base, Novel) = 3 / (1/L + 1/B + 1/N): FedTPG, FedMVP, pFedMMA" in md

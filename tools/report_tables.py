@@ -99,12 +99,15 @@ def _summaries_block(runs: list[RunRecord], datasets: list[str], labels: list[st
             chosen = select(runs, dataset=ds, **{row: label})
             g_base, g_novel = (cell_of(chosen, _final(m)) for m in ("global_base", "global_novel"))
             rows.append(f"{ds} / {label}")
-            cells.append([*(derived(values[k], [local, base, novel]) for k in SUMMARIES), g_base, g_novel,
-                          derived(harmonic_mean(g_base.mean, g_novel.mean), [g_base, g_novel])])
+            finished = [r for r in chosen if r.finished]
+            no_global = bool(finished) and all(r.final("global_base") is None for r in finished)
+            global_cells = ["—"] * 3 if no_global else [  # the method has no separate global model
+                g_base, g_novel, derived(harmonic_mean(g_base.mean, g_novel.mean), [g_base, g_novel])]
+            cells.append([*(derived(values[k], [local, base, novel]) for k in SUMMARIES), *global_cells])
     notes = [f"{short}: {text}" for short, text in SUMMARIES.values()]
     notes += ["each from the seed-averaged Local / Base / Novel (as HM in the tables above)",
               "Global: the global model alone (shared tensors; FedPGP / FedTV sigma, FedOTP's global prompts) on the "
-              "base / novel classes; missing for methods without a separate global model"]
+              "base / novel classes; —: the method has no separate global model"]
     return Block("Every summary", f"dataset / {row}", rows, SUMMARY_COLUMNS, cells,
                  [[None] * len(SUMMARY_COLUMNS) for _ in rows], notes)
 
