@@ -122,6 +122,7 @@ def test_the_documented_command_runs_as_written(tmp_path):
     assert set(results["rounds"][-1]["local_per_client"]) == {str(k) for k in range(users)}
     log = (tmp_path / "deploy" / "output" / "log.txt").read_text()  # the ServerApp's own console lines
     assert "zero-shot CLIP" in log and sum(ln.startswith("round 2/2:") for ln in log.splitlines()) == 1
+    assert "INFO:flwr:" not in (tmp_path / "deploy" / "logs" / "flwr_run.log").read_text()  # Flower's lines once
 
 
 def test_a_failed_run_reports_the_servers_own_error(tmp_path):

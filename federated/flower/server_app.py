@@ -54,6 +54,8 @@ def run_server(grid: Grid, cfg, run_config: dict, resume: bool = False) -> dict:
     setup_logger(cfg.OUTPUT_DIR)
     if not logging.getLogger("fedtv").handlers:  # a deployment's ServerApp process: the run's lines in log.txt
         configure_logging()
+        # Flower's lines once: its own handler prints them; the root logger would print them again
+        logging.getLogger("flwr").propagate = False
     server = experiment(cfg).server
     ckpt = load_flower_checkpoint(server, cfg) if resume else None
     if ckpt is None and os.path.isfile(server.checkpoint_path):
