@@ -19,6 +19,7 @@ import torch
 
 from dassl.utils.atomic import remove_stale_temps
 from federated.errors import CheckpointError
+from federated.results import cfg_to_dict
 from federated.run_dir import check_writable, save_torch
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -168,8 +169,6 @@ def check_resume_config(ckpt: dict, cfg, path: str) -> dict[str, list]:
         CheckpointError: listing every other key that differs (saved -> new), or fewer ``OPTIM.ROUND``
             than the checkpoint finished.
     """
-    from federated.results import cfg_to_dict
-
     saved, now = _flat(ckpt["results"]["config"]), _flat(cfg_to_dict(cfg))
     differ = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
     refused = [k for k in differ if k not in RESUMABLE_CHANGES]
