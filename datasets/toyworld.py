@@ -1,26 +1,34 @@
 """ToyWorld: a deterministic generator of small compositional images, and the ``ToyWorld`` dataset.
 
-Every image is a 32x32 RGB ``uint8`` array showing one main object, a "<colour> <shape>" such as
-"red triangle", drawn in one of several rendering *styles* (the domains: "photo", "sketch",
-"painting", "neon", "cartoon"), at a random position, size and small rotation, over a varied
-background, with optional small distractor objects and pixel noise.
+Every image is a 32x32 RGB ``uint8`` array showing one main object, a "<pattern> <colour> <shape>"
+such as "striped red triangle", drawn in one of several rendering *styles* (the domains: "photo",
+"sketch", "painting", "neon", "cartoon"), at a random position, size and small rotation, over a
+varied background, with optional small (plain) distractor objects and pixel noise. The surface
+pattern ("plain", "striped", "dotted", "checkered") is painted inside the object in a contrasting
+shade, at a fixed size in pixels.
 
-Vocabulary: 10 colours x 10 shapes = 100 colour-shape combinations. ``all_classnames()`` lists
-them in a fixed order made of 10 *blocks* of 10: block ``b`` pairs colour ``c`` with shape
-``(c + 3 b) mod 10``, so every block uses each colour and each shape exactly once and the blocks
-are disjoint. A dataset with ``NUM_CLASSES = n`` uses the first ``n`` names; with the default 40
-the "base" half (labels 0-19, blocks 0-1) and the "novel" half (labels 20-39, blocks 2-3) each
-use every colour and every shape twice, but never the same combination: novel classes are new
-compositions of known words, the situation that base-to-novel prompt learning studies.
+Vocabulary: 10 colours x 10 shapes = 100 colour-shape *pairs* (:func:`colour_shape_pairs`, 10
+Latin-square blocks of 10: every block uses each colour and each shape once), x 4 patterns = 400
+classes. :func:`all_classnames` orders them so that labels ``2i`` and ``2i+1`` are pair ``i`` with two
+patterns: fine-grained siblings that differ only in their pattern. A dataset with ``NUM_CLASSES = n``
+uses the first ``n`` names; with the default 40, the base half (labels 0-19) holds the 10 pairs of
+block 0 and the novel half (labels 20-39) the 10 pairs of block 1, two patterns each: novel classes
+are new compositions of known words, the situation base-to-novel prompt learning studies.
 
-Blocks 0-7 (labels 0-79) are the combinations the shipped tiny CLIP saw during pretraining
-(``tools/pretrain_toy_clip.py``); blocks 8-9 (labels 80-99) were held out of pretraining.
+The shipped tiny CLIP (``tools/pretrain_toy_clip.py``) saw pairs 0-79 with every pattern during
+pretraining, with captions that name the pattern only partially and mostly with other words than the
+class names' adjectives; pairs 80-99 (:func:`seen_in_pretraining`) were never shown. See
+``docs/TOYWORLD.md``.
+
+``VERSION: 1`` (``DATASET.TOYWORLD.VERSION``) is the first-generation world: the 100 pairs as
+"<colour> <shape>" classes, plain objects, the same images as before.
 
 All the images are pure functions of ``(seed, split, style, class, k)``: any process regenerates
 identical data, and a class's images do not depend on how many classes the dataset uses.
 
 Shapes are all mirror-symmetric about the vertical axis and rotations stay within +-20 degrees,
-so a horizontal flip never changes an image's class (and "square" never becomes "diamond").
+so a horizontal flip never changes an image's class (and "square" never becomes "diamond"); the
+patterns are mirror-symmetric up to a shift.
 """
 from __future__ import annotations
 
@@ -37,9 +45,13 @@ __all__ = [
     "STYLES",
     "COLOUR_RGB",
     "SPLITS",
-    "NUM_SEEN_COMBOS",
+    "PATTERNS",
+    "NUM_SEEN_PAIRS",
+    "colour_shape_pairs",
     "all_classnames",
     "toyworld_classnames",
+    "parse_classname",
+    "seen_in_pretraining",
     "render_image",
     "render_sample",
     "generate_split",
@@ -63,9 +75,9 @@ COLOUR_RGB: dict[str, tuple[float, float, float]] = {
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "ring", "cross", "star", "hexagon", "heart", "crescent",
                            "arrow")
 STYLES: tuple[str, ...] = ("photo", "sketch", "painting", "neon", "cartoon")
+PATTERNS: tuple[str, ...] = ("plain", "striped", "dotted", "checkered")
 SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2, "pretrain": 3}
-BLOCK = 10
-NUM_SEEN_COMBOS = 80  # labels 0..79 of all_classnames() were seen in pretraining
+NUM_SEEN_PAIRS = 80  # colour-shape pairs 0..79 of colour_shape_pairs() were seen in pretraining
 
 _SS = 2  # supersampling factor: shapes are rasterised at 64x64 and box-filtered to 32x32
 _H = 32
@@ -74,8 +86,12 @@ _GRID = (np.arange(_HS, dtype=np.float32) + 0.5) / _SS  # pixel-centre coordinat
 _GX, _GY = np.meshgrid(_GRID, _GRID)  # (64, 64) each; x to the right, y downwards
 
 
-def all_classnames() -> list[str]:
-    """All 100 "<colour> <shape>" names in the fixed label order (10 Latin-square blocks of 10)."""
+def colour_shape_pairs() -> list[str]:
+    """All 100 "<colour> <shape>" pairs in the fixed order of 10 Latin-square blocks of 10.
+
+    Block ``b`` pairs colour ``c`` with shape ``(c + 3 b) mod 10``: every block uses each colour and
+    each shape exactly once, and the blocks are disjoint. These are world v1's class names.
+    """
     names = []
     for b in range(len(SHAPES)):
         shift = (3 * b) % len(SHAPES)
@@ -84,15 +100,57 @@ def all_classnames() -> list[str]:
     return names
 
 
-_ALL = all_classnames()
-_ALL_INDEX = {n: i for i, n in enumerate(_ALL)}
+_PAIRS = colour_shape_pairs()
 
 
-def toyworld_classnames(num_classes: int = 40) -> list[str]:
+def all_classnames(version: int = 2) -> list[str]:
+    """Every class name of world ``version`` in label order.
+
+    Version 1: the 100 "<colour> <shape>" pairs of :func:`colour_shape_pairs`.
+    Version 2: 400 "<pattern> <colour> <shape>" names. Labels ``2 i`` and ``2 i + 1`` (i < 100) are
+    pair ``i`` with patterns ``PATTERNS[i % 4]`` and ``PATTERNS[(i + 1) % 4]`` (two fine-grained
+    siblings that differ only in their surface pattern); labels 200-399 repeat the pairs with the two
+    other patterns. So the first 40 classes are the 20 pairs of blocks 0-1, two patterns each: the
+    base half (labels 0-19) has every colour and every shape once (block 0), the novel half (20-39)
+    the same words in new pairings (block 1), and both halves use every pattern.
+    """
+    if version == 1:
+        return list(_PAIRS)
+    if version != 2:
+        raise ValueError(f"unknown ToyWorld version {version}; known: 1, 2")
+    names = []
+    for offsets in ((0, 1), (2, 3)):
+        for i, pair in enumerate(_PAIRS):
+            names.extend(f"{PATTERNS[(i + o) % len(PATTERNS)]} {pair}" for o in offsets)
+    return names
+
+
+_NAMES = {1: all_classnames(1), 2: all_classnames(2)}
+_INDEX = {v: {n: i for i, n in enumerate(names)} for v, names in _NAMES.items()}
+
+
+def toyworld_classnames(num_classes: int = 40, version: int = 2) -> list[str]:
     """The first ``num_classes`` names of :func:`all_classnames`: a dataset's classes in label order."""
-    if not 1 <= num_classes <= len(_ALL):
-        raise ValueError(f"num_classes must be in 1..{len(_ALL)}, got {num_classes}")
-    return _ALL[:num_classes]
+    names = all_classnames(version)
+    if not 1 <= num_classes <= len(names):
+        raise ValueError(f"num_classes must be in 1..{len(names)} for ToyWorld version {version}, got {num_classes}")
+    return names[:num_classes]
+
+
+def parse_classname(name: str) -> tuple[str, str, str]:
+    """``"striped red circle"`` -> ``("striped", "red", "circle")``; a v1 name has pattern "plain"."""
+    words = name.split(" ")
+    if len(words) == 2:
+        return "plain", words[0], words[1]
+    if len(words) == 3 and words[0] in PATTERNS:
+        return words[0], words[1], words[2]
+    raise ValueError(f"not a ToyWorld class name: {name!r}")
+
+
+def seen_in_pretraining(name: str) -> bool:
+    """Whether the shipped tiny CLIP saw this class's colour-shape pair in pretraining (pairs 0-79)."""
+    _, colour, shape = parse_classname(name)
+    return _PAIRS.index(f"{colour} {shape}") < NUM_SEEN_PAIRS
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,11 +281,32 @@ def _background(style: str, obj_lum: float, rng: np.random.Generator, clutter: f
     return np.clip(bg, 0, 1).astype(np.float32)
 
 
-def _draw(canvas: np.ndarray, shape: str, colour: str, style: str, cx: float, cy: float, radius: float, angle: float,
-          rng: np.random.Generator) -> None:
-    """Paint one object onto ``canvas`` (64, 64, 3) in place in the given style.
+def _pattern_field(pattern: str, dx: np.ndarray, dy: np.ndarray, angle: float, phase: np.ndarray) -> np.ndarray:
+    """Float mask in [0, 1] of a surface ``pattern`` at offsets (dx, dy) px from the object's centre.
 
-    Only a window around the object (with room for outlines, shadows and glow) is touched.
+    The pattern turns with the object (``angle``) and has a fixed size in pixels, not relative to the
+    object, so small objects show fewer stripes / dots / squares. ``phase`` (2,) shifts it.
+    """
+    if pattern == "plain":
+        return np.zeros_like(dx)
+    c, s = np.cos(angle), np.sin(angle)
+    u = c * dx + s * dy + phase[0]
+    v = -s * dx + c * dy + phase[1]
+    if pattern == "striped":  # horizontal bands, period 4 px, 2 px dark
+        return ((v % 4.0) < 2.0).astype(np.float32)
+    if pattern == "dotted":  # dots of radius 1.1 px on a 4 px grid
+        return ((((u % 4.0) - 2.0) ** 2 + ((v % 4.0) - 2.0) ** 2) < 1.1**2).astype(np.float32)
+    if pattern == "checkered":  # 3 px squares
+        return ((np.floor(u / 3.0) + np.floor(v / 3.0)) % 2 == 0).astype(np.float32)
+    raise ValueError(f"unknown pattern {pattern!r}; known: {PATTERNS}")
+
+
+def _draw(canvas: np.ndarray, shape: str, colour: str, style: str, cx: float, cy: float, radius: float, angle: float,
+          rng: np.random.Generator, pattern: str = "plain") -> None:
+    """Paint one object onto ``canvas`` (64, 64, 3) in place in the given style, with a surface ``pattern``.
+
+    Only a window around the object (with room for outlines, shadows and glow) is touched. A pattern
+    other than "plain" is painted over the object's inside in a contrasting shade of its colour.
     """
     pad = radius * 1.05 + 3.0
     y0, y1 = max(int((cy - pad) * _SS), 0), min(int((cy + pad) * _SS) + 1, _HS)
@@ -272,19 +351,25 @@ def _draw(canvas: np.ndarray, shape: str, colour: str, style: str, cx: float, cy
         canvas[:] = canvas * (1 - edge) + 0.05 * edge
     else:
         raise ValueError(f"unknown style {style!r}; known: {STYLES}")
+    if pattern != "plain":
+        pm = _pattern_field(pattern, gx - cx, gy - cy, angle, rng.uniform(0, 4, 2)) * mask
+        shade = col * 0.35 if _lum(col) > 0.45 else col * 0.35 + 0.6
+        a = 0.8 * pm[:, :, None]
+        canvas[:] = canvas * (1 - a) + shade * a
 
 
 def render_image(colour: str, shape: str, style: str, rng: np.random.Generator, *, noise: float = 0.05,
                  distractors: int = 0, distractor_pool: Sequence[str] | None = None, clutter: float = 0.5,
-                 scale: tuple[float, float] = (0.55, 1.0), return_meta: bool = False):
+                 scale: tuple[float, float] = (0.55, 1.0), pattern: str = "plain", return_meta: bool = False):
     """Render one 32x32 image of a ``colour`` ``shape`` in ``style``; all randomness comes from ``rng``.
 
     Args:
         colour, shape, style: words from ``COLOURS``, ``SHAPES``, ``STYLES``.
+        pattern: the main object's surface pattern, a word from ``PATTERNS`` (distractors are plain).
         rng: the only source of randomness (placement, size, rotation, background, noise ...).
         noise: standard deviation of additive Gaussian pixel noise (in [0, 1] intensity units).
         distractors: number of small extra objects, drawn behind the main object, each a random
-            ``"<colour> <shape>"`` from ``distractor_pool`` (default: all 100 combinations) whose
+            ``"<colour> <shape>"`` from ``distractor_pool`` (default: all 100 pairs) whose
             colour and shape both differ from the main object's.
         clutter: expected density of faint background blobs (0 disables them).
         scale: range of the main object's radius as a fraction of 12 px (1.0 -> 24 px across).
@@ -295,7 +380,9 @@ def render_image(colour: str, shape: str, style: str, rng: np.random.Generator, 
     """
     if colour not in COLOUR_RGB:
         raise ValueError(f"unknown colour {colour!r}; known: {COLOURS}")
-    pool = _ALL if distractor_pool is None else list(distractor_pool)
+    if pattern not in PATTERNS:
+        raise ValueError(f"unknown pattern {pattern!r}; known: {PATTERNS}")
+    pool = _PAIRS if distractor_pool is None else list(distractor_pool)
     obj_lum = _lum(np.asarray(COLOUR_RGB[colour]))
     canvas = _background(style, obj_lum, rng, clutter)
     radius = float(rng.uniform(*scale)) * 12.0
@@ -317,7 +404,7 @@ def render_image(colour: str, shape: str, style: str, rng: np.random.Generator, 
                 break
         _draw(canvas, ds, dc, style, dx, dy, dr, float(rng.uniform(-0.35, 0.35)), rng)
         drawn.append(name)
-    _draw(canvas, shape, colour, style, cx, cy, radius, angle, rng)
+    _draw(canvas, shape, colour, style, cx, cy, radius, angle, rng, pattern)
     img = canvas.reshape(_H, _SS, _H, _SS, 3).mean(axis=(1, 3))
     if noise > 0:
         img = img + rng.normal(0.0, noise, img.shape).astype(np.float32)
@@ -332,16 +419,23 @@ def render_image(colour: str, shape: str, style: str, rng: np.random.Generator, 
 # splits
 # ----------------------------------------------------------------------------------------------
 def _sample_rng(seed: int, split: str, style: str, classname: str, k: int) -> np.random.Generator:
-    return np.random.default_rng([int(seed), SPLITS[split], STYLES.index(style), _ALL_INDEX[classname], int(k)])
+    key = [int(seed), SPLITS[split], STYLES.index(style)]
+    if classname in _INDEX[1]:  # world v1: the v1 stream, so v1 datasets are unchanged
+        return np.random.default_rng([*key, _INDEX[1][classname], int(k)])
+    if classname not in _INDEX[2]:
+        raise ValueError(f"not a ToyWorld class name: {classname!r}")
+    return np.random.default_rng([*key, 1000 + _INDEX[2][classname], int(k)])
 
 
 def render_sample(seed: int, split: str, style: str, classname: str, k: int, **kwargs) -> np.ndarray:
     """Image number ``k`` of class ``classname`` in ``style`` of ``split``: a pure function of its arguments.
 
-    ``kwargs`` go to :func:`render_image` (noise, distractors, clutter, scale). Returns (32, 32, 3) uint8.
+    ``classname`` is a v1 "<colour> <shape>" or a v2 "<pattern> <colour> <shape>" name. ``kwargs`` go to
+    :func:`render_image` (noise, distractors, clutter, scale). Returns (32, 32, 3) uint8.
     """
-    colour, shape = classname.split(" ")
-    return render_image(colour, shape, style, _sample_rng(seed, split, style, classname, k), **kwargs)
+    pattern, colour, shape = parse_classname(classname)
+    return render_image(colour, shape, style, _sample_rng(seed, split, style, classname, k), pattern=pattern,
+                        **kwargs)
 
 
 def generate_split(seed: int, split: str, classnames: Sequence[str], per_class: int, styles: Sequence[str],
@@ -370,8 +464,11 @@ def generate_split(seed: int, split: str, classnames: Sequence[str], per_class: 
 # config + dataset
 # ----------------------------------------------------------------------------------------------
 _DEFAULTS = {
-    # how many "<colour> <shape>" classes (first N of all_classnames(); 1..100). Labels >= 80 are
-    # combinations the shipped tiny CLIP never saw in pretraining.
+    # world version: 2 = "<pattern> <colour> <shape>" classes (400; the shipped tiny CLIP's world),
+    # 1 = the first-generation "<colour> <shape>" world (100 classes, no patterns)
+    "VERSION": 2,
+    # how many classes (the first N of all_classnames(VERSION)); see all_classnames for the order and
+    # seen_in_pretraining for the colour-shape pairs the shipped tiny CLIP never saw
     "NUM_CLASSES": 40,
     # images per class and per style in each split (clients later sample K shots from train)
     "TRAIN_PER_CLASS": 32,
@@ -412,6 +509,8 @@ def _tw_params(cfg) -> dict:
         if s not in STYLES:
             raise ValueError(f"unknown ToyWorld style {s!r}; known: {STYLES}")
     p["SCALE"] = tuple(float(x) for x in p["SCALE"])
+    if int(p["VERSION"]) not in _NAMES:
+        raise ValueError(f"unknown DATASET.TOYWORLD.VERSION {p['VERSION']}; known: {sorted(_NAMES)}")
     return p
 
 
@@ -423,7 +522,8 @@ def _config_key(p: dict) -> str:
 
 @DATASET_REGISTRY.register()
 class ToyWorld(DatasetBase):
-    """In-memory compositional "<colour> <shape>" images; one domain per rendering style.
+    """In-memory compositional "<pattern> <colour> <shape>" images (v1: "<colour> <shape>"); one domain per
+    rendering style.
 
     Reads ``cfg.DATASET.TOYWORLD.*`` (see :func:`extend_cfg`; missing keys take the defaults) and
     fills ``train_x``, ``val``, ``test`` with ``Datum`` whose ``image`` is a (32, 32, 3) uint8 array,
@@ -439,7 +539,7 @@ class ToyWorld(DatasetBase):
         p = _tw_params(cfg)
         self.params = p
         self.domains = list(p["STYLES"])
-        classnames = toyworld_classnames(int(p["NUM_CLASSES"]))
+        classnames = toyworld_classnames(int(p["NUM_CLASSES"]), int(p["VERSION"]))
         key = _config_key(p)
         kwargs = dict(noise=float(p["NOISE"]), distractors=int(p["DISTRACTORS"]), clutter=float(p["CLUTTER"]),
                       scale=p["SCALE"])

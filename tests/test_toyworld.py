@@ -27,21 +27,59 @@ def small_cfg(**tw_keys) -> CfgNode:
 
 
 def test_vocabularies_and_class_order():
-    names = tw.all_classnames()
-    assert len(names) == len(tw.COLOURS) * len(tw.SHAPES) == 100
-    assert len(set(names)) == 100
-    for n in names:
-        colour, shape = n.split(" ")
-        assert colour in tw.COLOURS and shape in tw.SHAPES
-    # every block of 10 uses each colour and each shape once
+    pairs = tw.colour_shape_pairs()
+    assert len(pairs) == len(tw.COLOURS) * len(tw.SHAPES) == 100 == len(set(pairs))
+    # every Latin-square block of 10 pairs uses each colour and each shape once
     for b in range(10):
-        block = [n.split(" ") for n in names[10 * b:10 * b + 10]]
+        block = [n.split(" ") for n in pairs[10 * b:10 * b + 10]]
         assert {c for c, _ in block} == set(tw.COLOURS)
         assert {s for _, s in block} == set(tw.SHAPES)
-    assert tw.toyworld_classnames(40) == names[:40]
+    assert tw.all_classnames(1) == pairs  # world v1: the pairs themselves
+    names = tw.all_classnames()
+    assert len(names) == 400 == len(set(names)) == len(pairs) * len(tw.PATTERNS)
+    assert {tw.parse_classname(n) for n in names} == {(p, *pair.split(" ")) for p in tw.PATTERNS for pair in pairs}
+    # labels 2i, 2i+1: pair i with two patterns (fine-grained siblings)
+    for i in range(100):
+        (p0, *a), (p1, *b) = tw.parse_classname(names[2 * i]), tw.parse_classname(names[2 * i + 1])
+        assert a == b == pairs[i].split(" ") and p0 != p1
+    # the default 40 classes: base = block 0 pairs, novel = block 1 pairs, two patterns each, every
+    # pattern in each half; novel pairs are new compositions of the base half's words
+    base, novel = tw.toyworld_classnames(40)[:20], tw.toyworld_classnames(40)[20:]
+    for half, block in ((base, pairs[:10]), (novel, pairs[10:20])):
+        parsed = [tw.parse_classname(n) for n in half]
+        assert {f"{c} {s}" for _, c, s in parsed} == set(block)
+        assert {p for p, _, _ in parsed} == set(tw.PATTERNS)
+    assert tw.parse_classname("red circle") == ("plain", "red", "circle")
+    assert all(tw.seen_in_pretraining(n) for n in tw.toyworld_classnames(160))
+    assert not any(tw.seen_in_pretraining(f"plain {pair}") for pair in pairs[80:])
     assert set(tw.STYLES) >= {"photo", "sketch", "painting", "neon"}
     with pytest.raises(ValueError):
-        tw.toyworld_classnames(101)
+        tw.toyworld_classnames(401)
+    with pytest.raises(ValueError):
+        tw.toyworld_classnames(101, version=1)
+    with pytest.raises(ValueError):
+        tw.parse_classname("shiny red circle")
+
+
+def test_patterns_are_visible_and_distinct():
+    """The same object with each pattern: plain is one flat colour, the patterns differ from it and
+    from each other, and a pattern is drawn in a contrasting shade inside the object."""
+    drawn = {p: tw.render_image("red", "square", "cartoon", np.random.default_rng(4), noise=0.0, clutter=0.0,
+                                scale=(1.0, 1.0), pattern=p, return_meta=True) for p in tw.PATTERNS}
+    imgs = {p: im.astype(int) for p, (im, _) in drawn.items()}
+    # the object's pixels: those of the plain image within a few levels of its flat fill (at the centre)
+    cx, cy = drawn["plain"][1]["center"]
+    fill = imgs["plain"][int(cy), int(cx)]
+    assert fill[0] > 150 > fill[1]  # red
+    inside = np.abs(imgs["plain"] - fill).max(-1) < 20
+    assert inside.sum() > 150  # an object ~18 px across, placed identically in every image
+    for p in tw.PATTERNS[1:]:
+        assert imgs[p][inside].std(0).max() > 30, p  # visible texture inside the object
+    for i, p in enumerate(tw.PATTERNS):
+        for q in tw.PATTERNS[i + 1:]:
+            assert np.abs(imgs[p] - imgs[q]).mean() > 5, (p, q)
+    with pytest.raises(ValueError):
+        tw.render_image("red", "square", "photo", np.random.default_rng(0), pattern="tartan")
 
 
 def test_render_image_shape_dtype_and_determinism():
@@ -74,10 +112,10 @@ def test_extend_cfg_keys():
     cfg = CfgNode({"DATASET": CfgNode({"NAME": ""})})
     tw.extend_cfg(cfg)
     node = cfg.DATASET.TOYWORLD
-    for key in ("NUM_CLASSES", "TRAIN_PER_CLASS", "VAL_PER_CLASS", "TEST_PER_CLASS", "STYLES", "SEED", "NOISE",
-                "DISTRACTORS", "CLUTTER", "SCALE"):
+    for key in ("VERSION", "NUM_CLASSES", "TRAIN_PER_CLASS", "VAL_PER_CLASS", "TEST_PER_CLASS", "STYLES", "SEED",
+                "NOISE", "DISTRACTORS", "CLUTTER", "SCALE"):
         assert key in node
-    assert node.NUM_CLASSES == 40 and node.STYLES == ["photo"]
+    assert node.NUM_CLASSES == 40 and node.STYLES == ["photo"] and node.VERSION == 2
     cfg.merge_from_list(["DATASET.TOYWORLD.NUM_CLASSES", 10, "DATASET.TOYWORLD.STYLES", ["photo", "sketch"]])
     assert cfg.DATASET.TOYWORLD.NUM_CLASSES == 10
 
@@ -120,6 +158,22 @@ def test_dataset_contents_and_determinism():
     other = tw.ToyWorld(small_cfg(SEED=2, STYLES=["photo", "sketch"]))
     assert not np.array_equal(ds.train_x[0].image, other.train_x[0].image)
     assert ds.train_x[0].impath != other.train_x[0].impath
+
+
+def test_world_v1_stays_reachable():
+    """VERSION 1 is the first-generation world: "<colour> <shape>" classes, plain objects, v1 image streams."""
+    ds = tw.ToyWorld(small_cfg(VERSION=1))
+    assert ds.classnames == tw.colour_shape_pairs()[:6]
+    d = ds.test[0]
+    colour, shape = d.classname.split(" ")
+    # v1's stream: (seed, split, style, v1 label, k); no pattern
+    expect = tw.render_image(colour, shape, "photo", np.random.default_rng([1, tw.SPLITS["test"], 0, d.label, 0]),
+                             noise=0.04, clutter=0.3, scale=(0.6, 1.0))
+    assert np.array_equal(d.image, expect)
+    v2 = tw.ToyWorld(small_cfg())
+    assert v2.classnames[0] == "plain red circle" and d.impath != v2.test[0].impath
+    with pytest.raises(ValueError, match="VERSION"):
+        tw.ToyWorld(small_cfg(VERSION=3))
 
 
 def test_registered_and_built_by_name():
