@@ -85,7 +85,7 @@ def headroom_table(weights: Path, p: dict, shots: int = 16) -> tuple[str, dict]:
 def run_methods(methods: list[str], seeds: list[int], flags: list[str], opts: list[str]) -> dict:
     """Final and zero-shot Local/Base/Novel/HM of each method's demo run per seed (``flags``: extra command-line
     flags, ``opts``: KEY VALUE config overrides)."""
-    from federated_main import main
+    from federated.run import main
 
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:

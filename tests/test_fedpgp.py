@@ -293,7 +293,9 @@ def test_mixed_precision_keeps_the_contrastive_loss(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ learning on the toy world
-SHIPPED_WEIGHTS = os.path.join(REPO, "clip", "weights", "tiny_toyworld.safetensors")
+from tests.toyworld_learning import V1_WEIGHTS, V1_WORLD  # noqa: E402
+
+SHIPPED_WEIGHTS = V1_WEIGHTS  # the first-generation weights (see below)
 
 
 @pytest.mark.skipif(not os.path.isfile(SHIPPED_WEIGHTS), reason="shipped tiny CLIP weights not built yet")
@@ -303,10 +305,11 @@ def test_personal_low_rank_term_beats_promptfl_on_a_pathological_split(tmp_path)
     Measured (2 rounds of 10 local epochs, lr 0.1): FedPGP Local 83.3, PromptFL 76.4, zero-shot 76.4.
     """
     flags = ["--num-users", "6", "--rounds", "2", "--local-epochs", "10", "--num-shots", "4", "--subsample", "all",
-             "--partition", "pathological", "--seed", "1", "--lr", "0.1", "--clip-weights", SHIPPED_WEIGHTS]
+             "--partition", "pathological", "--seed", "1", "--lr", "0.1", "--clip-weights", V1_WEIGHTS]
     opts = ["DATASET.TOYWORLD.NUM_CLASSES", "12", "DATASET.TOYWORLD.TRAIN_PER_CLASS", "4",
             "DATASET.TOYWORLD.VAL_PER_CLASS", "0", "DATASET.TOYWORLD.TEST_PER_CLASS", "6",
             "DATASET.TOYWORLD.NOISE", "0.25", "DATASET.TOYWORLD.DISTRACTORS", "3",
+            *V1_WORLD,  # calibrated on the first-generation world and weights (tests/toyworld_learning.py)
             "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "FED.SHOW_PROGRESS", "False"]
     local = {}
     for name in ("FedPGP", "PromptFL"):

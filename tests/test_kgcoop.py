@@ -11,7 +11,7 @@ from federated.cli import build_cfg, parse_args
 from federated.data import build_federated_data
 from federated.errors import ConfigError
 from tests.fedtv_testing import fast_args
-from tests.toyworld_learning import SHIPPED_WEIGHTS, learning_run
+from tests.toyworld_learning import SHIPPED_WEIGHTS, V1_WEIGHTS, V1_WORLD, learning_run
 from trainers.handcrafted import handcrafted_text_features
 from trainers.kgcoop import knowledge_guidance
 
@@ -123,5 +123,6 @@ def test_shared_keys_and_bad_config(tmp_path):
 def test_toyworld_run_learns(tmp_path):
     # 36 local test images: the +5 margin is two images, so the run is pinned to the few-shot sample it was
     # calibrated on (the whole train split; the default CoOp pool gives 72.2 / 72.2 / 69.4 for seeds 1-3)
-    zero_shot, local = learning_run(tmp_path, "KgCoOp", opts=["DATASET.FEWSHOT_POOL", "full"])
+    zero_shot, local = learning_run(tmp_path, "KgCoOp", opts=["DATASET.FEWSHOT_POOL", "full", *V1_WORLD],
+                                     weights=V1_WEIGHTS)  # calibrated on the first-generation world and weights
     assert local[-1] > zero_shot + 5.0

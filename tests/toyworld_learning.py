@@ -12,15 +12,33 @@ import os
 from tests.fedtv_testing import REPO, fast_args
 
 SHIPPED_WEIGHTS = os.path.join(REPO, "clip", "weights", "tiny_toyworld.safetensors")
+#: the first-generation tiny CLIP and its world (VERSION 1), kept for tests calibrated on them
+V1_WEIGHTS = os.path.join(REPO, "clip", "weights", "tiny_toyworld_v1.safetensors")
+V1_WORLD = ["DATASET.TOYWORLD.VERSION", "1"]
 # zero-shot Local about 69 % with the shipped weights (PromptProx reaches about 80 % in 3 rounds)
 HARD_WORLD = ["DATASET.TOYWORLD.STYLES", "['neon']", "DATASET.TOYWORLD.NOISE", "0.2",
               "DATASET.TOYWORLD.DISTRACTORS", "2", "DATASET.TOYWORLD.CLUTTER", "1.0", "FED.EVAL_BASE_NOVEL", "False"]
 
 
-def learning_run(tmp_path, trainer: str, rounds: int = 3, opts: list[str] = ()) -> tuple[float, list[float]]:
-    """Zero-shot local accuracy and the local accuracy after each round (percent); ``opts`` are extra overrides."""
+def learning_run(tmp_path, trainer: str, rounds: int = 3, opts: list[str] = (),
+                 weights: str = "") -> tuple[float, list[float]]:
+    """Zero-shot local accuracy and the local accuracy after each round (percent); ``opts`` are extra overrides,
+    ``weights`` the CLIP weights ("" = the shipped ones)."""
     from federated.run import main
 
     results = main(fast_args(tmp_path, ["--trainer", trainer, "--rounds", str(rounds), "--local-epochs", "2"],
-                             [*HARD_WORLD, *opts], weights=""))
+                             [*HARD_WORLD, *opts], weights=weights))
     return results["zero_shot"]["local"], [r["local"] for r in results["rounds"]]
+
+
+#: the demo setting with fewer test images (10 per class instead of 40) and quiet progress bars
+DEMO_SMALL = ["DATASET.TOYWORLD.TEST_PER_CLASS", "10", "FED.SHOW_PROGRESS", "False"]
+
+
+def demo_run(tmp_path, trainer: str, seed: int = 1) -> dict:
+    """``python federated_main.py --trainer TRAINER --seed SEED`` (the demo setting: the trainer's tiny config,
+    the 40-class world, 5 clients, 16 shots, 10 rounds of 2 local epochs, shipped weights) with
+    :data:`DEMO_SMALL`; returns the results dict (``zero_shot``, ``final``, ``rounds``)."""
+    from federated.run import main
+
+    return main(["--trainer", trainer, "--seed", str(seed), "--output-dir", str(tmp_path), *DEMO_SMALL])
