@@ -18,7 +18,7 @@ from federated.cli import build_cfg, parse_args
 from federated.data import build_federated_data
 from federated.run import main
 from tests.fedtv_testing import REPO, fast_args
-from tests.toyworld_learning import HARD_WORLD
+from tests.toyworld_learning import HARD_WORLD, V1_WEIGHTS, V1_WORLD
 
 SHIPPED = os.path.join(REPO, "clip", "weights", "tiny_toyworld.safetensors")
 
@@ -152,5 +152,6 @@ def test_celora_learns_on_the_toy_world(tmp_path):
     # IID clients, as in FLoRA's experiments: the published contrastive loss (targets arange(B)) counts
     # same-class pairs as negatives, which is degenerate on pathological clients owning 2 classes.
     flags = ["--trainer", "CELoRA", "--rounds", "3", "--local-epochs", "2", "--partition", "iid"]
-    res = main(fast_args(tmp_path, flags, HARD_WORLD, weights=""))
+    # calibrated on the first-generation world and weights (tests/toyworld_learning.py)
+    res = main(fast_args(tmp_path, flags, [*HARD_WORLD, *V1_WORLD], weights=V1_WEIGHTS))
     assert res["final"]["local"] > res["zero_shot"]["local"] + 5.0

@@ -13,7 +13,7 @@ from federated.cli import build_cfg, parse_args
 from federated.data import build_federated_data
 from federated.run import main
 from tests.fedtv_testing import REPO, fast_args
-from tests.toyworld_learning import HARD_WORLD
+from tests.toyworld_learning import HARD_WORLD, V1_WEIGHTS, V1_WORLD
 from trainers.flora import lora_scaling
 from trainers.lora import add_lora, copy_tower, init_lora, parse_targets
 from trainers.tuned_clip import TextTower, clip_contrastive_loss
@@ -186,8 +186,8 @@ def test_flora_learns_on_the_toy_world(tmp_path):
     # IID clients, as in FLoRA's experiments: the published contrastive loss (targets arange(B)) counts
     # same-class pairs as negatives, which is degenerate on pathological clients owning 2 classes.
     res = main(fast_args(tmp_path, ["--trainer", "FLoRA", "--rounds", "3", "--local-epochs", "2", "--partition", "iid"],
-                         HARD_WORLD,
-                         weights=""))
+                         [*HARD_WORLD, *V1_WORLD],  # calibrated on the first-generation world and weights
+                         weights=V1_WEIGHTS))
     assert res["params"] == {"shared": 2 * (64 * 2 + 2 * 64), "personal": 0, "total": 512}
     assert all(r["bytes_up_per_client"] == 512 * 4 for r in res["rounds"])
     assert res["final"]["local"] > res["zero_shot"]["local"] + 5.0

@@ -11,7 +11,7 @@ from federated.data import build_federated_data
 from federated.errors import ClassSpaceError
 from federated.run import main
 from tests.fedtv_testing import REPO, fast_args
-from tests.toyworld_learning import HARD_WORLD
+from tests.toyworld_learning import HARD_WORLD, V1_WEIGHTS, V1_WORLD
 from trainers.feature_heads import attention_adapter
 
 SHIPPED = os.path.join(REPO, "clip", "weights", "tiny_toyworld.safetensors")
@@ -85,6 +85,7 @@ def test_cost_block_in_results(tmp_path, name):
 
 @pytest.mark.skipif(not os.path.isfile(SHIPPED), reason="shipped tiny toy-world weights not built yet")
 def test_fedaa_learns_on_the_toy_world(tmp_path):
-    res = main(fast_args(tmp_path, ["--trainer", "FedAA", "--rounds", "3", "--local-epochs", "2"], HARD_WORLD,
-                         weights=""))
+    # calibrated on the first-generation world and weights (tests/toyworld_learning.py)
+    res = main(fast_args(tmp_path, ["--trainer", "FedAA", "--rounds", "3", "--local-epochs", "2"],
+                         [*HARD_WORLD, *V1_WORLD], weights=V1_WEIGHTS))
     assert res["final"]["local"] > res["zero_shot"]["local"] + 5.0

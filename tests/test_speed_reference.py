@@ -5,7 +5,7 @@ import statistics
 
 import pytest
 from fedtv_testing import fast_args
-from toyworld_learning import HARD_WORLD, SHIPPED_WEIGHTS
+from toyworld_learning import HARD_WORLD, SHIPPED_WEIGHTS, V1_WEIGHTS, V1_WORLD
 
 from federated.run import main
 
@@ -16,8 +16,8 @@ def _final_local(tmp_path, reference: bool, seed: str) -> tuple[float, dict]:
     results = main(fast_args(tmp_path / f"{reference}-{seed}",
                              ["--trainer", "PromptFL", "--rounds", "3", "--local-epochs", "2", "--seed", seed,
                               "--reference-mode", str(reference)],
-                             [*HARD_WORLD, "DATASET.TOYWORLD.TEST_PER_CLASS", "20", "FED.CACHE_VIEWS", "16"],
-                             weights=""))
+                             [*HARD_WORLD, *V1_WORLD, "DATASET.TOYWORLD.TEST_PER_CLASS", "20", "FED.CACHE_VIEWS", "16"],
+                             weights=V1_WEIGHTS))  # calibrated on the first-generation world and weights
     return results["final"]["local"], results
 
 
