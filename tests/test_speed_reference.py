@@ -24,7 +24,7 @@ def _final_local(tmp_path, reference: bool, seed: str) -> tuple[float, dict]:
 def test_reference_mode_runs_the_published_way(tmp_path):
     _, results = _final_local(tmp_path, True, "1")
     assert results["execution"] == {"reference_mode": True, "feature_cache": False, "batched_clients": False,
-                                    "precision": "fp32"}
+                                    "precision": "fp32", "device": "cpu"}
 
 
 @pytest.mark.skipif(not __import__("os").path.isfile(SHIPPED_WEIGHTS), reason="needs the shipped tiny weights")
