@@ -12,7 +12,7 @@ from federated.cli import build_cfg, parse_args
 from federated.data import build_federated_data
 from federated.errors import ConfigError
 from federated.run import main
-from tests.fedtv_testing import REPO, fast_args
+from tests.fedtv_testing import fast_args
 from trainers.fedpha import fedpha_alignment, null_space_projection
 
 # P_g has singular values 3, 1 with right-singular vectors e1, e2 (d = 3); RATIO 0.5 -> k = int(2 * 0.5) = 1
@@ -151,7 +151,9 @@ def test_bad_values_are_clear_errors(tmp_path, key, value, message):
         _trainer(tmp_path, f"TRAINER.FEDPHA.{key}", value)
 
 
-SHIPPED_WEIGHTS = os.path.join(REPO, "clip", "weights", "tiny_toyworld.safetensors")
+from tests.toyworld_learning import V1_WEIGHTS, V1_WORLD  # noqa: E402
+
+SHIPPED_WEIGHTS = V1_WEIGHTS  # calibrated on the first-generation world and weights, like FedPGP's test
 
 
 @pytest.mark.skipif(not os.path.isfile(SHIPPED_WEIGHTS), reason="shipped tiny CLIP weights not built yet")
@@ -163,7 +165,7 @@ def test_local_prompts_of_different_lengths_beat_promptfl_on_a_pathological_spli
     opts = ["DATASET.TOYWORLD.NUM_CLASSES", "12", "DATASET.TOYWORLD.TRAIN_PER_CLASS", "4",
             "DATASET.TOYWORLD.VAL_PER_CLASS", "0", "DATASET.TOYWORLD.TEST_PER_CLASS", "6",
             "DATASET.TOYWORLD.NOISE", "0.25", "DATASET.TOYWORLD.DISTRACTORS", "3",
-            "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "FED.SHOW_PROGRESS", "False"]
+            "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "FED.SHOW_PROGRESS", "False", *V1_WORLD]
     local = {}
     for name, extra in (("FedPHA", ["TRAINER.FEDPHA.LOCAL_LENGTHS", "[4, 8, 16]"]), ("PromptFL", [])):
         results = main(["--output-dir", str(tmp_path / name), "--trainer", name, *flags, *opts, *extra])
