@@ -12,7 +12,8 @@ from federated.cli import build_cfg, parse_args
 from federated.data import build_federated_data
 from federated.errors import ConfigError
 from federated.run import main
-from tests.fedtv_testing import REPO, fast_args
+from tests.fedtv_testing import fast_args
+from tests.toyworld_learning import V1_WEIGHTS, V1_WORLD
 from trainers.pfedmma import AdaptedBlock, adapter_layers, grad_scale
 
 
@@ -120,7 +121,7 @@ def test_clients_are_trained_one_after_another_and_say_why(tmp_path, caplog):
     assert results["final"]["local"] is not None
 
 
-SHIPPED_WEIGHTS = os.path.join(REPO, "clip", "weights", "tiny_toyworld.safetensors")
+SHIPPED_WEIGHTS = V1_WEIGHTS  # calibrated on the first-generation world and weights, like FedPGP's test
 
 
 @pytest.mark.skipif(not os.path.isfile(SHIPPED_WEIGHTS), reason="shipped tiny CLIP weights not built yet")
@@ -133,7 +134,7 @@ def test_personal_adapters_beat_promptfl_on_a_pathological_split(tmp_path):
     opts = ["DATASET.TOYWORLD.NUM_CLASSES", "12", "DATASET.TOYWORLD.TRAIN_PER_CLASS", "4",
             "DATASET.TOYWORLD.VAL_PER_CLASS", "0", "DATASET.TOYWORLD.TEST_PER_CLASS", "6",
             "DATASET.TOYWORLD.NOISE", "0.25", "DATASET.TOYWORLD.DISTRACTORS", "3",
-            "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "FED.SHOW_PROGRESS", "False"]
+            "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "FED.SHOW_PROGRESS", "False", *V1_WORLD]
     local = {}
     for name, lr in (("pFedMMA", "0.01"), ("PromptFL", "0.1")):
         results = main(["--output-dir", str(tmp_path / name), "--trainer", name, *flags, "--lr", lr, *opts])
