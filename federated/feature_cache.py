@@ -81,12 +81,20 @@ def _view_seed(seed: int, i: int, v: int) -> int:
 def encode_pairs(trainer, wrapper: DatasetWrapper, pairs: list[tuple[int, int]], seed: int,
                  positions: list[int] | None = None) -> np.ndarray:
     """Features ``(len(pairs), *F)`` (float32) of view ``v`` of item ``i`` for each ``(i, v)`` in ``pairs``;
-    the view is seeded from the item's position (``positions[i]``, default ``i``)."""
+    the view is seeded from the item's position (``positions[i]``, default ``i``). The caller's torch RNG
+    state is left as it was: a node that builds its cache in the middle of a seeded local training
+    trains exactly as one that read the cache from disk."""
     images = []
-    for i, v in pairs:
-        torch.manual_seed(_view_seed(seed, i if positions is None else positions[i], v))
-        images.append(wrapper[i]["img"])
+    with torch.random.fork_rng(devices=_cuda_devices()):
+        for i, v in pairs:
+            torch.manual_seed(_view_seed(seed, i if positions is None else positions[i], v))
+            images.append(wrapper[i]["img"])
     return trainer.encode_images(torch.stack(images).to(trainer.device)).float().cpu().numpy()
+
+
+def _cuda_devices() -> list[int]:
+    """Every CUDA device (``torch.manual_seed`` seeds them all), none without CUDA."""
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
 
 
 def encode_views(trainer, items, transform, views: int, seed: int, batch_size: int = 128,

@@ -255,7 +255,7 @@ class FederatedServer:
         """Run (or resume) the experiment; returns the results dict also written to ``results.json``."""
         t = self.trainer
         shared_keys, personal_keys = t.shared_keys(), t.personal_keys()
-        global_state = t.get_state(shared_keys)
+        global_state = t.initial_shared_state()
         personal = [t.initial_personal_state(cid) for cid in range(self.num_users)]
         client_global: dict[int, dict] = {}  # personalised aggregation: what each client downloads
         start_round, results, ckpt = 0, None, None

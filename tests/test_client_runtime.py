@@ -31,3 +31,24 @@ def test_a_node_caches_only_its_own_clients_and_trains_them_identically(tmp_path
     for key, value in trained["in-process"][1].items():
         assert torch.equal(trained["node"][1][key], value), key
     assert not torch.equal(trained["node"][1]["prompt_learner.sigma"], start["prompt_learner.sigma"])
+
+
+def test_a_process_that_keeps_its_trainer_starts_every_run_afresh(tmp_path):
+    """A Flower ServerApp or node keeps its experiment between runs in one process: building a client's
+    feature cache in the middle of a seeded training leaves the torch RNG where it was, and a later run
+    starts from the freshly built model's shared tensors, not from the last run's trained ones."""
+    opts = ["FED.CACHE_DIR", str(tmp_path / "cache")]
+    cfg = build_cfg(parse_args(fast_args(tmp_path, ["--trainer", "FedPGP"], opts)))
+    data = build_federated_data(cfg)
+    trainer = build_trainer(cfg, classnames=data.classnames)
+    initial_shared = trainer.get_state(trainer.shared_keys())
+    start = trainer.get_state(trainer.shared_keys() + trainer.personal_keys())
+    node = FederatedServer(cfg, trainer, data, clients=[])
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    assert node.train_cache(0) is not None  # encodes client 0's views now
+    assert torch.equal(torch.get_rng_state(), before)
+    node.train_client(0, 0, start)
+    assert any(not torch.equal(trainer.get_state([k])[k], v) for k, v in initial_shared.items())  # it trained
+    for key, value in trainer.initial_shared_state().items():
+        assert torch.equal(value, initial_shared[key]), key

@@ -74,9 +74,6 @@ def runs(tmp_path_factory):
     return out, full, full_ckpt, died_ckpt, nodes_after_death, resumed, resumed_ckpt
 
 
-@pytest.mark.xfail(reason="known bug (2026-12-03, unresolved): two fresh Flower runs in one folder differ "
-                   "from round 1 on (the first builds the nodes' feature cache: 35 s vs 25 s); "
-                   "see the closing note of stop 22", strict=False)
 def test_resumed_run_ends_exactly_as_the_uninterrupted_one(runs):
     out, full, full_ckpt, died_ckpt, nodes_after_death, resumed, resumed_ckpt = runs
     assert died_ckpt["round"] == 2 and resumed_ckpt["round"] == 3
@@ -108,9 +105,6 @@ def test_resumed_run_ends_exactly_as_the_uninterrupted_one(runs):
             assert state and all(torch.equal(got["states"][r][k], v) for k, v in state.items()), (cid, r)
 
 
-@pytest.mark.xfail(reason="known bug (2026-12-03, unresolved): two fresh Flower runs in one folder differ "
-                   "from round 1 on (the first builds the nodes' feature cache: 35 s vs 25 s); "
-                   "see the closing note of stop 22", strict=False)
 def test_fresh_run_does_not_pick_up_earlier_personal_state(runs):
     out, full, _, died_ckpt, _, _, _ = runs
     # The interrupted run started fresh in the same directory: its first two rounds equal the

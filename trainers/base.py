@@ -86,6 +86,7 @@ class FederatedTrainer(TrainerX):
         self.evaluator.verbose = False  # the server logs labelled per-client lines instead of Dassl's blocks
         self.model.to(self.device)
         self.scaler = None
+        self._initial_shared = self.get_state(self.shared_keys())
         self._initial_personal = self.get_state(self.personal_keys())
 
     # ------------------------------------------------------------------ config
@@ -141,6 +142,11 @@ class FederatedTrainer(TrainerX):
     def personal_keys(self) -> list[str]:
         shared = set(self.shared_keys())
         return [n for n in self.trainable_parameters() if n not in shared]
+
+    def initial_shared_state(self) -> dict[str, torch.Tensor]:
+        """The shared tensors a fresh run starts from (CPU copies of the freshly built model's): a process
+        that keeps its trainer between runs (a Flower ServerApp or node) starts every run from them."""
+        return {k: v.clone() for k, v in self._initial_shared.items()}
 
     def initial_personal_state(self, cid: int) -> dict[str, torch.Tensor]:
         """The personal tensors client ``cid`` starts from (CPU copies): the freshly built model's, the same

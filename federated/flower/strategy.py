@@ -65,7 +65,7 @@ class FedTVStrategy(Strategy):
         self.min_clients = max(int(min_clients), 1)
         t = server.trainer
         self.trainable = bool(t.trainable_parameters())
-        self.global_state = t.get_state(t.shared_keys())
+        self.global_state = t.initial_shared_state()
         self.client_global: dict[int, dict] = {}
         self.node_of: dict[int, int] = {}  # client id -> node id
         self.client_of: dict[int, int] = {}  # node id -> client id
