@@ -1,7 +1,10 @@
 """Shared helpers of the test-suite: a small, fast federated setting on the toy world."""
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,3 +21,28 @@ FAST_OPTS = [
 def fast_args(tmp_path, flags: list[str] = (), opts: list[str] = (), weights: str = "none") -> list[str]:
     """CLI arguments for a fast run writing to ``tmp_path`` (random CLIP weights unless ``weights``)."""
     return ["--output-dir", str(tmp_path), "--clip-weights", weights, *FAST_FLAGS, *flags, *FAST_OPTS, *opts]
+
+
+@contextlib.contextmanager
+def console_output():
+    """Everything written to ``sys.stdout`` / ``sys.stderr`` and to file descriptors 1 and 2 inside the block
+    (also by child processes), as a list that holds the text once the block ends."""
+    captured: list[str] = []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile(mode="w+") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+                yield captured
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            sink.seek(0)
+            captured.append(sink.read())

@@ -85,3 +85,4 @@ def test_round_line_shows_the_metrics_a_record_holds():
     assert console.round_line({"round": 1, "train_loss": None}, 2) == "round 1/2:  (not evaluated)"
     assert console.metrics_text({"local": 1.0, "base": 2.0, "novel": 3.0, "hm": 2.4}) == (
         "Local   1.00  Base   2.00  Novel   3.00  HM   2.40")
+

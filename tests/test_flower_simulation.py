@@ -13,9 +13,10 @@ import torch
 
 pytest.importorskip("flwr", reason="Flower is optional: pip install -r requirements-flower.txt")
 
+from dassl.utils import reset_logger  # noqa: E402
 from federated.flower import strategy as flower_strategy  # noqa: E402
 from federated.run import main  # noqa: E402
-from tests.fedtv_testing import fast_args  # noqa: E402
+from tests.fedtv_testing import console_output, fast_args  # noqa: E402
 
 ARGS = ["--trainer", "FedPGP", "--lr", "0.05"]
 
@@ -41,15 +42,28 @@ def runs(tmp_path_factory):
     torch.set_num_threads(1)  # as Ray's actors: the same float32 summation order in both engines
     try:
         inproc = main(fast_args(base / "inprocess", ARGS))
-        sim = main(fast_args(base / "flower", [*ARGS, "--engine", "flower-sim"]))
+        with console_output() as console:
+            sim = main(fast_args(base / "flower", [*ARGS, "--engine", "flower-sim"]))
     finally:
         flower_strategy.FedTVStrategy.aggregate_train = original
         torch.set_num_threads(threads)
-    return base, inproc, sim, received
+        reset_logger()
+    return base, inproc, sim, received, console[0]
+
+
+def test_simulation_console_shows_our_lines_once(runs):
+    """Issue 18, point 7: no Flower line twice, no deprecation notice of the simulation API, no output of
+    the ClientApp actors ("(ClientAppActor pid=...)"), and the in-process engine's header, rounds, paths."""
+    text = runs[4]
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert "DEPRECATED" not in text and "ClientAppActor" not in text and "INFO:flwr" not in text, text[-3000:]
+    assert "WARNING:flwr" not in text and "Tip: In future versions of Ray" not in text, text[-3000:]
+    assert lines[0].startswith("FedPGP on ToyWorld") and lines[-1].startswith("results: "), lines
+    assert [ln.split(":")[0] for ln in lines if ln.startswith("round ") and "Local" in ln] == ["round 1/2", "round 2/2"]
 
 
 def test_simulation_matches_in_process_loop(runs):
-    base, inproc, sim, _ = runs
+    base, inproc, sim, _, _ = runs
     assert len(sim["rounds"]) == len(inproc["rounds"]) == 2
     for a, b in zip(inproc["rounds"], sim["rounds"], strict=True):
         assert a["clients"] == b["clients"]
@@ -81,7 +95,7 @@ def test_simulation_matches_in_process_loop(runs):
 
 
 def test_only_shared_tensors_reach_the_server(runs):
-    base, _, _, received = runs
+    base, _, _, received, _ = runs
     ckpt = torch.load(base / "inprocess" / "checkpoint.pt", weights_only=True)
     shared, personal = set(ckpt["global"]), set(ckpt["personal"][0])
     assert shared and personal and not shared & personal
@@ -100,11 +114,11 @@ def test_only_shared_tensors_reach_the_server(runs):
 def test_simulation_console_lines_once(runs):
     """The run's own lines once each in log.txt (the console's copy): zero-shot, one line per round; none of
     Flower's repeated round summaries, no second copy of Flower's lines through the root logger."""
-    base, _, _, _ = runs
+    base, _, _, _, _ = runs
     logs = sorted(p for p in os.listdir(base / "flower") if p.startswith("log.txt"))
     text = (base / "flower" / logs[-1]).read_text()
     lines = text.splitlines()
     assert sum(ln.startswith("zero-shot CLIP") for ln in lines) == 1
-    assert [sum(ln.startswith(f"round {r}/2:") for ln in lines) for r in (1, 2)] == [1, 1]
+    assert [sum(ln.startswith(f"round {r}/2:  Local") for ln in lines) for r in (1, 2)] == [1, 1]
     assert "Aggregated MetricRecord" not in text and "INFO:flwr" not in text and "FutureWarning" not in text
     assert lines[-1].startswith("results: ")

@@ -25,16 +25,31 @@ def gpu_share(cfg, num_users: int) -> float:
     return 1.0 / num_users if cfg.USE_CUDA and torch.cuda.is_available() else 0.0
 
 
+class _NotForUsers:
+    """Drops Flower's notice that ``run_simulation`` is deprecated: in the pinned Flower 1.41 it is the
+    only simulation that runs the ServerApp in this process (so its exceptions reach the caller and a
+    failed run ends with the real error); ``flwr run``, its successor, starts a detached SuperLink and is
+    what ``tools/flower_deploy.py`` uses. A user cannot act on the notice."""
+
+    @staticmethod
+    def filter(record) -> bool:
+        return not (str(record.msg).startswith("DEPRECATED FEATURE")
+                    and "run_simulation" in " ".join(map(str, record.args or ())))
+
+
 def quiet_flower() -> None:
     """Flower's own lines once, and only what a user should act on: its round summaries repeat ours
     (INFO), so its logger shows warnings only and does not pass them on to the root logger (which
-    would print them a second time); Ray's tip about accelerator variables is not for our users."""
+    would print them a second time); Ray's tip about accelerator variables and the deprecation notice
+    of the simulation API (``_NotForUsers``) are not for our users."""
     import logging
     import warnings
 
     flwr = logging.getLogger("flwr")
     flwr.setLevel(logging.WARNING)
     flwr.propagate = False
+    if not any(isinstance(f, _NotForUsers) for f in flwr.filters):
+        flwr.addFilter(_NotForUsers())
     warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
 
 
@@ -63,8 +78,11 @@ def run_flower_simulation(cfg, num_cpus_per_client: float = 1.0, resume: bool = 
     run_simulation(server_app=make_server_app(text, settings, resume=resume), client_app=make_client_app(text),
                    num_supernodes=num_users,
                    backend_config={"client_resources": {"num_cpus": num_cpus_per_client, "num_gpus": gpus},
+                                   # the actors' output (their progress bars, Flower's shutdown notices)
+                                   # is not forwarded with "(ClientAppActor pid=...)" prefixes: a client's
+                                   # failure reaches the ServerApp as an error reply, which it logs
                                    "init_args": {"num_cpus": max(int(num_cpus_per_client), 1) * 2,
-                                                 "include_dashboard": False}})
+                                                 "include_dashboard": False, "log_to_driver": False}})
     if not os.path.isfile(path):
         raise RuntimeError(f"the Flower simulation wrote no {path}: see the Flower log above")
     with open(path) as f:

@@ -175,6 +175,10 @@ class FedTVStrategy(Strategy):
         if not self.trainable:
             return []
         present = [cid for cid in sampled if cid in self.node_of]
+        if server_round == 1:
+            logger.info("round %d/%d: %d client(s) train on their nodes (a node first encodes its clients' training "
+                        "images, unless its feature cache holds them)", r + 1, int(self.server.cfg.OPTIM.ROUND),
+                        len(present))
         return self._messages(present, MessageType.TRAIN, {"round": r, "seed": self.server.seed})
 
     def aggregate_train(self, server_round: int,
