@@ -208,4 +208,22 @@ def format_table(results: dict) -> str:
     if any(last.get(k) is not None for k in GLOBAL_METRICS):
         lines.append(f"global model (shared tensors alone), round {last['round']}: Base {_fmt(last.get('global_base'))}"
                      f"  Novel {_fmt(last.get('global_novel'))}  HM {_fmt(last.get('global_hm'))}")
+    if results.get("privacy"):
+        lines.append(privacy_line(results["privacy"]))
     return "\n".join(lines)
+
+
+def privacy_line(privacy: dict) -> str:
+    """One line of a run's differential privacy record (``results.json`` ``privacy``, ``federated/fedsgd.py``)."""
+    if not privacy.get("private"):
+        return "privacy: none (no clipping, no noise)"
+    head = (f"privacy: noise multiplier {privacy['noise_multiplier']:.3g}, clip {privacy['clip_norm']:g}, "
+            f"{privacy['steps']} noisy steps at sampling rate {privacy['sample_rate']:.3g}, delta {privacy['delta']:g}")
+    if not privacy.get("guarantee"):
+        return head + ": no accounted epsilon (published NOISE_AS_EPSILON calibration)"
+
+    def eps(key: str) -> str:
+        return f"{privacy[key]:.3g}"
+
+    return (head + f": epsilon global prompt {eps('epsilon_global')}, low-rank factors {eps('epsilon_local')}, "
+            f"personalised model {eps('epsilon_personalised_model')} ({privacy['accountant']} accountant)")

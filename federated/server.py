@@ -89,6 +89,11 @@ class FederatedServer:
                 None if self.train_cache_enabled else "no training feature cache")
             if self.sequential_reason is None:
                 self.batched = BatchedClients(trainer)
+        #: the method's own round protocol (``ROUND_PROTOCOL``; None: local training + aggregation)
+        self.protocol = round_protocol(self)
+        if self.protocol is not None and clients is not None:
+            raise ConfigError(f"{type(trainer).__name__} trains by synchronous FedSGD (ROUND_PROTOCOL "
+                              f"'{type(trainer).ROUND_PROTOCOL}'), which runs in process only: use --engine inprocess")
 
     def execution_text(self) -> str:
         """How the clients of a round train, in words."""
@@ -331,6 +336,8 @@ class FederatedServer:
             if (r + 1) % eval_freq == 0 or r + 1 == rounds:
                 record.update(self.evaluate(self._downloads(global_state, client_global), personal))
             record["seconds"] = time.time() - started
+            if self.protocol is not None:
+                writer.results["privacy"] = self.protocol.report(r + 1)
             writer.add_round(record)
             save_checkpoint(self.checkpoint_path, round_done=r + 1, trainer=t, global_state=global_state,
                             personal=personal, results=writer.results, num_users=self.num_users,
@@ -353,6 +360,8 @@ class FederatedServer:
         together (``FED.BATCH_CLIENTS``, ``federated/batched.py``) or one after another; returns
         ``(client id, summary, trained state of every trainable tensor)`` per client, in order."""
         t = self.trainer
+        if self.protocol is not None:
+            return self.protocol.train_round(round_idx, starts)
         if self.batched is None:
             out = []
             for cid, state in tqdm(starts.items(), desc=f"round {round_idx + 1} clients", leave=False,
@@ -412,6 +421,19 @@ class FederatedServer:
         record["round"] = int(ckpt["round"])
         record["model_dir"] = model_dir
         return record
+
+
+def round_protocol(server: FederatedServer):
+    """The round protocol the trainer declares (``ROUND_PROTOCOL``): None for ``"fedavg"`` (local training
+    then aggregation, this module), the synchronous DP FedSGD of ``federated/fedsgd.py`` for ``"fedsgd"``."""
+    name = type(server.trainer).ROUND_PROTOCOL
+    if name == "fedavg":
+        return None
+    if name == "fedsgd":
+        from federated.fedsgd import FedSGDProtocol
+
+        return FedSGDProtocol(server, derive_seed)
+    raise ConfigError(f"{type(server.trainer).__name__} declares an unknown ROUND_PROTOCOL '{name}'")
 
 
 def round_record(round_idx: int, clients: list[int], sizes: list[int], losses: list[float], accs: list[float],

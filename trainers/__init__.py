@@ -3,6 +3,7 @@ from trainers import (  # noqa: F401
     celora,
     cocoop,
     coop,
+    dpfpl,
     feature_heads,
     fedmaple,
     fedotp,

@@ -11,8 +11,11 @@ a small set of trainable tensors. A method is a subclass that declares (``traine
   and ``side_information(loader)``: what that rule needs to know about a client's data (default none);
 * ``build_model()`` (set ``self.model``) and ``compute_loss(features, labels)``;
 * ``SEQUENTIAL``: why its clients must be trained one after another by the trainer's own loop
-  (``""``: the engines may train them together). The loop and the optimiser (``local_train``, ``forward_backward``,
-  ``build_optimizers``, ``run_epoch``) belong to the engines: methods do not override them.
+  (``""``: the engines may train them together);
+* ``ROUND_PROTOCOL``: ``"fedavg"`` (local epochs, then the server aggregates the uploads) or ``"fedsgd"``
+  (synchronous steps with server-side noise, ``federated/fedsgd.py``; the method provides
+  ``client_gradients`` and ``apply_gradients``, DP-FPL). The loop and the optimiser (``local_train``,
+  ``forward_backward``, ``build_optimizers``, ``run_epoch``) belong to the engines: methods do not override them.
 
 The server drives it through:
 
@@ -75,6 +78,8 @@ class FederatedTrainer(TrainerX):
     SHARED: tuple[str, ...] = ()
     #: Why this method's clients must be trained one after another by its own loop ("" = they need not).
     SEQUENTIAL: str = ""
+    #: How a round trains: "fedavg" (local training + aggregation) or "fedsgd" (federated/fedsgd.py).
+    ROUND_PROTOCOL: str = "fedavg"
     #: Frozen image features are a pure function of the image: evaluation caches them.
     image_features_cacheable: bool = True
 

@@ -9,7 +9,10 @@ A method declares, as class attributes (``trainers/base.py`` lists them all):
 * ``SHARED``: name patterns (``fnmatch``: ``*`` is any run of characters, dots included) of the
   trainable tensors uploaded and aggregated; every other trainable tensor is personal;
 * ``SEQUENTIAL``: ``""`` when the engines may train its clients together (batched), otherwise the
-  reason its clients must be trained one after another by the trainer's own Dassl loop.
+  reason its clients must be trained one after another by the trainer's own Dassl loop;
+* ``ROUND_PROTOCOL``: ``"fedavg"`` (each client trains local epochs, the server aggregates what it
+  uploads) or ``"fedsgd"`` (one synchronised gradient step at a time, the server averaging and noising
+  the shared gradients: ``federated/fedsgd.py``; DP-FPL).
 """
 from __future__ import annotations
 

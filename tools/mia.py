@@ -1,0 +1,158 @@
+"""Membership inference against one client's model of a finished run (DP-FPL's privacy evaluation).
+
+    python -m tools.mia RUN_DIR                 # the client with the most training data
+    python -m tools.mia RUN_DIR --client 2 --out mia_client2.json
+
+The run's own config, split (``split.json``) and final checkpoint are read back, so the target
+client's model is exactly the one the run trained:
+
+* **members**: the target client's training items (the ones its batches were drawn from);
+* **non-members**: held-out items of the same classes: the target client's own test split.
+
+The two sets are balanced (the larger one subsampled, seeded). Each item goes through the client's
+personalised model with the test transform; two threshold attacks score it (higher = "member"):
+
+* ``loss``: minus the cross-entropy of the true label (Yeom et al.'s loss attack);
+* ``confidence``: the model's softmax probability of the true label.
+
+For each attack: the ROC AUC (Mann-Whitney, ties counted half) and the best balanced accuracy over
+all thresholds (an optimistic figure: the threshold is chosen on the evaluated items themselves).
+0.5 = no leakage. The report (``RUN_DIR/mia.json`` unless ``--out``) also holds the run's
+``privacy`` record. Exit status 2 with one line on stderr for a folder that is not a finished run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from federated.errors import CheckpointError, ConfigError, DataError, OutputError
+
+
+def roc_auc(scores_in, scores_out) -> float:
+    """P(score of a random member > score of a random non-member) + 0.5 P(tie) (the ROC AUC)."""
+    a, b = np.asarray(scores_in, dtype=np.float64), np.asarray(scores_out, dtype=np.float64)
+    if not len(a) or not len(b):
+        raise ValueError("both members and non-members are needed")
+    greater = (a[:, None] > b[None, :]).sum()
+    ties = (a[:, None] == b[None, :]).sum()
+    return float((greater + 0.5 * ties) / (len(a) * len(b)))
+
+
+def best_balanced_accuracy(scores_in, scores_out) -> float:
+    """Max over thresholds ``t`` of ``(TPR + TNR) / 2`` for the rule "member iff score >= t"."""
+    a, b = np.asarray(scores_in, dtype=np.float64), np.asarray(scores_out, dtype=np.float64)
+    best = 0.5
+    for t in np.unique(np.concatenate([a, b])):
+        best = max(best, 0.5 * ((a >= t).mean() + (b < t).mean()))
+    return float(best)
+
+
+def attack_summary(scores_in, scores_out) -> dict:
+    """``auc`` and ``best_balanced_accuracy`` of one attack's member / non-member scores."""
+    return {"auc": roc_auc(scores_in, scores_out),
+            "best_balanced_accuracy": best_balanced_accuracy(scores_in, scores_out)}
+
+
+def _load_run(run_dir: str):
+    """The run's config (its split file pinned), data, trainer and checkpoint."""
+    from yacs.config import CfgNode as CN
+
+    import datasets  # noqa: F401  (registers the datasets)
+    import trainers  # noqa: F401  (registers the trainers)
+    from dassl.engine import build_trainer
+    from federated.checkpoint import load_checkpoint
+    from federated.data import build_federated_data
+
+    results_path = os.path.join(run_dir, "results.json")
+    split_path = os.path.join(run_dir, "split.json")
+    for path in (results_path, split_path, os.path.join(run_dir, "checkpoint.pt")):
+        if not os.path.isfile(path):
+            raise OutputError(f"{run_dir} is not a finished run's folder: {os.path.basename(path)} is missing")
+    with open(results_path) as f:
+        results = json.load(f)
+    cfg = CN(results["config"])
+    cfg.DATASET.SPLIT_FILE = split_path
+    cfg.OUTPUT_DIR = run_dir
+    data = build_federated_data(cfg)
+    trainer = build_trainer(cfg, classnames=data.classnames)
+    ckpt = load_checkpoint(run_dir, trainer, data.num_users)
+    return cfg, results, data, trainer, ckpt
+
+
+def _per_item(cfg, trainer, items) -> tuple[np.ndarray, np.ndarray]:
+    """Cross-entropy of the true label and its softmax probability, per item ``(n,)`` each."""
+    import torch
+    import torch.nn.functional as F
+
+    from dassl.data import build_data_loader, build_transform
+
+    loader = build_data_loader(cfg, items, int(cfg.DATALOADER.TEST.BATCH_SIZE), is_train=False,
+                               transform=build_transform(cfg, is_train=False))
+    losses, probs = [], []
+    trainer.set_model_mode("test")
+    with torch.inference_mode():
+        context = trainer.model.eval_context()
+        for batch in loader:
+            images, labels = trainer.parse_batch_test(batch)
+            logits = trainer.model.logits(trainer.encode_images(images), context).float()
+            losses.append(F.cross_entropy(logits, labels, reduction="none").cpu())
+            probs.append(logits.softmax(-1).gather(1, labels[:, None])[:, 0].cpu())
+    return torch.cat(losses).numpy(), torch.cat(probs).numpy()
+
+
+def evaluate(run_dir: str, client: int | None = None, seed: int = 0) -> dict:
+    """The membership-inference report of ``run_dir`` (module docstring)."""
+    cfg, results, data, trainer, ckpt = _load_run(run_dir)
+    sizes = [len(items) for items in data.train]
+    cid = int(np.argmax(sizes)) if client is None else int(client)
+    if not 0 <= cid < data.num_users:
+        raise ConfigError(f"--client {cid}: the run has clients 0..{data.num_users - 1}")
+    members, held_out = list(data.train[cid]), list(data.test[cid])
+    if not members or not held_out:
+        raise DataError(f"client {cid} has {len(members)} training and {len(held_out)} test items: both are needed")
+    rng = np.random.default_rng(seed)
+    n = min(len(members), len(held_out))
+    members = [members[i] for i in sorted(rng.choice(len(members), n, replace=False))]
+    held_out = [held_out[i] for i in sorted(rng.choice(len(held_out), n, replace=False))]
+    client_global = {int(k): v for k, v in ckpt.get("client_global", {}).items()}
+    trainer.load_state({**client_global.get(cid, ckpt["global"]), **ckpt["personal"][cid]})
+    loss_in, prob_in = _per_item(cfg, trainer, members)
+    loss_out, prob_out = _per_item(cfg, trainer, held_out)
+    return {
+        "run": os.path.abspath(run_dir), "trainer": cfg.TRAINER.NAME, "round": int(ckpt["round"]), "client": cid,
+        "members": n, "non_members": n,
+        "member_source": "the client's training items", "non_member_source": "the client's test items (same classes)",
+        "mean_loss": {"members": float(loss_in.mean()), "non_members": float(loss_out.mean())},
+        "attacks": {"loss": attack_summary(-loss_in, -loss_out), "confidence": attack_summary(prob_in, prob_out)},
+        "privacy": results.get("privacy"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="output folder of a finished run")
+    p.add_argument("--client", type=int, default=None, help="target client (default: the most training items)")
+    p.add_argument("--out", default=None, help="report path (default RUN_DIR/mia.json)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the balancing subsample")
+    args = p.parse_args(argv)
+    try:
+        report = evaluate(args.run_dir, args.client, args.seed)
+    except (ConfigError, DataError, CheckpointError, OutputError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = args.out or os.path.join(args.run_dir, "mia.json")
+    with open(out, "w") as f:
+        json.dump(report, f, indent=2)
+    a = report["attacks"]
+    print(f"client {report['client']}, {report['members']} members / {report['non_members']} non-members: "
+          f"loss attack AUC {a['loss']['auc']:.3f} (best balanced accuracy {a['loss']['best_balanced_accuracy']:.3f}), "
+          f"confidence attack AUC {a['confidence']['auc']:.3f}; report: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
