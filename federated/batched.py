@@ -72,6 +72,8 @@ def batching_support(trainer: FederatedTrainer) -> str | None:
         return f"OPTIM.NAME {name} has no masked elementwise version (supported: {', '.join(MASKED_OPTIMIZERS)})"
     if trainer.shared_optimizer:
         return "FED.SHARED_OPTIMIZER (one optimiser carried from client to client) is sequential by nature"
+    if trainer.optim_overrides():
+        return f"{cls.__name__} gives {', '.join(sorted(trainer.optim_overrides()))} its own OPTIM keys"
     if bool(trainer.cfg.OPTIM.STAGED_LR):
         return "OPTIM.STAGED_LR (per-group learning rates) is not supported"
     if not trainer.trainable_parameters():

@@ -2,8 +2,10 @@
 
 Content: ``round`` (rounds finished), ``trainer``, ``num_users``, ``global`` (shared tensors),
 ``personal`` (one dict of personal tensors per client), ``client_global`` (personalised
-aggregation: the shared tensors a client downloads instead of ``global``), ``rng`` (python / numpy / torch states),
-``results`` (the results so far) and ``signature`` (key -> shape, to detect a mismatched model).
+aggregation: the shared tensors a client downloads instead of ``global``), ``side_information`` (what each
+client sent once about its data), ``memory`` (the method's server-step memory), ``rng`` (python / numpy /
+torch states), ``results`` (the results so far) and ``signature`` (key -> shape, to detect a mismatched
+model): the run state (``federated/run_state.py``) plus the RNG.
 A Flower run adds ``engine = "flower"`` and its ``experiment`` token (``federated/flower/strategy.py``):
 its personal tensors live on the nodes, so its ``personal`` entries are empty and only a Flower run can
 resume it (for a trainer with personal tensors; checkpoints without ``engine`` are in-process ones).
@@ -54,20 +56,21 @@ def signature(trainer) -> dict[str, list[int]]:
     return shapes
 
 
-def save_checkpoint(path: str, *, round_done: int, trainer, global_state: dict, personal: list[dict],
-                    results: dict, num_users: int, client_global: dict[int, dict] | None = None,
-                    extra: dict | None = None) -> None:
-    """Write the checkpoint atomically; ``extra``: further entries (the Flower engine's)."""
+def save_checkpoint(path: str, *, state, trainer, num_users: int, extra: dict | None = None) -> None:
+    """Write the checkpoint of ``state`` (a ``federated.run_state.RunState``) atomically; ``extra``: further
+    entries (the Flower engine's)."""
     save_torch({
-        "round": round_done,
+        "round": state.rounds_done,
         "trainer": type(trainer).__name__,
         "num_users": num_users,
         "signature": signature(trainer),
-        "global": global_state,
-        "personal": personal,
-        "client_global": {str(k): v for k, v in (client_global or {}).items()},
+        "global": state.global_state,
+        "personal": state.personal,
+        "client_global": {str(k): v for k, v in state.client_global.items()},
+        "side_information": {str(k): v for k, v in state.side_information.items()},
+        "memory": state.memory,
         "rng": rng_state(),
-        "results": results,
+        "results": state.results,
         **(extra or {}),
     }, path)
 

@@ -106,16 +106,17 @@ def noisy_average(grads: list[torch.Tensor], sigma: float, clip_norm: float, bat
 
 
 class FedSGDProtocol:
-    """The synchronous DP FedSGD round of ``server`` (a ``FederatedServer``; module docstring); ``derive_seed``
-    (``(*ints) -> int``) seeds each round's and client's draws as the server seeds its own."""
+    """The synchronous DP FedSGD round of ``runtime`` (a ``ClientRuntime`` serving every client; module
+    docstring); ``derive_seed`` (``(*ints) -> int``) seeds each round's and client's draws as the runtime
+    seeds its own."""
 
-    def __init__(self, server, derive_seed: Callable[..., int]):
-        self.server = server
+    def __init__(self, runtime, derive_seed: Callable[..., int]):
+        self.runtime = runtime
         self.derive_seed = derive_seed
-        self.trainer = server.trainer
-        cfg = server.cfg
+        self.trainer = runtime.trainer
+        cfg = runtime.cfg
         self.batch_size = int(cfg.DATALOADER.TRAIN_X.BATCH_SIZE)
-        self.plan = PrivacyPlan.for_run(self.trainer.tcfg, [len(items) for items in server.data.train],
+        self.plan = PrivacyPlan.for_run(self.trainer.tcfg, [len(items) for items in runtime.data.train],
                                         self.batch_size, int(cfg.OPTIM.ROUND))
 
     def report(self, rounds_done: int) -> dict:
@@ -125,7 +126,7 @@ class FedSGDProtocol:
         """Client ``cid``'s training features ``(n, D)`` and labels ``(n,)`` of this round (one view each)."""
         t = self.trainer
         feats, labels = [], []
-        for batch in self.server.train_loader(cid, round_idx):
+        for batch in self.runtime.train_loader(cid, round_idx):
             if "feat" in batch:
                 feats.append(batch["feat"].to(t.device))
                 labels.append(batch["label"].to(t.device))
@@ -147,7 +148,7 @@ class FedSGDProtocol:
     def train_round(self, round_idx: int, starts: dict[int, dict]) -> list[tuple[int, dict, dict]]:
         """Train the round's clients (``starts``: client id -> its shared + personal tensors) by synchronous
         FedSGD; returns ``(client id, summary, trained state)`` per client, in ``starts``' order."""
-        t, seed, derive_seed = self.trainer, self.server.seed, self.derive_seed
+        t, seed, derive_seed = self.trainer, self.runtime.seed, self.derive_seed
         keys = t.shared_keys() + t.personal_keys()
         cids = list(starts)
         states = {cid: dict(starts[cid]) for cid in cids}

@@ -52,24 +52,6 @@ def summaries(local: float | None, base: float | None, novel: float | None) -> d
             "mean_local_hm": None if local is None or hm is None else (local + hm) / 2.0}
 
 
-def global_model_metrics(server, global_state: dict, personal: dict) -> dict:
-    """``global_base`` / ``global_novel`` / ``global_hm`` (percent): the method's global model (the trainer's
-    ``global_model()``: the shared tensors ``global_state`` alone) on every base / novel test image.
-
-    {} when the method has no global model besides the personalised ones or the run has no base / novel
-    sets. ``personal``: any client's personal tensors (loaded so the state is complete; bypassed).
-    Leaves ``global_state`` and ``personal`` loaded in the trainer.
-    """
-    trainer, data = server.trainer, server.data
-    if not trainer.has_global_model or (data.base_test is None and data.novel_test is None):
-        return {}
-    trainer.load_state({**global_state, **personal})
-    with trainer.global_model():
-        base = server.accuracy_on("base", data.base_test, data.base_classnames)
-        novel = server.accuracy_on("novel", data.novel_test, data.novel_classnames)
-    return {"global_base": base, "global_novel": novel, "global_hm": harmonic_mean(base, novel)}
-
-
 def json_safe(value: Any) -> Any:
     """``value`` with every non-finite float replaced by None (not measured), so that it is valid JSON."""
     if isinstance(value, float):

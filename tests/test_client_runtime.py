@@ -9,7 +9,8 @@ from fedtv_testing import fast_args
 from dassl.engine import build_trainer
 from federated.cli import build_cfg, parse_args
 from federated.data import build_federated_data
-from federated.server import FederatedServer
+from federated.run_state import Download
+from federated.runtime import ClientRuntime
 
 
 def test_a_node_caches_only_its_own_clients_and_trains_them_identically(tmp_path):
@@ -18,13 +19,14 @@ def test_a_node_caches_only_its_own_clients_and_trains_them_identically(tmp_path
     data = build_federated_data(cfg)
     trainer = build_trainer(cfg, classnames=data.classnames)
     start = trainer.get_state(trainer.shared_keys() + trainer.personal_keys())
-    everyone = FederatedServer(cfg, trainer, data)
-    node = FederatedServer(cfg, trainer, data, clients=[])
+    everyone = ClientRuntime(cfg, trainer, data)
+    node = ClientRuntime(cfg, trainer, data, clients=[])
     assert node.feature_cache is None and node._client_caches == {}  # nothing encoded before training
     trained = {}
-    for name, server in (("in-process", everyone), ("node", node)):
-        summary, _ = server.train_client(1, 0, start)
-        trained[name] = (summary, trainer.get_state(list(start)))
+    shared, personal = trainer.shared_keys(), trainer.personal_keys()
+    for name, runtime in (("in-process", everyone), ("node", node)):
+        update = runtime.train_client(Download(1, {k: start[k] for k in shared}), {k: start[k] for k in personal}, 0)
+        trained[name] = (update.summary, trainer.get_state(list(start)))
     assert list(node._client_caches) == [1]
     assert node._client_caches[1].items == data.train[1] and len(data.train[1]) < len(everyone.feature_cache.items)
     assert trained["node"][0] == trained["in-process"][0]
@@ -43,12 +45,13 @@ def test_a_process_that_keeps_its_trainer_starts_every_run_afresh(tmp_path):
     trainer = build_trainer(cfg, classnames=data.classnames)
     initial_shared = trainer.get_state(trainer.shared_keys())
     start = trainer.get_state(trainer.shared_keys() + trainer.personal_keys())
-    node = FederatedServer(cfg, trainer, data, clients=[])
+    node = ClientRuntime(cfg, trainer, data, clients=[])
     torch.manual_seed(123)
     before = torch.get_rng_state()
     assert node.train_cache(0) is not None  # encodes client 0's views now
     assert torch.equal(torch.get_rng_state(), before)
-    node.train_client(0, 0, start)
+    node.train_client(Download(0, {k: start[k] for k in trainer.shared_keys()}),
+                      {k: start[k] for k in trainer.personal_keys()}, 0)
     assert any(not torch.equal(trainer.get_state([k])[k], v) for k, v in initial_shared.items())  # it trained
     for key, value in trainer.initial_shared_state().items():
         assert torch.equal(value, initial_shared[key]), key

@@ -173,13 +173,13 @@ def test_only_the_global_prompt_leaves_the_client(tmp_path):
     assert trainer.personal_keys() == ["prompt_learner.local_ctx"]
     server = FederatedServer(cfg, trainer, data)
     uploads = []
-    inner = server.aggregator
+    inner = server.coordinator.aggregator
 
     def spy(ups, sizes, previous, client_ids=None, **context):
         uploads.extend(ups)
         return inner(ups, sizes, previous, client_ids, **context)
 
-    server.aggregator = spy
+    server.coordinator.aggregator = spy
     results = server.run()
     assert uploads and all(set(u) == {"prompt_learner.sigma"} for u in uploads)
     # FedSGD: every client applied the same noisy global gradients, so they upload the same prompt

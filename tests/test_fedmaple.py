@@ -143,7 +143,7 @@ def test_zero_shot_reference_is_the_frozen_clip(tmp_path):
 
     server = FederatedServer(maple.cfg, maple, data)
     items = data.test[0]
-    loader = server.test_loader("local0", items)
+    loader = server.runtime.test_loader("local0", items)
     got = maple.evaluate_zero_shot(loader, data.classnames, data.template)["accuracy"]
     clip = maple.model.clip
     with torch.no_grad():

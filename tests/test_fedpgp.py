@@ -130,13 +130,13 @@ def test_sigma_is_shared_and_u_v_stay_on_the_client(tmp_path):
     assert sorted(trainer.personal_keys()) == ["prompt_learner.U", "prompt_learner.V"]
     server = FederatedServer(cfg, trainer, data)
     uploads = []
-    inner = server.aggregator
+    inner = server.coordinator.aggregator
 
     def spy(ups, sizes, previous, client_ids=None, **context):
         uploads.extend(ups)
         return inner(ups, sizes, previous, client_ids, **context)
 
-    server.aggregator = spy
+    server.coordinator.aggregator = spy
     server.run()
     assert uploads and all(set(u) == {"prompt_learner.sigma"} for u in uploads)
     ckpt = torch.load(server.checkpoint_path, weights_only=True)

@@ -148,14 +148,14 @@ def test_results_json_is_always_valid_json(tmp_path):
 
 
 def test_divergence_in_round_1_says_no_checkpoint_exists(tmp_path, monkeypatch):
-    from federated.server import FederatedServer
+    from federated.runtime import ClientRuntime
 
-    def diverges(self, round_idx, starts):
+    def diverges(self, round_idx, downloads, personal, side_wanted):
         from dassl.engine import NonFiniteLossError
 
         raise NonFiniteLossError("loss is nan (client 0, round 1)", {"client": 0, "round": 1})
 
-    monkeypatch.setattr(FederatedServer, "train_round", diverges)
+    monkeypatch.setattr(ClientRuntime, "train", diverges)
     with pytest.raises(TrainingDiverged, match="No round finished, so there is no checkpoint; lower OPTIM.LR"):
         main(fast_args(tmp_path, ARGS))
     assert not (tmp_path / "checkpoint.pt").exists()

@@ -65,8 +65,8 @@ def test_fedpgp_global_model_is_the_global_prompt_alone(fedpgp_run, tmp_path):
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     personal = {k: torch.zeros_like(v) if k.endswith(".U") else v for k, v in ckpt["personal"][0].items()}
     trainer.load_state({**ckpt["global"], **personal})
-    base = server.accuracy_on("base", data.base_test, data.base_classnames)
-    novel = server.accuracy_on("novel", data.novel_test, data.novel_classnames)
+    base = server.runtime.accuracy_on("base", data.base_test, data.base_classnames)
+    novel = server.runtime.accuracy_on("novel", data.novel_test, data.novel_classnames)
     final = res["final"]
     assert (final["global_base"], final["global_novel"]) == (pytest.approx(base), pytest.approx(novel))
     assert final["global_hm"] == pytest.approx(2 * base * novel / (base + novel))

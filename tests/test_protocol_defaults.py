@@ -192,17 +192,17 @@ def test_clients_train_in_the_order_they_were_sampled(tmp_path, monkeypatch):
     (with one optimiser shared by every client the order matters); aggregation and the record's
     ``clients`` stay in client-id order, the record's ``train_order`` is the order trained."""
     from federated.run import main
-    from federated.server import FederatedServer
+    from federated.runtime import ClientRuntime
     from tests.fedtv_testing import fast_args
 
     seen: list[tuple[int, int]] = []
-    original = FederatedServer.train_client
+    original = ClientRuntime.train_client
 
-    def spying(self, cid, round_idx, *args, **kwargs):
-        seen.append((round_idx, cid))
-        return original(self, cid, round_idx, *args, **kwargs)
+    def spying(self, download, personal, round_idx, *args, **kwargs):
+        seen.append((round_idx, download.client))
+        return original(self, download, personal, round_idx, *args, **kwargs)
 
-    monkeypatch.setattr(FederatedServer, "train_client", spying)
+    monkeypatch.setattr(ClientRuntime, "train_client", spying)
     res = main(fast_args(tmp_path, ["--trainer", "PromptFL", "--num-users", "6", "--rounds", "4", "--frac", "0.67",
                                     "--num-shots", "2"],
                          ["FED.SHARED_OPTIMIZER", "True", "FED.BATCH_CLIENTS", "False", "FED.EVAL_BASE_NOVEL", "False",
@@ -352,17 +352,17 @@ def test_excluded_clients_never_train_and_are_not_evaluated(tmp_path, monkeypatc
     """FED.EXCLUDE_CLIENTS [1] (the published PromptFL / local loops' pop(5), here on 3 clients): client 1
     is never trained (any round) nor part of Local; the others are as without the flag."""
     from federated.run import main
-    from federated.server import FederatedServer
+    from federated.runtime import ClientRuntime
     from tests.fedtv_testing import fast_args
 
     trained = []
-    original = FederatedServer.train_client
+    original = ClientRuntime.train_client
 
-    def spying(self, cid, round_idx, *args, **kwargs):
-        trained.append(cid)
-        return original(self, cid, round_idx, *args, **kwargs)
+    def spying(self, download, *args, **kwargs):
+        trained.append(download.client)
+        return original(self, download, *args, **kwargs)
 
-    monkeypatch.setattr(FederatedServer, "train_client", spying)
+    monkeypatch.setattr(ClientRuntime, "train_client", spying)
     opts = ["FED.BATCH_CLIENTS", "False", "FED.EVAL_BASE_NOVEL", "False"]
     res = main(fast_args(tmp_path / "x", ["--trainer", "PromptFL", "--rounds", "2"],
                          [*opts, "FED.EXCLUDE_CLIENTS", "[1]"]))

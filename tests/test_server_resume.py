@@ -101,15 +101,15 @@ class _PoisonedLoader:
 
 @pytest.mark.parametrize("batched", [False, True])
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, batched):
-    from federated.server import FederatedServer
+    from federated.runtime import ClientRuntime
 
-    original = FederatedServer.train_loader
+    original = ClientRuntime.train_loader
 
     def poisoned(self, cid, round_idx):
         loader = original(self, cid, round_idx)
         return _PoisonedLoader(loader) if (cid, round_idx) == (1, 1) else loader
 
-    monkeypatch.setattr(FederatedServer, "train_loader", poisoned)
+    monkeypatch.setattr(ClientRuntime, "train_loader", poisoned)
     with pytest.raises(TrainingDiverged, match="client 1 in round 2"):
         main(fast_args(tmp_path, ["--trainer", "PromptFL", "--rounds", "3"], ["FED.BATCH_CLIENTS", str(batched)]))
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)

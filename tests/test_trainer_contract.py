@@ -36,13 +36,13 @@ def test_server_only_receives_shared_tensors(tmp_path, name):
     cfg, data, trainer = _setup(tmp_path, name)
     server = FederatedServer(cfg, trainer, data)
     seen = []
-    inner = server.aggregator
+    inner = server.coordinator.aggregator
 
     def spy(uploads, sizes, previous, client_ids=None, **context):
         seen.extend(uploads)
         return inner(uploads, sizes, previous, client_ids, **context)
 
-    server.aggregator = spy
+    server.coordinator.aggregator = spy
     server.run()
     personal = set(trainer.personal_keys())
     for upload in seen:

@@ -9,13 +9,16 @@ a small set of trainable tensors. A method is a subclass that declares (``traine
   trainable tensor is **personal** (never leaves the client);
 * ``build_aggregator()``: the server's rule (FedAvg unless the method or ``FED.AGGREGATION`` says otherwise),
   and ``side_information(loader)``: what that rule needs to know about a client's data (default none);
+* ``build_server_step()`` and ``set_server_information(info)``: a server step besides aggregation whose
+  download differs per client (default none; pFedMoAP's experts);
 * ``build_model()`` (set ``self.model``) and ``compute_loss(features, labels)``;
 * ``SEQUENTIAL``: why its clients must be trained one after another by the trainer's own loop
   (``""``: the engines may train them together);
 * ``ROUND_PROTOCOL``: ``"fedavg"`` (local epochs, then the server aggregates the uploads) or ``"fedsgd"``
   (synchronous steps with server-side noise, ``federated/fedsgd.py``; the method provides
   ``client_gradients`` and ``apply_gradients``, DP-FPL). The loop and the optimiser (``local_train``,
-  ``forward_backward``, ``build_optimizers``, ``run_epoch``) belong to the engines: methods do not override them.
+  ``forward_backward``, ``build_optimizers``, ``run_epoch``) belong to the engines: methods do not override them
+  (``optim_overrides()`` gives a registered model its own ``OPTIM`` keys).
 
 The server drives it through:
 
@@ -186,6 +189,19 @@ class FederatedTrainer(TrainerX):
         once with its update; None (the default): nothing."""
         return None
 
+    def build_server_step(self):
+        """The method's server step besides aggregation, or None (the default). A server step keeps a memory
+        in the run state and serves each client its own extra download: ``remember(memory, uploads,
+        client_ids, round_idx)`` after each aggregation (``memory``: a dict of tensors, checkpointed) and
+        ``serve(memory, client_id) -> {name: tensor}`` (given to ``set_server_information``)."""
+        return None
+
+    def set_server_information(self, info: dict[str, torch.Tensor]) -> None:
+        """Take what the server step serves this client (``build_server_step``) before it trains or is
+        evaluated; a method without a server step receives ``{}``."""
+        if info:
+            raise ValueError(f"{type(self).__name__} has no server step, but received {sorted(info)}")
+
     # ------------------------------------------------------------------ model pieces used by subclasses
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Frozen CLIP image features ``(B, D)`` (not normalised), without gradient."""
@@ -244,18 +260,26 @@ class FederatedTrainer(TrainerX):
         if self.shared_optimizer and self._shared_optimizers_built:
             return
         self._shared_optimizers_built = self.shared_optimizer
-        optim_cfg = self.cfg.OPTIM.clone()
-        optim_cfg.defrost()
-        optim_cfg.MAX_EPOCH = epochs
+        overrides = self.optim_overrides()
         for name, module in self._models.items():
             params = [p for p in module.parameters() if p.requires_grad]
             if not params:
                 self.set_optimizer(name, None, None)
                 continue
+            optim_cfg = self.cfg.OPTIM.clone()
+            optim_cfg.defrost()
+            for key, value in overrides.get(name, {}).items():
+                optim_cfg[key] = value
+            optim_cfg.MAX_EPOCH = epochs
             optim = build_optimizer(params, optim_cfg)
             self.set_optimizer(name, optim, build_lr_scheduler(optim, optim_cfg))
         if self.device.type == "cuda" and self.precision in ("fp16", "amp"):
             self.scaler = torch.amp.GradScaler("cuda")
+
+    def optim_overrides(self) -> dict[str, dict]:
+        """Per registered model, the ``OPTIM`` keys its optimiser and scheduler use instead of ``cfg.OPTIM``'s
+        (e.g. pFedMoAP's gating network: its own learning rate, constant); default none."""
+        return {}
 
     def local_train(self, loader, epochs: int, context: dict | None = None) -> dict[str, float]:
         """Train ``epochs`` epochs on ``loader`` with a fresh optimiser; returns the last epoch's means."""

@@ -4,17 +4,18 @@ Messages (``content`` keys):
 
 * ``query``: reply ``config["client-id"]`` and ``config["num-examples"]`` so the server can map its
   node ids to client ids (the node's client id comes from its ``--node-config``).
-* ``train``: ``arrays`` = the shared tensors this client downloads, ``config`` = ``round`` (0-based),
+* ``train``: ``arrays`` = the shared tensors this client downloads, ``server`` (only for a method with a
+  server step, e.g. pFedMoAP) = its server information, ``config`` = ``round`` (0-based),
   ``seed``, ``experiment`` (the token that keys the node's personal-state store) and
   ``personal-round`` (whose personal state to start from, ``node.PersonalStore``) and
   ``side-information`` (whether to send the trainer's ``side_information`` of this client: the first
   time it trains, e.g. CE-LoRA's feature statistics; replied as ``side``). The node adds
   that personal state, trains through
-  ``FederatedServer.train_client`` (seeded from ``(SEED, round, client)``, the same loader as the
+  ``ClientRuntime.train_client`` (seeded from ``(SEED, round, client)``, the same loader as the
   in-process loop), keeps the new personal tensors as this round's, and replies ``arrays`` = **only the shared
   tensors** and ``metrics`` = ``num-examples``, ``loss``, ``acc``, ``client-id``.
 * ``evaluate``: ``arrays`` and ``config`` as in ``train``; replies ``metrics`` with this client's Local accuracy and
-  macro-F1 on its own test split and its Base / Novel accuracy (``FederatedServer.evaluate_client``);
+  macro-F1 on its own test split and its Base / Novel accuracy (``ClientRuntime.evaluate_client``);
   a value that is not measured is absent.
 
 ``make_client_app(cfg_text)`` fixes the config (simulation from the command line); the module-level
@@ -29,6 +30,7 @@ from flwr.clientapp import ClientApp
 
 from federated.flower.node import Experiment, PersonalStore, experiment
 from federated.flower.settings import NodeIdentity, cfg_from_run_config, cfg_from_text, node_identity
+from federated.run_state import Download
 
 EVAL_KEYS = ("local", "macro_f1", "base", "novel")
 
@@ -40,9 +42,9 @@ def _setup(context: Context, cfg_text: str | None) -> tuple[Experiment, NodeIden
     else:
         cfg = cfg_from_run_config(dict(context.run_config), ident.data_root, ident.clip_weights)
     exp = experiment(cfg)
-    if not 0 <= ident.client_id < exp.server.num_users:
-        raise ValueError(f"node client-id {ident.client_id} is outside 0..{exp.server.num_users - 1} "
-                         f"(the run has {exp.server.num_users} clients)")
+    if not 0 <= ident.client_id < exp.data.num_users:
+        raise ValueError(f"node client-id {ident.client_id} is outside 0..{exp.data.num_users - 1} "
+                         f"(the run has {exp.data.num_users} clients)")
     return exp, ident
 
 
@@ -58,13 +60,15 @@ def _setting(config, key: str):
     return config[key]
 
 
-def _download(msg: Message) -> dict:
-    return dict(msg.content["arrays"].to_torch_state_dict())
+def _download(msg: Message, cid: int) -> Download:
+    content = msg.content
+    info = dict(content["server"].to_torch_state_dict()) if "server" in content else {}
+    return Download(cid, dict(content["arrays"].to_torch_state_dict()), info)
 
 
 def _query(msg: Message, context: Context, cfg_text: str | None) -> Message:
     exp, ident = _setup(context, cfg_text)
-    reply = ConfigRecord({"client-id": ident.client_id, "num-examples": len(exp.server.data.train[ident.client_id])})
+    reply = ConfigRecord({"client-id": ident.client_id, "num-examples": len(exp.data.train[ident.client_id])})
     return Message(RecordDict({"config": reply}), reply_to=msg)
 
 
@@ -72,20 +76,20 @@ def _train(msg: Message, context: Context, cfg_text: str | None) -> Message:
     exp, ident = _setup(context, cfg_text)
     config = msg.content["config"]
     round_idx, seed = int(_setting(config, "round")), int(_setting(config, "seed"))
-    if seed != exp.server.seed:
-        raise ValueError(f"the server trains with SEED {seed}, this node's config has SEED {exp.server.seed}")
+    if seed != exp.runtime.seed:
+        raise ValueError(f"the server trains with SEED {seed}, this node's config has SEED {exp.runtime.seed}")
     t, cid = exp.trainer, ident.client_id
     store = _store(context, exp, ident, config)
     personal = store.load(t.initial_personal_state(cid), int(_setting(config, "personal-round")))
-    summary, side = exp.server.train_client(cid, round_idx, {**_download(msg), **personal},
-                                            bool(_setting(config, "side-information")))
-    store.save(t.get_state(t.personal_keys()), round_idx)
-    metrics = MetricRecord({"num-examples": len(exp.server.data.train[cid]), "client-id": cid,
-                            "loss": float(summary.get("loss", float("nan"))),
-                            "acc": float(summary.get("acc", float("nan")))})
-    content = {"arrays": ArrayRecord(t.get_state(t.shared_keys())), "metrics": metrics}
-    if side is not None:
-        content["side"] = ArrayRecord(side)
+    update = exp.runtime.train_client(_download(msg, cid), personal, round_idx,
+                                      bool(_setting(config, "side-information")))
+    store.save(update.personal, round_idx)
+    metrics = MetricRecord({"num-examples": update.num_examples, "client-id": cid,
+                            "loss": float(update.summary.get("loss", float("nan"))),
+                            "acc": float(update.summary.get("acc", float("nan")))})
+    content = {"arrays": ArrayRecord(update.shared), "metrics": metrics}
+    if update.side_information is not None:
+        content["side"] = ArrayRecord(update.side_information)
     return Message(RecordDict(content), reply_to=msg)
 
 
@@ -95,7 +99,7 @@ def _evaluate(msg: Message, context: Context, cfg_text: str | None) -> Message:
     config = msg.content["config"]
     personal = _store(context, exp, ident, config).load(exp.trainer.initial_personal_state(cid),
                                                         int(_setting(config, "personal-round")))
-    result = exp.server.evaluate_client(cid, {**_download(msg), **personal})
+    result = exp.runtime.evaluate_client(_download(msg, cid), personal)
     metrics = MetricRecord({"client-id": cid, **{k: float(result[k]) for k in EVAL_KEYS if result[k] is not None}})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 

@@ -1,6 +1,6 @@
 """What a Flower process keeps: the experiment (data, trainer, frozen CLIP) and a node's personal state.
 
-``experiment(cfg)`` builds the data, the trainer and a ``FederatedServer`` exactly as
+``experiment(cfg)`` builds the data, the trainer and a ``ClientRuntime`` exactly as
 ``federated_main.py`` does (seeded with ``SEED`` before the data and the trainer, so every process
 gets the same initial tensors) and caches them per process: Ray simulation actors and the ServerApp
 build them once; a deployment SuperNode, which runs every message in a fresh process, rebuilds them
@@ -31,7 +31,7 @@ import torch
 from flwr.app import ArrayRecord, Context
 
 from dassl.engine.trainer import atomic_torch_save
-from federated.server import FederatedServer
+from federated.runtime import ClientRuntime
 
 logger = logging.getLogger("fedtv.flower")
 
@@ -41,15 +41,20 @@ PERSONAL_KEY = "fedtv.personal"
 
 @dataclass
 class Experiment:
-    """One process's view of a run: ``server`` holds the data, the trainer and the evaluation code (the
-    trainer's ``initial_personal_state(cid)`` is what client ``cid`` starts from)."""
+    """One process's view of a run: ``runtime`` holds the data, the trainer (whose
+    ``initial_personal_state(cid)`` is what client ``cid`` starts from), the training and evaluation code
+    of the clients this process serves and their caches only."""
 
     cfg: object
-    server: FederatedServer
+    runtime: ClientRuntime
 
     @property
     def trainer(self):
-        return self.server.trainer
+        return self.runtime.trainer
+
+    @property
+    def data(self):
+        return self.runtime.data
 
 
 def experiment(cfg) -> Experiment:
@@ -65,8 +70,8 @@ def experiment(cfg) -> Experiment:
         set_random_seed(int(cfg.SEED))
         data = build_federated_data(cfg)
         trainer = build_trainer(cfg, classnames=data.classnames)
-        server = FederatedServer(cfg, trainer, data, clients=[])  # a node caches only the clients it trains
-        _EXPERIMENTS[key] = Experiment(cfg, server)
+        runtime = ClientRuntime(cfg, trainer, data, clients=[])  # a node caches only the clients it trains
+        _EXPERIMENTS[key] = Experiment(cfg, runtime)
     return _EXPERIMENTS[key]
 
 

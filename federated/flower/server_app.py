@@ -10,7 +10,7 @@ Resume (``--resume`` in the run config's ``opts``, or ``federated_main.py --engi
 ``CheckpointError`` when it holds another model, another number of clients, an in-process run of a
 personalised trainer, or a config that differs in a key other than
 ``federated.checkpoint.RESUMABLE_CHANGES``: the check the in-process engine shares) and runs only the
-remaining rounds (``FedTVStrategy.restore``); the nodes keep their personal state in their
+remaining rounds (``FedTVStrategy`` continues the restored run state); the nodes keep their personal state in their
 ``state-dir`` under the checkpoint's experiment token. Without a checkpoint it starts from scratch.
 
 ``make_server_app(cfg_text)`` fixes the config (simulation from the command line); the module-level
@@ -24,25 +24,24 @@ import os
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from federated import console
 from federated.checkpoint import load_checkpoint, prepare_output_dir
+from federated.coordinator import Coordinator
 from federated.errors import CheckpointError
 from federated.flower.node import experiment
 from federated.flower.settings import cfg_from_run_config, cfg_from_text, resume_requested, run_setting
 from federated.flower.strategy import FedTVStrategy
-from federated.results import ResultsWriter
-from federated.split_file import write_split_file
 
 logger = logging.getLogger("fedtv.flower")
 
-def load_flower_checkpoint(server, cfg) -> dict | None:
+def load_flower_checkpoint(coordinator: Coordinator, cfg) -> dict | None:
     """The Flower checkpoint in ``OUTPUT_DIR`` validated against this run, or None when there is none."""
-    if not os.path.isfile(server.checkpoint_path):
-        logger.warning("--resume: no checkpoint in %s, starting from scratch", server.output_dir)
+    path = coordinator.checkpoint_path
+    if not os.path.isfile(path):
+        logger.warning("--resume: no checkpoint in %s, starting from scratch", coordinator.output_dir)
         return None
-    ckpt = load_checkpoint(server.checkpoint_path, server.trainer, server.num_users, engine="flower", cfg=cfg)
+    ckpt = load_checkpoint(path, coordinator.trainer, coordinator.num_users, engine="flower", cfg=cfg)
     if "experiment" not in ckpt:
-        raise CheckpointError(f"{server.checkpoint_path} was not written by a Flower run (no experiment token)")
+        raise CheckpointError(f"{path} was not written by a Flower run (no experiment token)")
     return ckpt
 
 
@@ -56,30 +55,28 @@ def run_server(grid: Grid, cfg, run_config: dict, resume: bool = False) -> dict:
         configure_logging()
         # Flower's lines once: its own handler prints them; the root logger would print them again
         logging.getLogger("flwr").propagate = False
-    server = experiment(cfg).server
-    ckpt = load_flower_checkpoint(server, cfg) if resume else None
-    if ckpt is None and os.path.isfile(server.checkpoint_path):
+    exp = experiment(cfg)
+    coordinator = Coordinator(cfg, exp.trainer, exp.data)
+    ckpt = load_flower_checkpoint(coordinator, cfg) if resume else None
+    if ckpt is None and os.path.isfile(coordinator.checkpoint_path):
         logger.warning("%s holds an earlier run: it is overwritten (use --resume to continue it)", cfg.OUTPUT_DIR)
-    write_split_file(os.path.join(cfg.OUTPUT_DIR, "split.json"), server.data, cfg)
-    writer = ResultsWriter(cfg.OUTPUT_DIR, cfg, ckpt["results"] if ckpt else None)
-    if ckpt is not None:
-        writer.record_resume(int(ckpt["round"]), ckpt["config_changes"])
-    strategy = FedTVStrategy(server, writer, round_timeout=run_setting(run_config, "round-timeout"),
+    state = coordinator.fresh_state(personal=False) if ckpt is None else coordinator.restored_state(ckpt)
+    writer = coordinator.open_results(state, ckpt)
+    strategy = FedTVStrategy(coordinator, exp.runtime, state, token=ckpt["experiment"] if ckpt else None,
+                             round_timeout=run_setting(run_config, "round-timeout"),
                              join_timeout=run_setting(run_config, "join-timeout"),
                              rejoin_wait=run_setting(run_config, "rejoin-wait"),
                              min_clients=run_setting(run_config, "min-clients"))
     if ckpt is not None:
-        strategy.restore(ckpt)
         writer.write()
-        logger.info("resuming %s after round %d (experiment %s)", server.checkpoint_path, strategy.offset,
+        logger.info("resuming %s after round %d (experiment %s)", coordinator.checkpoint_path, strategy.offset,
                     strategy.token)
     elif cfg.FED.ZS_REFERENCE:
-        writer.set_zero_shot(server.evaluate_zero_shot())
-        logger.info(console.zero_shot_line(writer.results["zero_shot"]))
+        coordinator.set_zero_shot(exp.runtime.evaluate_zero_shot(coordinator.excluded_clients))
     if strategy.remaining_rounds:
-        strategy.start(grid=grid, initial_arrays=ArrayRecord(strategy.global_state),
+        strategy.start(grid=grid, initial_arrays=ArrayRecord(strategy.state.global_state),
                        num_rounds=strategy.remaining_rounds, timeout=strategy.round_timeout)
-    return server.finish(writer)
+    return coordinator.finish()
 
 
 def make_server_app(cfg_text: str | None = None, run_config: dict | None = None, resume: bool = False) -> ServerApp:

@@ -61,6 +61,7 @@ def run_flower_simulation(cfg, num_cpus_per_client: float = 1.0, resume: bool = 
 
     quiet_flower()
 
+    from federated.coordinator import Coordinator
     from federated.flower.client_app import make_client_app
     from federated.flower.node import experiment
     from federated.flower.server_app import load_flower_checkpoint, make_server_app
@@ -69,11 +70,12 @@ def run_flower_simulation(cfg, num_cpus_per_client: float = 1.0, resume: bool = 
     settings = {**RUN_CONFIG_DEFAULTS, "join-timeout": 0.0}  # every virtual node exists from the start
     exp = experiment(cfg)  # cached: the ServerApp runs in this process and reuses it
     if resume:
-        load_flower_checkpoint(exp.server, cfg)  # a mismatched checkpoint fails here, before Flower starts
+        # a mismatched checkpoint fails here, before Flower starts
+        load_flower_checkpoint(Coordinator(cfg, exp.trainer, exp.data), cfg)
     path = os.path.join(cfg.OUTPUT_DIR, "results.json")
     if os.path.isfile(path):
         os.remove(path)  # an earlier run's results must not pass for this run's (a resumed run rewrites them)
-    num_users = exp.server.num_users
+    num_users = exp.data.num_users
     gpus = gpu_share(cfg, num_users)
     run_simulation(server_app=make_server_app(text, settings, resume=resume), client_app=make_client_app(text),
                    num_supernodes=num_users,

@@ -5,21 +5,25 @@ Per round (``Strategy.start`` drives it):
 1. ``configure_train``: map node ids to client ids (``query`` messages to nodes not seen yet; before
    round 1, wait up to ``join_timeout`` for every client's node, before a later round up to
    ``rejoin_wait`` for the sampled clients' nodes), sample clients exactly as the
-   in-process loop (``FederatedServer.sample_clients``), send each sampled client that has a node its
-   download (the global shared tensors, or its personalised mix) and ``round`` / ``seed``.
-2. ``aggregate_train``: uploads of the clients that replied, in client order, through the trainer's
-   own aggregator (``FederatedServer.aggregator``: FedAvg, SAA, personalised ...). Fewer than
+   in-process loop (``Coordinator.sample_clients``), send each sampled client that has a node its
+   download (``Coordinator.download``: the global shared tensors or its personalised mix, and the
+   method's server information as ``server``) and ``round`` / ``seed``.
+2. ``aggregate_train``: the updates of the clients that replied, folded into the run state by
+   ``Coordinator.aggregate`` (the trainer's aggregator, the method's server step). Fewer than
    ``min_clients`` successful replies stop the run (finished rounds are on disk).
 3. ``configure_evaluate`` / ``aggregate_evaluate`` (every ``TEST.EVAL_FREQ`` rounds and the last):
-   every connected client evaluates its own model; the server combines the metrics with
-   ``FederatedServer.combine_evaluations``, then writes the results files and a checkpoint.
+   every connected client evaluates its own model; ``Coordinator.evaluation_record`` combines the
+   metrics, ``Coordinator.end_round`` writes the results files and a checkpoint.
+
+The strategy is a thin driver: the run state (``RunState``) and every decision are the coordinator's,
+as in the in-process loop (``federated/server.py``); the strategy only maps them to Flower messages.
 
 A client whose node is gone (killed, timed out, failed) is left out of the round and listed in
 ``missing_clients``; when its node (restarted) connects again it is queried and takes part again.
 Differences from the in-process checkpoint: the personal tensors live on the nodes, so the server's
 ``checkpoint.pt`` holds empty personal states, plus ``engine = "flower"`` and the ``experiment`` token.
 
-Resume (``restore``): a resumed run is a new Flower run whose rounds Flower numbers from 1 again;
+Resume (a restored run state and token): a resumed run is a new Flower run whose rounds Flower numbers from 1 again;
 ``offset`` (the rounds the checkpoint finished) turns Flower's ``server_round`` into FedTV's round
 everywhere (sampling, seeds, ``TEST.EVAL_FREQ``, records, checkpoint). Every message carries the
 ``experiment`` token (made on a fresh start, kept in the checkpoint, so it survives a resume and differs
@@ -39,11 +43,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from federated import console
-from federated.checkpoint import save_checkpoint
-from federated.results import ResultsWriter, global_model_metrics
-from federated.server import FederatedServer, round_record
-from federated.state import state_nbytes
+from federated.coordinator import Coordinator
+from federated.run_state import ClientUpdate, RunState
+from federated.runtime import ClientRuntime
 
 logger = logging.getLogger("fedtv.flower")
 
@@ -53,50 +55,37 @@ class NotEnoughClients(RuntimeError):
 
 
 class FedTVStrategy(Strategy):
-    """See the module docstring. ``server`` holds the trainer, the data and the evaluation code."""
+    """See the module docstring. ``coordinator`` holds the run's decisions, ``runtime`` (this process's,
+    training no client) the zero-shot reference and the global model's evaluation."""
 
-    def __init__(self, server: FederatedServer, writer: ResultsWriter, *, round_timeout: float = 600.0,
-                 join_timeout: float = 300.0, rejoin_wait: float = 0.0, min_clients: int = 1):
-        self.server = server
-        self.writer = writer
+    def __init__(self, coordinator: Coordinator, runtime: ClientRuntime, state: RunState, *,
+                 token: str | None = None, round_timeout: float = 600.0, join_timeout: float = 300.0,
+                 rejoin_wait: float = 0.0, min_clients: int = 1):
+        """``state``: the run state to continue (fresh, or restored from a Flower checkpoint together with its
+        experiment ``token``; None: a fresh run's new token)."""
+        self.coordinator = coordinator
+        self.runtime = runtime
+        self.state = state
         self.round_timeout = float(round_timeout)
         self.join_timeout = float(join_timeout)
         self.rejoin_wait = float(rejoin_wait)
         self.min_clients = max(int(min_clients), 1)
-        t = server.trainer
-        self.trainable = bool(t.trainable_parameters())
-        self.global_state = t.initial_shared_state()
-        self.client_global: dict[int, dict] = {}
         self.node_of: dict[int, int] = {}  # client id -> node id
         self.client_of: dict[int, int] = {}  # node id -> client id
-        self.eval_freq = max(int(server.cfg.TEST.EVAL_FREQ), 1)
-        self.rounds = int(server.cfg.OPTIM.ROUND) if self.trainable else 1
         self._record: dict = {}
         self._started = 0.0
-        self.offset = 0  # rounds finished before this Flower run (a resumed run)
-        self.token = uuid.uuid4().hex  # the experiment's identity on the nodes
-        self.last_trained: dict[int, int] = {}  # client id -> last round (0-based) whose training was aggregated
-        self.side_information: dict[int, dict] = {}  # client id -> the trainer's side information it sent
-
-    def restore(self, ckpt: dict) -> None:
-        """Continue the Flower checkpoint ``ckpt`` (``federated.checkpoint.load_checkpoint``): its global
-        and personalised shared tensors, its experiment token and round; ``writer`` holds its results."""
-        self.offset = min(int(ckpt["round"]), self.rounds)
-        self.token = str(ckpt["experiment"])
-        self.global_state = ckpt["global"]
-        self.client_global = {int(k): v for k, v in ckpt.get("client_global", {}).items()}
-        for record in self.writer.results["rounds"][:self.offset]:
-            for cid in record["clients"]:
-                self.last_trained[int(cid)] = int(record["round"]) - 1
+        self.offset = min(state.rounds_done, coordinator.rounds)  # rounds finished before this Flower run
+        self.token = token or uuid.uuid4().hex  # the experiment's identity on the nodes
 
     @property
     def remaining_rounds(self) -> int:
-        return max(self.rounds - self.offset, 0)
+        return max(self.coordinator.rounds - self.offset, 0)
 
     def summary(self) -> None:
+        c = self.coordinator
         logger.debug("FedTVStrategy: trainer %s, aggregator %s, %d clients, rounds %d..%d, min %d clients per round",
-                    type(self.server.trainer).__name__, type(self.server.aggregator).__name__,
-                    self.server.num_users, self.offset + 1, self.rounds, self.min_clients)
+                     type(c.trainer).__name__, type(c.aggregator).__name__, c.num_users, self.offset + 1, c.rounds,
+                     self.min_clients)
 
     # ------------------------------------------------------------------ nodes
     def discover(self, grid: Grid) -> None:
@@ -136,17 +125,20 @@ class FedTVStrategy(Strategy):
         if len(self.node_of) < self.min_clients:
             raise NotEnoughClients(f"{len(self.node_of)} client node(s) connected, min-clients is {self.min_clients}")
 
-    def _download(self, cid: int) -> dict:
-        return self.client_global.get(cid, self.global_state)
-
     def _messages(self, clients: list[int], message_type: str, config: dict) -> list[Message]:
-        def config_of(cid: int) -> ConfigRecord:
-            extra = {"side-information": cid not in self.side_information} if message_type == MessageType.TRAIN else {}
-            return ConfigRecord({**config, "experiment": self.token, "personal-round": self.last_trained.get(cid, -1),
-                                 **extra})
+        state = self.state
 
-        return [Message(RecordDict({"arrays": ArrayRecord(self._download(cid)), "config": config_of(cid)}),
-                        dst_node_id=self.node_of[cid], message_type=message_type) for cid in clients]
+        def content(cid: int) -> RecordDict:
+            download = self.coordinator.download(state, cid)
+            extra = {"side-information": cid not in state.side_information} if message_type == MessageType.TRAIN else {}
+            records = {"arrays": ArrayRecord(download.shared),
+                       "config": ConfigRecord({**config, "experiment": self.token,
+                                               "personal-round": state.last_trained.get(cid, -1), **extra})}
+            if download.server_information:
+                records["server"] = ArrayRecord(download.server_information)
+            return RecordDict(records)
+
+        return [Message(content(cid), dst_node_id=self.node_of[cid], message_type=message_type) for cid in clients]
 
     def _round(self, server_round: int) -> int:
         """FedTV's 0-based round of Flower's ``server_round`` (1-based within this Flower run)."""
@@ -165,59 +157,57 @@ class FedTVStrategy(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._started = time.time()
+        c = self.coordinator
         r = self._round(server_round)
-        sampled = self.server.sample_clients(r)
+        sampled = c.sample_clients(r)
         if server_round == 1:  # the first round of this Flower run (a resumed run waits as a fresh one)
-            self.wait_for_clients(grid, list(range(self.server.num_users)), self.join_timeout)
+            self.wait_for_clients(grid, list(range(c.num_users)), self.join_timeout)
         else:
             self.wait_for_clients(grid, sampled, self.rejoin_wait)
-        self._record = {"sampled": sampled, "down": state_nbytes(self.global_state) if self.trainable else 0}
-        if not self.trainable:
+        self._record = {"sampled": sampled, "down": c.download_bytes(self.state)}
+        if not c.trainable:
             return []
         present = [cid for cid in sampled if cid in self.node_of]
         if server_round == 1:
             logger.info("round %d/%d: %d client(s) train on their nodes (a node first encodes its clients' training "
-                        "images, unless its feature cache holds them)", r + 1, int(self.server.cfg.OPTIM.ROUND),
-                        len(present))
-        return self._messages(present, MessageType.TRAIN, {"round": r, "seed": self.server.seed})
+                        "images, unless its feature cache holds them)", r + 1, int(c.cfg.OPTIM.ROUND), len(present))
+        return self._messages(present, MessageType.TRAIN, {"round": r, "seed": c.seed})
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        c = self.coordinator
         r = self._round(server_round)
-        by_client = {int(m.content["metrics"]["client-id"]): m for m in self._ok_replies(replies, "train")}
-        clients = sorted(by_client)
-        if self.trainable and len(clients) < self.min_clients:
+        updates = [self._update(m) for m in self._ok_replies(replies, "train")]
+        clients = sorted(u.client for u in updates)
+        if c.trainable and len(clients) < self.min_clients:
             raise NotEnoughClients(f"round {r + 1}: {len(clients)} client(s) finished training "
-                                   f"(min-clients {self.min_clients}); finished rounds are in {self.server.output_dir}")
-        uploads = [dict(by_client[c].content["arrays"].to_torch_state_dict()) for c in clients]
-        metrics = [by_client[c].content["metrics"] for c in clients]
-        sizes = [int(m["num-examples"]) for m in metrics]
-        for cid in clients:
-            if "side" in by_client[cid].content:
-                self.side_information[cid] = dict(by_client[cid].content["side"].to_torch_state_dict())
-        agg_info: dict = {}
-        if uploads and self.server.trainer.shared_keys():
-            self.global_state, agg_info = self.server.aggregator(uploads, sizes, self.global_state, clients,
-                                                                 round_idx=r, side_information=self.side_information)
-            self.client_global.update(agg_info.pop("per_client", {}))
-        self.last_trained.update({cid: r for cid in clients})
-        record = round_record(r, clients, sizes, [float(m["loss"]) for m in metrics],
-                              [float(m["acc"]) for m in metrics], agg_info,
-                              up=state_nbytes(uploads[0]) if uploads else 0, down=self._record["down"])
-        record["missing_clients"] = sorted(set(self._record["sampled"]) - set(clients)) if self.trainable else []
+                                   f"(min-clients {self.min_clients}); finished rounds are in {c.output_dir}")
+        record = c.aggregate(self.state, r, updates, clients, self._record["down"])
+        record["missing_clients"] = sorted(set(self._record["sampled"]) - set(clients)) if c.trainable else []
         self._record = record
         summary = {k: record[k] for k in ("train_loss", "train_acc") if record[k] is not None}
-        return ArrayRecord(self.global_state), MetricRecord(summary) if summary else None
+        return ArrayRecord(self.state.global_state), MetricRecord(summary) if summary else None
+
+    @staticmethod
+    def _update(reply: Message) -> ClientUpdate:
+        """A node's train reply as the update it carries (its personal tensors stay on the node)."""
+        content = reply.content
+        m = content["metrics"]
+        side = dict(content["side"].to_torch_state_dict()) if "side" in content else None
+        return ClientUpdate(client=int(m["client-id"]), shared=dict(content["arrays"].to_torch_state_dict()),
+                            summary={"loss": float(m["loss"]), "acc": float(m["acc"])},
+                            num_examples=int(m["num-examples"]), side_information=side)
 
     # ------------------------------------------------------------------ evaluation
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        done = self._round(server_round) + 1
-        if done % self.eval_freq and done != self.rounds:
+        r = self._round(server_round)
+        if not self.coordinator.evaluates(r):
             return []
-        return self._messages(sorted(self.node_of), MessageType.EVALUATE, {"round": done - 1})
+        return self._messages(sorted(self.node_of), MessageType.EVALUATE, {"round": r})
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        c, state = self.coordinator, self.state
         per_client = {}
         for reply in self._ok_replies(replies, "evaluate"):
             m = reply.content["metrics"]
@@ -225,19 +215,14 @@ class FedTVStrategy(Strategy):
                                                for k in ("local", "macro_f1", "base", "novel")}
         record = self._record
         if per_client:
-            record.update(self.server.combine_evaluations(per_client))
+            record.update(c.evaluation_record(per_client))
             record["evaluated_clients"] = sorted(per_client)
-            if not self.client_global:  # one global model: measured here, as the in-process loop does
-                trainer = self.server.trainer
-                record.update(global_model_metrics(self.server, self.global_state,
-                                                   trainer.get_state(trainer.personal_keys())))
+            if not state.client_global:  # one global model: measured here, as the in-process loop does
+                trainer = c.trainer
+                record.update(self.runtime.global_model_metrics(state.global_state,
+                                                                trainer.get_state(trainer.personal_keys())))
         record["seconds"] = time.time() - self._started
-        self.writer.add_round(record)
-        save_checkpoint(self.server.checkpoint_path, round_done=record["round"], trainer=self.server.trainer,
-                        global_state=self.global_state, personal=[{} for _ in range(self.server.num_users)],
-                        results=self.writer.results, num_users=self.server.num_users,
-                        client_global=self.client_global, extra={"engine": "flower", "experiment": self.token})
-        logger.info(console.round_line(record, self.rounds))
+        c.end_round(state, record, extra={"engine": "flower", "experiment": self.token})
         if record.get("local") is not None:
             return MetricRecord({k: record[k] for k in ("local", "base", "novel", "hm") if record.get(k) is not None})
         return None
