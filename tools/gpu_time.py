@@ -229,6 +229,9 @@ METHOD_COSTS: dict[str, MethodCost] = {name: dataclasses.replace(cost, method=na
     "FedPHA": MethodCost(prompt="shared", context_sets=3, ref_passes=3, personal=True),
     # adapters inside both towers: hand-crafted prompts through the adapted text tower, a ViT pass per step
     "pFedMMA": MethodCost(prompt="full", image_trainable=True, personal=True),
+    # shallow visual prompt tokens: a ViT pass with backward per step; IVLP's text context shares its prefix
+    "IVLP": MethodCost(prompt="shared", image_trainable=True),
+    "VPT": MethodCost(prompt="full", text_per_step=False, image_trainable=True),
 }.items()}
 
 

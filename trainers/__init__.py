@@ -11,9 +11,11 @@ from trainers import (  # noqa: F401
     fedpha,
     fedtv,
     flora,
+    ivlp,
     kgcoop,
     pfedmma,
     promptfolio,
     promptprox,
+    vpt,
     zsclip,
 )

@@ -14,8 +14,8 @@ FedPGP / FedTV (every client trains the prompts locally, the server averages all
 
 The prompts are injected through hooks installed per forward call (``trainers/deep_prompts.py``): the
 shared frozen CLIP is not modified. The vision tower is prompted, so image features depend on the
-trainable state: they are not cached (``image_features_cacheable = False``) and training steps run the
-image tower with gradient to the prompts. ViT backbones only (MaPLe prompts a ViT; a ResNet raises).
+trainable state: they are not cached and training steps run the image tower with gradient to the prompts
+(``trainers/visual_prompt.py``, ``PromptedImageTower``). ViT backbones only (MaPLe prompts a ViT; a ResNet raises).
 
 Published conventions kept (MaPLe's code and configs): with ``CTX_INIT "a photo of a"`` and
 ``N_CTX 2`` the learnable context is initialised from the first two words ("a photo") and the rest of
@@ -35,6 +35,7 @@ from trainers.deep_prompts import text_prompts, vision_prompts
 from trainers.image_tokens import check_token_vit
 from trainers.prompt_learner import PromptCLIP, PromptLearner
 from trainers.prompt_trainer import PromptTrainer, prompt_cfg_node
+from trainers.visual_prompt import PromptedImageTower
 
 
 class MaPLePromptLearner(PromptLearner):
@@ -51,26 +52,12 @@ class MaPLePromptLearner(PromptLearner):
         if not 1 <= depth <= layers:
             raise ValueError(f"PROMPT_DEPTH must be in 1..{layers} for {clip.name} (blocks per tower), got {depth}")
         super().__init__(clip, classnames, n_ctx=n_ctx, ctx_init="")
-        ctx_init = (ctx_init or "").strip().replace("_", " ")
-        if ctx_init:
-            self._init_from_words(ctx_init)
+        self.learn_first_words(ctx_init)
         d_text, d_vision = self.ctx_dim, int(clip.model.visual.transformer.width)
         self.proj = nn.Linear(d_text, d_vision).to(self.device)
         self.compound_prompts_text = nn.ParameterList(
             [nn.Parameter(self.init_context(None, len(classnames))) for _ in range(depth - 1)])
         self.compound_prompt_projections = nn.ModuleList([copy.deepcopy(self.proj) for _ in range(depth - 1)])
-
-    def _init_from_words(self, phrase: str) -> None:
-        """MaPLe's initialisation: the first ``n_ctx`` words learnable, the rest of ``phrase`` fixed text."""
-        ids = self._tokenize([phrase])[0]
-        words = int((ids != 0).sum()) - 2
-        if self.n_ctx > words:
-            raise ValueError(f"N_CTX {self.n_ctx} exceeds the {words} tokens of CTX_INIT '{phrase}': "
-                             f"lower N_CTX or set CTX_INIT ''")
-        with torch.no_grad():
-            self.ctx.copy_(self.token_embedding(ids.unsqueeze(0).to(self.device))[0, 1 : 1 + self.n_ctx])
-        self.prompt_prefix = phrase
-        self.set_classnames(self.classnames)
 
     def vision_prompts(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The input vision prompt ``(n, d_vision)`` and the deep ones (J-1 of them)."""
@@ -94,13 +81,11 @@ class MaPLeCLIP(PromptCLIP):
 
 
 @TRAINER_REGISTRY.register()
-class FedMaPLe(PromptTrainer):
+class FedMaPLe(PromptedImageTower, PromptTrainer):
     """MaPLe prompts, every prompt and coupling function shared (FedAvg)."""
 
     CFG_NODE = "MAPLE"
     SHARED = ("prompt_learner.*",)
-    image_features_cacheable = False
-    SEQUENTIAL = "its image tower is prompted: image features are not cacheable, every step encodes images"
 
     @classmethod
     def cfg_defaults(cls) -> CN:
@@ -119,10 +104,3 @@ class FedMaPLe(PromptTrainer):
 
     def build_clip_model(self, clip, prompt_learner) -> MaPLeCLIP:
         return MaPLeCLIP(clip, prompt_learner)
-
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Prompted image features ``(B, D)``; with gradient to the prompts while training."""
-        if not self.model.training or not torch.is_grad_enabled():
-            return super().encode_images(images)
-        with self.autocast():
-            return self.model.encode_image(images).float()

@@ -33,7 +33,9 @@ class HandcraftedText(nn.Module):
     """``forward() -> (C, D)``: the hand-crafted text features of the current class set.
 
     Encoded on first use after ``set_classnames`` (a label-space switch for evaluation only costs
-    nothing) and kept as a non-persistent buffer.
+    nothing) and kept as a non-persistent buffer. Features first encoded under ``torch.inference_mode``
+    (an evaluation) are copied once when next used outside it, where autograd may save them (a
+    classifier whose image features carry gradient, as VPT's).
     """
 
     def __init__(self, clip, classnames: list[str], template: str):
@@ -52,4 +54,7 @@ class HandcraftedText(nn.Module):
     def forward(self) -> torch.Tensor:
         if self.features is None:
             self.features = handcrafted_text_features(self.clip, self.classnames, self.template)
+        elif self.features.is_inference() and not torch.is_inference_mode_enabled():
+            # encoded during an evaluation (inference mode): a normal copy, which autograd may save
+            self.features = self.features.clone()
         return self.features

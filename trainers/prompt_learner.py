@@ -91,6 +91,29 @@ class PromptLearner(nn.Module):
         nn.init.normal_(ctx, std=0.02)
         return ctx
 
+    def first_word_embeddings(self, phrase: str) -> torch.Tensor:
+        """The token embeddings ``(n_ctx, d)`` of the first ``n_ctx`` tokens of ``phrase`` (no gradient)."""
+        ids = self._tokenize([phrase])[0]
+        words = int((ids != 0).sum()) - 2
+        if self.n_ctx > words:
+            raise ValueError(f"N_CTX {self.n_ctx} exceeds the {words} tokens of CTX_INIT '{phrase}': "
+                             f"lower N_CTX or set CTX_INIT ''")
+        with torch.no_grad():
+            return self.token_embedding(ids.unsqueeze(0).to(self.device))[0, 1 : 1 + self.n_ctx].float()
+
+    def learn_first_words(self, phrase: str) -> None:
+        """MaPLe's initialisation (also IVLP's and FedMGP's): the context becomes the embeddings of the first
+        ``n_ctx`` tokens of ``phrase`` and the rest of ``phrase`` stays fixed text after it (``"a photo of a"``,
+        ``n_ctx`` 2: ``[V1] [V2] of a {class}.``). ``phrase`` "": nothing changes (the N(0, 0.02) context)."""
+        phrase = (phrase or "").strip().replace("_", " ")
+        if not phrase:
+            return
+        first = self.first_word_embeddings(phrase)
+        with torch.no_grad():
+            self.ctx.copy_(first.expand_as(self.ctx))
+        self.prompt_prefix = phrase
+        self.set_classnames(self.classnames)
+
     def set_classnames(self, classnames: list[str]) -> None:
         """Rebuild the class-dependent buffers for ``classnames`` (label order)."""
         if self.csc and hasattr(self, "ctx") and self.ctx.shape[0] != len(classnames):
