@@ -66,7 +66,21 @@ class FedAvg:
         return weighted_average(uploads, weights), {"weights": weights.tolist()}
 
 
-_ALIASES = {"fedavg": "FedAvg"}
+@AGGREGATOR_REGISTRY.register()
+class FedAvgUniform(FedAvg):
+    """Unweighted FedAvg: the plain mean of the uploads, every client weight ``1 / K`` whatever its data size
+    (FedTPG's, FedMVP's, FedMGP's and DP-FPL's published servers). ``FED.AGGREGATION fedavg_uniform``."""
+
+    def __call__(self, uploads: list[State], num_samples: list[int], previous: State | None = None,
+                 client_ids: list[int] | None = None, *, round_idx: int | None = None,
+                 side_information: Mapping[int, State] | None = None) -> tuple[State, dict]:
+        if not uploads or not uploads[0]:
+            return {}, {"weights": []}
+        weights = torch.full((len(uploads),), 1.0 / len(uploads), dtype=torch.float64)
+        return weighted_average(uploads, weights), {"weights": weights.tolist()}
+
+
+_ALIASES = {"fedavg": "FedAvg", "fedavg_uniform": "FedAvgUniform", "fedavg-uniform": "FedAvgUniform"}
 
 
 def build_aggregator(name: str, cfg=None) -> Callable:

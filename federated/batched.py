@@ -46,7 +46,7 @@ from torch import nn
 from dassl.engine.trainer import check_finite_loss
 from dassl.optim import build_lr_scheduler, build_optimizer
 from federated.errors import ConfigError
-from trainers.base import FederatedTrainer
+from trainers.base import FederatedTrainer, advance_scheduler, local_schedule
 
 MASKED_OPTIMIZERS = ("sgd", "adam", "adamw", "amsgrad")
 
@@ -70,6 +70,8 @@ def batching_support(trainer: FederatedTrainer) -> str | None:
     name = str(trainer.cfg.OPTIM.NAME).lower()
     if name not in MASKED_OPTIMIZERS:
         return f"OPTIM.NAME {name} has no masked elementwise version (supported: {', '.join(MASKED_OPTIMIZERS)})"
+    if trainer.client_optimizer_state:
+        return "FED.CLIENT_OPTIMIZER_STATE (each client's momentum kept between rounds) is kept by the sequential loop"
     if trainer.shared_optimizer:
         return "FED.SHARED_OPTIMIZER (one optimiser carried from client to client) is sequential by nature"
     if trainer.optim_overrides():
@@ -81,13 +83,13 @@ def batching_support(trainer: FederatedTrainer) -> str | None:
     return None
 
 
-def epoch_learning_rates(optim_cfg, epochs: int) -> list[float]:
-    """The learning rate of each local epoch, as a fresh optimiser + scheduler of ``optim_cfg`` gives."""
-    cfg = optim_cfg.clone()
-    cfg.defrost()
-    cfg.MAX_EPOCH = epochs
+def epoch_learning_rates(optim_cfg, epochs: int, round_number: int | None = None) -> list[float]:
+    """The learning rate of each local epoch of round ``round_number`` (1-based), as a fresh optimiser +
+    scheduler of ``optim_cfg`` gives (``trainers.base.local_schedule``: ``OPTIM.SCHEDULE_OVER_ROUNDS``)."""
+    cfg, elapsed = local_schedule(optim_cfg, epochs, round_number)
     optim = build_optimizer([nn.Parameter(torch.zeros(1))], cfg)
     sched = build_lr_scheduler(optim, cfg)
+    advance_scheduler(sched, elapsed)
     lrs = []
     for _ in range(epochs):
         lrs.append(float(optim.param_groups[0]["lr"]))
@@ -243,7 +245,7 @@ class BatchedClients:
                    for n in self.names}
         anchors = {n: torch.stack([s[n].to(device) for s in starts]) for n in self.names if n in self.shared}
         optim = MaskedOptimizer(list(stacked.values()), t.cfg.OPTIM, k)
-        lrs = epoch_learning_rates(t.cfg.OPTIM, epochs)
+        lrs = epoch_learning_rates(t.cfg.OPTIM, epochs, contexts[0].get("round") if contexts else None)
         mapped = self._mapped_loss(ParameterRows(t.model, self.names))
         summaries: list[dict[str, float]] = [{} for _ in range(k)]
         t.set_model_mode("train")

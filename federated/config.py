@@ -46,6 +46,11 @@ def add_federated_keys(cfg: CN) -> None:
     cfg.DATASET.TARGET_DOMAIN = ""
     cfg.DATASET.TARGET_USE_TRAIN = False
     cfg.DATASET.SPLIT_FILE = ""
+    # class-chunks partition (federated/mixture.py, FedTPG's protocol): the datasets whose (base) classes are
+    # cut into clients of CLASSES_PER_CLIENT consecutive classes ([] = DATASET.NAME alone; "Name/domain" = one
+    # domain of a multi-domain dataset); each client has its own label space
+    cfg.DATASET.MIXTURE = []
+    cfg.DATASET.CLASSES_PER_CLIENT = 20
     cfg.OPTIM.ROUND = 10
     cfg.OPTIM.MAX_EPOCH = 2
     cfg.OPTIM.NAME = "sgd"
@@ -54,6 +59,10 @@ def add_federated_keys(cfg: CN) -> None:
     # schedule (Dassl's own default 0.1 decays it by 10 after MAX_EPOCH epochs, which a shared
     # optimiser, FED.SHARED_OPTIMIZER, would reach after the first client)
     cfg.OPTIM.GAMMA = 1.0
+    # False: each client's LR schedule runs over its local epochs of a round (fresh per round); True: one
+    # schedule over ROUND x MAX_EPOCH epochs that each round continues (FedTPG's per-client cosine over the
+    # rounds; trainers/base.py local_schedule)
+    cfg.OPTIM.SCHEDULE_OVER_ROUNDS = False
     cfg.DATALOADER.NUM_WORKERS = 0
     cfg.TEST.EVAL_FREQ = 1
     cfg.FED = CN()
@@ -62,7 +71,9 @@ def add_federated_keys(cfg: CN) -> None:
     # Clients that never train and are not evaluated: [] (default); [5] is the published FedPGP `fedavg` /
     # `local` loops' leftover `idxs_users.pop(5)` (its PromptFL and local CoOp baselines).
     cfg.FED.EXCLUDE_CLIENTS = []
-    cfg.FED.AGGREGATION = ""  # "" = the trainer's own aggregator; "fedavg" forces plain FedAvg
+    # "" = the trainer's own aggregator; "fedavg" forces data-size-weighted FedAvg, "fedavg_uniform" the
+    # unweighted mean (federated/aggregation.py)
+    cfg.FED.AGGREGATION = ""
     cfg.FED.EVAL_BASE_NOVEL = True  # evaluate Base/Novel accuracy in base-to-novel runs
     cfg.FED.ZS_REFERENCE = True  # evaluate hand-crafted-prompt zero-shot CLIP once before training
     cfg.FED.SHOW_PROGRESS = True
@@ -85,6 +96,10 @@ def add_federated_keys(cfg: CN) -> None:
     # optimiser per client per round. For comparisons with the published numbers; sequential clients
     # only, per process (each Flower node has its own), not saved in checkpoints.
     cfg.FED.SHARED_OPTIMIZER = False
+    # Each client keeps its own optimiser state (momentum buffers) from one round to the next, as FedTPG's
+    # clients do (one optimiser per client, T_max over the rounds). In memory only: not in checkpoints
+    # (a resumed run starts every client's momentum afresh); sequential clients only.
+    cfg.FED.CLIENT_OPTIMIZER_STATE = False
     # The published way of running, for measurement and as the correctness baseline: no feature cache
     # (training or evaluation), clients one after another, fp32.
     cfg.FED.REFERENCE_MODE = False

@@ -185,7 +185,8 @@ class Coordinator:
 
     def evaluation_record(self, per_client: dict[int, dict]) -> dict:
         """The round's evaluation record from the clients' evaluations (client id -> ``local``, ``macro_f1``,
-        ``base``, ``novel``): Local = mean over clients with a test split (and its population std),
+        ``base``, ``novel``): Local = mean over clients with a test split (a dataset mixture: per dataset,
+        then over datasets) (and its population std over clients),
         Base / Novel = mean over clients, HM = 2BN/(B+N)."""
         for cid, m in sorted(per_client.items()):
             logger.debug(console.client_eval_line(cid, m))
@@ -198,15 +199,16 @@ class Coordinator:
             return float(sum(vals) / len(vals)) if vals else None
 
         base, novel = mean_of("base"), mean_of("novel")
+        local_mean = self.data.local_mean(local)  # a mixture: the mean over datasets of their clients' mean
         return {
-            "local": float(sum(values) / len(values)) if values else None,
+            "local": local_mean,
             "local_std": float(statistics.pstdev(values)) if len(values) > 1 else (0.0 if values else None),
             "local_macro_f1": float(sum(f1) / len(f1)) if f1 else None,
             "local_per_client": {str(k): v for k, v in local.items()},
             "local_per_domain": self.data.per_domain(local),  # None unless clients belong to domains
             "base": base,
             "novel": novel,
-            **summaries(float(sum(values) / len(values)) if values else None, base, novel),
+            **summaries(local_mean, base, novel),
         }
 
     def end_round(self, state: RunState, record: dict, extra: dict | None = None) -> None:

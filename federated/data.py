@@ -36,9 +36,10 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from dassl.data.datasets import DATASET_REGISTRY, DatasetBase, Datum, build_dataset
+from dassl.data.datasets import DATASET_REGISTRY, DatasetBase, Datum, build_dataset, dataset_template
 from federated import partition as P
 from federated.errors import DataError
+from federated.mixture import EvalSet, Member, class_chunk_split, parse_member
 
 logger = logging.getLogger("fedtv")
 
@@ -61,8 +62,15 @@ class FederatedData:
     novel_classnames: list[str] | None = None
     novel_test: list[Datum] | None = None
     template: str = "a photo of a {}."
-    client_domains: list[str] | None = None  # domain name of each client (domain protocols)
+    client_domains: list[str] | None = None  # domain name of each client (domain protocols; a mixture's datasets)
     target_domain: str | None = None  # the held-out domain of a leave-one-domain-out run
+    #: each client's own label space (class-chunk partition, ``federated/mixture.py``); None: ``classnames``
+    client_classnames: list[list[str]] | None = None
+    #: per-dataset base / novel sets of a mixture (their mean is Base / Novel); None: ``base_test`` / ``novel_test``
+    base_sets: list[EvalSet] | None = None
+    novel_sets: list[EvalSet] | None = None
+    #: zero-shot template of each dataset of a mixture (by ``client_domains`` / ``EvalSet.group`` name)
+    group_templates: dict[str, str] | None = None
 
     @property
     def num_users(self) -> int:
@@ -83,6 +91,32 @@ class FederatedData:
         if self.target_domain is not None:
             lines.append(f"held-out domain '{self.target_domain}': every client is tested on it, none trains on it")
         return "\n".join(lines)
+
+    def label_space(self, cid: int) -> list[str]:
+        """The class names client ``cid``'s labels index (its own with the class-chunk partition)."""
+        return self.client_classnames[cid] if self.client_classnames is not None else self.classnames
+
+    def template_of(self, group: str | None) -> str:
+        """The zero-shot template of a mixture's dataset ``group`` (the run's template otherwise)."""
+        return (self.group_templates or {}).get(group, self.template)
+
+    def eval_sets(self, split: str) -> list[EvalSet]:
+        """The ``"base"`` or ``"novel"`` evaluation sets: one per dataset of a mixture, else the single one."""
+        sets = self.base_sets if split == "base" else self.novel_sets
+        if sets is not None:
+            return sets
+        items = self.base_test if split == "base" else self.novel_test
+        names = self.base_classnames if split == "base" else self.novel_classnames
+        return [EvalSet(split, items, names, self.dataset_name)] if items else []
+
+    def local_mean(self, per_client: dict[int, float]) -> float | None:
+        """Local accuracy of the run: the mean over clients; with a mixture, the mean over datasets of each
+        dataset's mean over its clients (as FedTPG reports it)."""
+        if not per_client:
+            return None
+        groups = self.per_domain(per_client) if self.client_classnames is not None else None
+        values = list((groups or per_client).values())
+        return float(sum(values) / len(values))
 
     def per_domain(self, per_client: dict[int, float]) -> dict[str, float] | None:
         """Mean of ``per_client`` values (client id -> accuracy) over the clients of each domain."""
@@ -205,6 +239,8 @@ def build_federated_data(cfg, dataset: DatasetBase | None = None, partition: boo
     With ``partition=False`` (``--eval-only`` on ``--subsample new``) the clients get no data of their
     own: only the global evaluation sets are prepared, for ``DATASET.USERS`` saved clients.
     """
+    if _partition_kind(cfg) == "class-chunks":
+        return class_chunk_data(cfg, dataset, partition)
     dataset = dataset if dataset is not None else load_dataset(cfg)
     subsample = cfg.DATASET.SUBSAMPLE_CLASSES
     classnames_all = list(dataset.classnames)
@@ -238,9 +274,72 @@ def build_federated_data(cfg, dataset: DatasetBase | None = None, partition: boo
         (data.novel_test,) = P.subsample_classes(dataset.test, subsample="new")
         data.base_classnames = P.subsample_classnames(classnames_all, "base")
         data.novel_classnames = P.subsample_classnames(classnames_all, "new")
-    from dassl.data.datasets import dataset_template
-
     data.template = dataset_template(cfg)
+    return data
+
+
+def _partition_kind(cfg) -> str:
+    try:
+        return P.canonical_partition(cfg.DATASET.PARTITION)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+
+
+def mixture_members(cfg, dataset: DatasetBase | None = None) -> list[Member]:
+    """The datasets of ``DATASET.MIXTURE`` (``[]``: ``DATASET.NAME``), each built once, restricted to a domain
+    for ``Name/domain`` entries (``federated/mixture.py``)."""
+    specs = [str(s) for s in cfg.DATASET.MIXTURE] or [str(cfg.DATASET.NAME)]
+    if len(set(specs)) != len(specs):
+        raise DataError(f"DATASET.MIXTURE lists a dataset twice: {specs}")
+    built: dict[str, DatasetBase] = {}
+    members = []
+    for spec in specs:
+        try:
+            name, domain = parse_member(spec)
+        except ValueError as err:
+            raise DataError(str(err)) from None
+        if name not in built:
+            if dataset is not None and name == cfg.DATASET.NAME:
+                built[name] = dataset
+            else:
+                member_cfg = cfg.clone()
+                member_cfg.defrost()
+                member_cfg.DATASET.NAME = name
+                built[name] = load_dataset(member_cfg)
+        ds = built[name]
+        train, test = list(ds.train_x), list(ds.test)
+        if domain is not None:
+            d = resolve_domain(ds, domain)
+            train, test = [x for x in train if x.domain == d], [x for x in test if x.domain == d]
+            if not train or not test:
+                raise DataError(f"DATASET.MIXTURE entry '{spec}' has no train or no test item")
+        template_cfg = cfg.clone()
+        template_cfg.defrost()
+        template_cfg.DATASET.NAME = name
+        members.append(Member(spec, list(ds.classnames), train, test, dataset_template(template_cfg)))
+    return members
+
+
+def class_chunk_data(cfg, dataset: DatasetBase | None = None, partition: bool = True) -> FederatedData:
+    """The class-chunk partition of one dataset or a mixture (FedTPG's protocol, ``federated/mixture.py``)."""
+    for key, value in (("SPLIT_FILE", cfg.DATASET.SPLIT_FILE), ("TARGET_DOMAIN", cfg.DATASET.TARGET_DOMAIN)):
+        if value:
+            raise DataError(f"DATASET.{key} is not supported with the class-chunks partition")
+    members = mixture_members(cfg, dataset)
+    try:
+        split = class_chunk_split(members, int(cfg.DATASET.CLASSES_PER_CLIENT), int(cfg.DATASET.NUM_SHOTS),
+                                  int(cfg.SEED), str(cfg.DATASET.SUBSAMPLE_CLASSES),
+                                  bool(cfg.FED.EVAL_BASE_NOVEL))
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    if not partition:  # --eval-only: the saved clients keep their label spaces, but hold no data
+        split.train = [[] for _ in split.train]
+    name = "+".join(m.name for m in members) if len(members) > 1 else members[0].name
+    data = FederatedData(name, list(split.client_classnames[0]), split.train, split.test,
+                         [list(range(len(n))) for n in split.client_classnames], client_domains=split.client_groups,
+                         client_classnames=split.client_classnames, base_sets=split.base, novel_sets=split.novel)
+    data.template = members[0].template
+    data.group_templates = {m.name: m.template for m in members}
     return data
 
 

@@ -17,6 +17,8 @@ PARTITIONS: dict[str, str] = {
     "hierarchical-dirichlet": "hierarchical-dirichlet",
     "noniid-labeldir100": "hierarchical-dirichlet",
     "domain": "domain",
+    "class-chunks": "class-chunks",
+    "fedtpg": "class-chunks",
 }
 
 

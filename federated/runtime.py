@@ -63,7 +63,8 @@ class ClientRuntime:
         self.sequential_reason: str | None = "--reference-mode" if reference else "FED.BATCH_CLIENTS False"
         if cfg.FED.BATCH_CLIENTS and not reference:
             self.sequential_reason = batching_support(trainer) or (
-                None if self.train_cache_enabled else "no training feature cache")
+                None if self.train_cache_enabled else "no training feature cache") or (
+                None if data.client_classnames is None else "each client has its own label space (class-chunks)")
             if self.sequential_reason is None:
                 self.batched = BatchedClients(trainer)
         #: the method's own round protocol (``ROUND_PROTOCOL``; None: local training + aggregation)
@@ -124,6 +125,8 @@ class ClientRuntime:
         method's server information for it."""
         self.trainer.load_state({**download.shared, **personal})
         self.trainer.set_server_information(download.server_information)
+        if self.data.client_classnames is not None:  # class-chunks: the client's own label space
+            self.trainer.set_classnames(self.data.label_space(download.client))
 
     def train(self, round_idx: int, downloads: list[Download], personal: dict[int, State],
               side_wanted: set[int]) -> list[ClientUpdate]:
@@ -201,6 +204,13 @@ class ClientRuntime:
         finally:
             self.trainer.set_classnames(original)
 
+    def split_accuracy(self, split: str) -> float | None:
+        """Accuracy of the loaded state on the ``"base"`` or ``"novel"`` test images: the mean over the
+        datasets of a mixture (each with its own classes), else the single set; None when not measurable."""
+        values = [self.accuracy_on(s.key, s.items, s.classnames) for s in self.data.eval_sets(split)]
+        values = [v for v in values if v is not None]
+        return float(sum(values) / len(values)) if values else None
+
     def evaluate_client(self, download: Download, personal: State, base_novel: bool = True) -> dict:
         """Client ``download.client``'s model on its own test split (``local``, ``macro_f1``; None without
         test items) and, with ``base_novel``, on all base / novel test images. Used by the in-process
@@ -212,8 +222,7 @@ class ClientRuntime:
             metrics = self.trainer.evaluate(self.test_loader(f"local{cid}", self.data.test[cid]), key=f"local{cid}")
             out["local"], out["macro_f1"] = metrics["accuracy"], metrics["macro_f1"]
         if base_novel:
-            out["base"] = self.accuracy_on("base", self.data.base_test, self.data.base_classnames)
-            out["novel"] = self.accuracy_on("novel", self.data.novel_test, self.data.novel_classnames)
+            out["base"], out["novel"] = self.split_accuracy("base"), self.split_accuracy("novel")
         return out
 
     def evaluate_clients(self, downloads: list[Download], personal: dict[int, State]) -> dict[int, dict]:
@@ -239,30 +248,29 @@ class ClientRuntime:
         novel sets. ``personal``: any client's personal tensors (loaded so the state is complete; bypassed).
         Leaves ``global_state`` and ``personal`` loaded in the trainer."""
         trainer, data = self.trainer, self.data
-        if not trainer.has_global_model or (data.base_test is None and data.novel_test is None):
+        if not trainer.has_global_model or not (data.eval_sets("base") or data.eval_sets("novel")):
             return {}
         trainer.load_state({**global_state, **personal})
         with trainer.global_model():
-            base = self.accuracy_on("base", data.base_test, data.base_classnames)
-            novel = self.accuracy_on("novel", data.novel_test, data.novel_classnames)
+            base, novel = self.split_accuracy("base"), self.split_accuracy("novel")
         return {"global_base": base, "global_novel": novel, "global_hm": harmonic_mean(base, novel)}
 
     def evaluate_zero_shot(self, excluded: set[int]) -> dict:
         """Hand-crafted-prompt CLIP on the same evaluation sets (the reference the papers start from),
         every client's test split but those ``excluded``."""
-        t = self.trainer
-        template = self.data.template
+        t, data = self.trainer, self.data
+        domains = data.client_domains or [None] * data.num_users
         local = {}
-        for cid, items in enumerate(self.data.test):
+        for cid, items in enumerate(data.test):
             if items and cid not in excluded:
                 loader = self.test_loader(f"local{cid}", items)
-                local[cid] = t.evaluate_zero_shot(loader, self.data.classnames, template, key=f"local{cid}")["accuracy"]
-        out = {"template": template, "local": float(np.mean(list(local.values()))) if local else None}
+                local[cid] = t.evaluate_zero_shot(loader, data.label_space(cid), data.template_of(domains[cid]),
+                                                  key=f"local{cid}")["accuracy"]
+        out = {"template": data.template, "local": data.local_mean(local)}
         for split in ("base", "novel"):
-            items = getattr(self.data, f"{split}_test")
-            names = getattr(self.data, f"{split}_classnames")
-            out[split] = (t.evaluate_zero_shot(self.test_loader(split, items), names, template, key=split)["accuracy"]
-                          if items else None)
+            values = [t.evaluate_zero_shot(self.test_loader(s.key, s.items), s.classnames, data.template_of(s.group),
+                                           key=s.key)["accuracy"] for s in data.eval_sets(split)]
+            out[split] = float(np.mean(values)) if values else None
         out.update(summaries(out["local"], out["base"], out["novel"]))
         return out
 

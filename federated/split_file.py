@@ -8,7 +8,9 @@ Format (json)::
      "clients": [{"train": [[impath, label], ...], "test": [[impath, label], ...],
                   "classes": [labels], "domain": "photo" or null}, ...]}
 
-Labels are in the label space of ``classnames`` (after base/novel subsampling). ``impath`` is the
+Labels are in the label space of ``classnames`` (after base/novel subsampling); with the class-chunks
+partition each client also lists its own ``classnames``, the label space of its labels (such a split is
+written, not read back). ``impath`` is the
 dataset item's path (or its unique id for in-memory datasets, e.g. ``.../data_batch_1#17``).
 """
 from __future__ import annotations
@@ -37,6 +39,7 @@ def write_split_file(path: str, data, cfg) -> None:
                 "test": [[d.impath, d.label] for d in test],
                 "classes": [int(c) for c in (data.client_classes[i] if i < len(data.client_classes) else [])],
                 "domain": data.client_domains[i] if data.client_domains else None,
+                **({"classnames": data.client_classnames[i]} if data.client_classnames is not None else {}),
             }
             for i, (train, test) in enumerate(zip(data.train, data.test, strict=True))
         ],

@@ -26,7 +26,8 @@ from tools.experiments import Axis, Experiment, Point  # noqa: E402
 from tools.protocols import base2novel  # noqa: E402
 
 DATASETS = ["oxford_pets", "oxford_flowers", "dtd", "caltech101", "food101", "ucf101", "sun397"]
-METHODS = ["ZeroshotCLIP", "PromptFL", "FedOTP", "FedPGP", "FedTV", "PromptFolio", "FedPHA", "pFedMMA", "IVLP", "VPT"]
+METHODS = ["ZeroshotCLIP", "PromptFL", "FedOTP", "FedPGP", "FedTV", "PromptFolio", "FedPHA", "pFedMMA", "IVLP", "VPT",
+           "FedTPG"]
 
 
 def configure(point: Point, toy: bool) -> None:

@@ -304,11 +304,12 @@ def test_client_class_counts():
     ("dirichlet", "dirichlet"), ("noniid-labeldir", "dirichlet"), ("dir", "dirichlet"), ("Dir", "dirichlet"),
     ("iid", "iid"), ("homo", "iid"), ("hierarchical-dirichlet", "hierarchical-dirichlet"),
     ("noniid-labeldir100", "hierarchical-dirichlet"), ("noniid_labeldir100", "hierarchical-dirichlet"),
-    ("domain", "domain"),
+    ("domain", "domain"), ("class-chunks", "class-chunks"), ("class_chunks", "class-chunks"), ("FedTPG", "class-chunks"),
 ])
 def test_partition_aliases(name, canon):
     assert P.canonical_partition(name) == canon
-    assert set(P.PARTITIONS.values()) == {"pathological", "dirichlet", "iid", "hierarchical-dirichlet", "domain"}
+    assert set(P.PARTITIONS.values()) == {"pathological", "dirichlet", "iid", "hierarchical-dirichlet", "domain",
+                                          "class-chunks"}
 
 
 def test_unknown_partition_lists_valid_names():

@@ -25,6 +25,7 @@ SCRIPTS = {
     "flora_iid_noniid": ["--methods", "FLoRA"],
     "flora_cost": ["--methods", "FedFFT", "FLoRA"],
     "celora_communication": [],
+    "table_fedtpg_cross_class": ["--methods", "FedTPG"],
 }
 FAST = ["--toy", "--in-process", "--clip-weights", "none", "--rounds", "1", "FED.ZS_REFERENCE", "False"]
 
@@ -58,8 +59,9 @@ def test_miniature_runs_end_to_end_and_reports(name, tmp_path):
     report = os.path.join(root, "report")
     for ext in ("md", "csv", "tex"):
         assert os.path.getsize(os.path.join(report, f"{exp.table}.{ext}")) > 0
-    for kind in ("rounds", "clients", "bytes"):
-        assert os.path.getsize(os.path.join(report, f"toyworld_{kind}.png")) > 0
+    for dataset in {r.key.get("dataset", "toyworld") for r in runs}:  # toyworld, or e.g. toyworld_mixture
+        for kind in ("rounds", "clients", "bytes"):
+            assert os.path.getsize(os.path.join(report, f"{dataset}_{kind}.png")) > 0
     summary = open(os.path.join(report, "README.md")).read()
     assert f"{len(runs)} of {len(runs)} runs finished" in summary
     # the table's Local cells are the runs' final Local accuracies (mean over the seeds of a cell)

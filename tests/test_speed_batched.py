@@ -77,7 +77,7 @@ def _final_states(tmp_path, trainer: str, batch: bool) -> tuple[dict, dict]:
     return torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True), results
 
 
-BATCHABLE = ["PromptFL", "CoOp", "PromptProx", "KgCoOp", "FedCoCoOp", "FedOTP", "FedPGP", "FedTV",
+BATCHABLE = ["PromptFL", "CoOp", "PromptProx", "KgCoOp", "FedCoCoOp", "FedOTP", "FedPGP", "FedTV", "FedTPG",
              "PromptFolio", "FedPHA"]
 
 

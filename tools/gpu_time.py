@@ -213,6 +213,8 @@ METHOD_COSTS: dict[str, MethodCost] = {name: dataclasses.replace(cost, method=na
     "PromptFL": MethodCost(prompt="shared"),
     "PromptProx": MethodCost(prompt="shared"),
     "KgCoOp": MethodCost(prompt="shared"),
+    # one generated context for all classes (the generator itself costs one small pass over the C names)
+    "FedTPG": MethodCost(prompt="shared"),
     "FedCoCoOp": MethodCost(prompt="shared", per_image=True),
     "FedOTP": MethodCost(per_class=2, personal=True),
     "FedMaPLe": MethodCost(image_trainable=True),

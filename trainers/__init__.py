@@ -9,6 +9,7 @@ from trainers import (  # noqa: F401
     fedotp,
     fedpgp,
     fedpha,
+    fedtpg,
     fedtv,
     flora,
     ivlp,

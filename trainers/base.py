@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from typing import Any
 
 import torch
@@ -70,6 +71,33 @@ def load_frozen_clip(cfg, device: torch.device):
     return _CLIP_CACHE[key]
 
 
+def local_schedule(optim_cfg, epochs: int, round_number: int | None = None):
+    """``(optimiser config, epochs already elapsed)`` of one client's local training of ``epochs`` epochs.
+
+    Default: a schedule over the local epochs alone (``MAX_EPOCH = epochs``, starting at epoch 0), as a
+    fresh per-client scheduler. ``OPTIM.SCHEDULE_OVER_ROUNDS``: one schedule over the whole run
+    (``MAX_EPOCH = ROUND * epochs``) that round ``round_number`` (1-based) enters at epoch
+    ``(round_number - 1) * epochs`` -- FedTPG's per-client cosine over the rounds, stepped once per round
+    (every client trains every round there, so a client's round count is the round number).
+    """
+    cfg = optim_cfg.clone()
+    cfg.defrost()
+    cfg.MAX_EPOCH = int(epochs)
+    elapsed = 0
+    if bool(optim_cfg.get("SCHEDULE_OVER_ROUNDS", False)):
+        cfg.MAX_EPOCH = int(epochs) * max(int(optim_cfg.ROUND), 1)
+        elapsed = int(epochs) * max(int(round_number or 1) - 1, 0)
+    return cfg, elapsed
+
+
+def advance_scheduler(scheduler, epochs: int) -> None:
+    """Step ``scheduler`` ``epochs`` times before training (its optimiser has not stepped yet: no warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(epochs):
+            scheduler.step()
+
+
 class FederatedTrainer(TrainerX):
     """Base of every federated trainer (see the module docstring)."""
 
@@ -90,6 +118,8 @@ class FederatedTrainer(TrainerX):
         check_rules(type(self), cfg)
         self._feature_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._shared_optimizers_built = False
+        #: FED.CLIENT_OPTIMIZER_STATE: client id -> {model name: its optimiser's per-tensor state (momentum)}
+        self._client_optim_states: dict[int, dict[str, dict]] = {}
         super().__init__(cfg, dm=dm, classnames=classnames)
         self.evaluator.verbose = False  # the server logs labelled per-client lines instead of Dassl's blocks
         self.model.to(self.device)
@@ -125,6 +155,11 @@ class FederatedTrainer(TrainerX):
     def shared_optimizer(self) -> bool:
         """``FED.SHARED_OPTIMIZER``: one optimiser for every client and round, as the published codes."""
         return bool(self.cfg.get("FED", {}).get("SHARED_OPTIMIZER", False))
+
+    @property
+    def client_optimizer_state(self) -> bool:
+        """``FED.CLIENT_OPTIMIZER_STATE``: each client keeps its optimiser state (momentum) between rounds."""
+        return bool(self.cfg.get("FED", {}).get("CLIENT_OPTIMIZER_STATE", False))
 
     @property
     def precision(self) -> str:
@@ -261,18 +296,24 @@ class FederatedTrainer(TrainerX):
             return
         self._shared_optimizers_built = self.shared_optimizer
         overrides = self.optim_overrides()
+        round_number = getattr(self, "anomaly_context", {}).get("round")
         for name, module in self._models.items():
             params = [p for p in module.parameters() if p.requires_grad]
             if not params:
                 self.set_optimizer(name, None, None)
                 continue
-            optim_cfg = self.cfg.OPTIM.clone()
-            optim_cfg.defrost()
+            model_optim = self.cfg.OPTIM.clone()
+            model_optim.defrost()
             for key, value in overrides.get(name, {}).items():
-                optim_cfg[key] = value
-            optim_cfg.MAX_EPOCH = epochs
+                model_optim[key] = value
+            optim_cfg, elapsed = local_schedule(model_optim, epochs, round_number)
             optim = build_optimizer(params, optim_cfg)
-            self.set_optimizer(name, optim, build_lr_scheduler(optim, optim_cfg))
+            kept = self._client_optim_states.get(self._client_id(), {}).get(name)
+            if kept is not None:  # the client's momentum of its previous round (its learning rate is the schedule's)
+                optim.load_state_dict({"state": kept, "param_groups": optim.state_dict()["param_groups"]})
+            scheduler = build_lr_scheduler(optim, optim_cfg)
+            advance_scheduler(scheduler, elapsed)
+            self.set_optimizer(name, optim, scheduler)
         if self.device.type == "cuda" and self.precision in ("fp16", "amp"):
             self.scaler = torch.amp.GradScaler("cuda")
 
@@ -291,7 +332,17 @@ class FederatedTrainer(TrainerX):
         self.round_start_shared = {k: params[k].detach().clone() for k in self.shared_keys()}
         self.build_optimizers(epochs)
         history = self.train(0, epochs)
+        if self.client_optimizer_state:
+            import copy
+
+            self._client_optim_states[self._client_id()] = {
+                name: copy.deepcopy(optim.state_dict()["state"]) for name, optim in self._optims.items()
+                if optim is not None}
         return history[-1] if history else {}
+
+    def _client_id(self) -> int | None:
+        """The client being trained (from ``local_train``'s context; None outside it)."""
+        return getattr(self, "anomaly_context", {}).get("client")
 
     # ------------------------------------------------------------------ evaluation
     def set_classnames(self, classnames: list[str]) -> None:

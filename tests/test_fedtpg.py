@@ -1,0 +1,242 @@
+"""FedTPG: the prompt generator (cross-attention by hand, GEGLU, class-name conditioning), its sharing and
+unweighted aggregation, the per-client cosine over the rounds, the class-chunk (mixture) protocol and a
+toy-world run that learns."""
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dassl.data.datasets import Datum
+from dassl.engine import build_trainer
+from federated.aggregation import build_aggregator
+from federated.cli import build_cfg, parse_args
+from federated.data import build_federated_data
+from federated.mixture import Member, chunk_bounds, class_chunk_split, parse_member
+from tests.fedtv_testing import REPO, fast_args
+from tests.toyworld_learning import SHIPPED_WEIGHTS, learning_run
+from trainers.base import local_schedule
+from trainers.cross_attention import GEGLU, CrossAttention
+from trainers.fedtpg import PromptGenerator
+
+
+def _trainer(tmp_path, *opts):
+    cfg = build_cfg(parse_args(fast_args(tmp_path, ["--trainer", "FedTPG", "--rounds", "1"], list(opts))))
+    data = build_federated_data(cfg)
+    return build_trainer(cfg, classnames=data.classnames)
+
+
+# ------------------------------------------------------------------ the generator's pieces by hand
+def _identity_attention(dim: int, heads: int) -> CrossAttention:
+    attn = CrossAttention(dim, dim, heads)
+    with torch.no_grad():
+        for lin in (attn.q, attn.k, attn.v, attn.out):
+            lin.weight.copy_(torch.eye(dim))
+            lin.bias.zero_()
+    return attn
+
+
+def test_cross_attention_by_hand():
+    """One head, identity projections: query (1, 0) over keys (1, 0), (0, 1) with values = keys.
+    Scores (1, 0) / sqrt(2); weights softmax = (e^a, 1) / (e^a + 1), a = 1/sqrt(2); output = the weights."""
+    attn = _identity_attention(2, 1)
+    out = attn(torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    a = math.exp(1 / math.sqrt(2))
+    assert out[0].tolist() == pytest.approx([a / (a + 1), 1 / (a + 1)], abs=1e-6)
+    # two heads of width 1: head 1 sees (1 vs 0) -> weights (e, 1)/(e+1); head 2 sees (0 vs 1) -> (1, e)/(1+e)
+    attn2 = _identity_attention(2, 2)
+    out2 = attn2(torch.tensor([[1.0, 1.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    e = math.e
+    assert out2[0].tolist() == pytest.approx([e / (e + 1), e / (e + 1)], abs=1e-6)
+
+
+def test_cross_attention_equals_torch_multihead_attention():
+    torch.manual_seed(0)
+    dim, kv_dim, heads = 8, 6, 4
+    ours = CrossAttention(dim, kv_dim, heads)
+    ref = torch.nn.MultiheadAttention(dim, heads, kdim=kv_dim, vdim=kv_dim, batch_first=True)
+    with torch.no_grad():
+        ref.q_proj_weight.copy_(ours.q.weight)
+        ref.k_proj_weight.copy_(ours.k.weight)
+        ref.v_proj_weight.copy_(ours.v.weight)
+        ref.in_proj_bias.copy_(torch.cat([ours.q.bias, ours.k.bias, ours.v.bias]))
+        ref.out_proj.weight.copy_(ours.out.weight)
+        ref.out_proj.bias.copy_(ours.out.bias)
+    q, kv = torch.randn(3, dim), torch.randn(5, kv_dim)
+    expected = ref(q[None], kv[None], kv[None], need_weights=False)[0][0]
+    torch.testing.assert_close(ours(q, kv), expected, rtol=1e-5, atol=1e-6)
+    # batched queries (FedMVP: every image's tokens) over shared or per-item keys: each item on its own
+    qb, kvb = torch.randn(2, 3, dim), torch.randn(2, 5, kv_dim)
+    torch.testing.assert_close(ours(qb, kv), torch.stack([ours(qb[0], kv), ours(qb[1], kv)]))
+    torch.testing.assert_close(ours(qb, kvb), torch.stack([ours(qb[0], kvb[0]), ours(qb[1], kvb[1])]))
+
+
+def test_geglu_by_hand():
+    x = torch.tensor([[2.0, -1.0, 1.0, 0.0]])  # halves (2, -1) and gates (1, 0)
+    assert GEGLU()(x)[0].tolist() == pytest.approx([2 * F.gelu(torch.tensor(1.0)).item(), 0.0])
+
+
+def test_generator_shapes_residual_and_set_function():
+    torch.manual_seed(0)
+    gen = PromptGenerator(n_ctx=4, dim=16, name_dim=12, heads=4)
+    names = torch.randn(7, 12)
+    ctx = gen(names)
+    assert ctx.shape == (4, 16)
+    # ctx = FFN(A) + A with A the attention output
+    a = gen.attn(gen.norm_q(gen.queries), gen.norm_kv(names))
+    torch.testing.assert_close(ctx, gen.ffn(a) + a)
+    # attention over the class-name set: the order of the names does not matter, the set does
+    torch.testing.assert_close(gen(names[torch.randperm(7)]), ctx, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(gen(names[:3]), ctx, atol=1e-4)
+    # ViT-B/16's widths: the published generator's parameter count (queries 4x512, 2 LNs, MHA 4x(512x512+512),
+    # FFN LN + 512x4096 + 4096 + 2048x512 + 512)
+    big = PromptGenerator(4, 512, 512, heads=4)
+    expected = 4 * 512 + 2 * 2 * 512 + 4 * (512 * 512 + 512) + 2 * 512 + 512 * 4096 + 4096 + 2048 * 512 + 512
+    assert sum(p.numel() for p in big.parameters()) == expected
+
+
+# ------------------------------------------------------------------ the trainer
+def test_prompt_is_conditioned_on_the_class_names(tmp_path):
+    trainer = _trainer(tmp_path)
+    learner = trainer.model.prompt_learner
+    names = list(trainer.classnames)
+    clip = trainer.model.clip
+    with torch.no_grad():
+        bare = F.normalize(clip.model.encode_text(clip.tokenize(names)).float(), dim=-1)
+        torch.testing.assert_close(learner.names(), bare, rtol=1e-5, atol=1e-5)  # bare names, normalised
+        ctx = learner.context()
+        assert ctx.shape == (4, learner.ctx_dim)
+        torch.testing.assert_close(ctx, learner.generator(bare))
+        text = trainer.model.eval_context()
+        trainer.set_classnames(names[:2])  # another class set: another prompt, for those classes
+        ctx2 = learner.context()
+        assert learner.names().shape[0] == 2 and not torch.allclose(ctx, ctx2, atol=1e-4)
+        text2 = trainer.model.eval_context()
+        assert text2.shape == (2, text.shape[1]) and not torch.allclose(text2, text[:2], atol=1e-4)
+    assert "prompt_learner.names.features" not in trainer.model.state_dict()
+
+
+def test_everything_of_the_generator_is_shared_and_averaged_unweighted(tmp_path):
+    trainer = _trainer(tmp_path)
+    shared = trainer.shared_keys()
+    assert trainer.personal_keys() == []
+    assert shared and all(k.startswith("prompt_learner.generator.") for k in shared)
+    assert "prompt_learner.generator.queries" in shared and len(shared) == len(trainer.trainable_parameters())
+    agg = trainer.build_aggregator()
+    ups = [{"w": torch.tensor([0.0])}, {"w": torch.tensor([3.0])}]
+    out, info = agg(ups, [1, 99])  # data sizes ignored: the plain mean
+    assert out["w"].item() == pytest.approx(1.5) and info["weights"] == [0.5, 0.5]
+    weighted, _ = build_aggregator("fedavg")(ups, [1, 99])
+    assert weighted["w"].item() == pytest.approx(2.97)
+
+
+def test_schedule_over_rounds_is_one_cosine_across_the_rounds(tmp_path):
+    cfg = build_cfg(parse_args(fast_args(tmp_path, ["--trainer", "FedTPG"], [
+        "OPTIM.LR_SCHEDULER", "cosine", "OPTIM.LR", "0.003", "OPTIM.ROUND", "5", "OPTIM.MAX_EPOCH", "1",
+        "OPTIM.SCHEDULE_OVER_ROUNDS", "True"])))
+    from federated.batched import epoch_learning_rates
+
+    lrs = [epoch_learning_rates(cfg.OPTIM, 1, r)[0] for r in range(1, 6)]
+    assert lrs == pytest.approx([0.003 * (1 + math.cos(math.pi * r / 5)) / 2 for r in range(5)])
+    # the trainer's own optimiser (sequential clients) follows the same schedule
+    trainer = build_trainer(cfg, classnames=build_federated_data(cfg).classnames)
+    trainer.anomaly_context = {"round": 4}
+    trainer.build_optimizers(1)
+    assert trainer._optims["model"].param_groups[0]["lr"] == pytest.approx(lrs[3])
+    # off: each round starts the schedule afresh
+    cfg.defrost()
+    cfg.OPTIM.SCHEDULE_OVER_ROUNDS = False
+    assert local_schedule(cfg.OPTIM, 1, 4)[1] == 0 and epoch_learning_rates(cfg.OPTIM, 1, 4) == [0.003]
+
+
+# ------------------------------------------------------------------ the class-chunk (mixture) protocol
+def test_fedtpg_counts_30_clients_on_the_9_datasets_base_classes():
+    # base halves of Caltech101, Flowers102, FGVCAircraft, UCF101, OxfordPets, Food101, DTD, StanfordCars, SUN397
+    base = [50, 51, 50, 51, 19, 51, 24, 98, 199]
+    counts = [len(chunk_bounds(m, 20)) for m in base]
+    assert counts == [2, 3, 2, 3, 1, 3, 1, 5, 10] and sum(counts) == 30
+    assert chunk_bounds(50, 20) == [(0, 20), (20, 50)]  # np.around(2.5) = 2: the last takes the remainder
+    assert chunk_bounds(199, 20)[-1] == (180, 199)
+    assert chunk_bounds(5, 20) == [(0, 5)]  # at least one client per dataset
+
+
+def test_class_chunk_split_by_hand():
+    def items(n_cls, per, tag, split):
+        return [Datum(f"{split}{tag}/{c}/{k}", c, 0, f"{tag}{c}") for c in range(n_cls) for k in range(per)]
+
+    a = Member("A", [f"a{c}" for c in range(8)], items(8, 3, "a", ""), items(8, 2, "a", "test/"))
+    b = Member("B", [f"b{c}" for c in range(4)], items(4, 3, "b", ""), items(4, 2, "b", "test/"))
+    split = class_chunk_split([a, b], per_client=2, shots=2, seed=0)
+    # A: 4 base classes -> clients {a0, a1}, {a2, a3}; B: 2 base classes -> {b0, b1}
+    assert split.client_classnames == [["a0", "a1"], ["a2", "a3"], ["b0", "b1"]]
+    assert split.client_groups == ["A", "A", "B"]
+    for train, test, names in zip(split.train, split.test, split.client_classnames, strict=True):
+        assert sorted({d.label for d in train}) == [0, 1] and len(train) == 4  # 2 shots x 2 classes, own labels
+        assert [names[d.label] for d in test] == [d.classname for d in test] and len(test) == 4
+    assert split.train[1][0].impath.startswith("a/2/") or split.train[1][0].impath.startswith("a/3/")
+    assert [(s.key, len(s.items), s.classnames) for s in split.base] == [
+        ("base:A", 8, ["a0", "a1", "a2", "a3"]), ("base:B", 4, ["b0", "b1"])]
+    assert [s.classnames for s in split.novel] == [["a4", "a5", "a6", "a7"], ["b2", "b3"]]
+    assert all(0 <= d.label < 4 for d in split.novel[0].items)
+    assert a.train[0].label == 0 and len(a.train) == 24  # inputs untouched
+    assert parse_member("ToyWorld/sketch") == ("ToyWorld", "sketch") and parse_member("DTD") == ("DTD", None)
+    with pytest.raises(ValueError, match="Name/domain"):
+        parse_member("ToyWorld/")
+
+
+TOY_MIXTURE = ["--dataset-config-file", os.path.join(REPO, "configs", "datasets", "toyworld_mixture.yaml"),
+               "--num-shots", "2"]
+TOY_SMALL = ["DATASET.TOYWORLD.NUM_CLASSES", "12", "DATASET.CLASSES_PER_CLIENT", "3",
+             "DATASET.TOYWORLD.TRAIN_PER_CLASS", "4", "DATASET.TOYWORLD.TEST_PER_CLASS", "3"]
+
+
+def test_toy_mixture_clients_have_their_own_label_spaces(tmp_path):
+    cfg = build_cfg(parse_args(fast_args(tmp_path, ["--trainer", "FedTPG", *TOY_MIXTURE], TOY_SMALL)))
+    data = build_federated_data(cfg)
+    assert data.num_users == 6 and data.client_domains == ["ToyWorld/photo"] * 2 + ["ToyWorld/sketch"] * 2 + \
+        ["ToyWorld/painting"] * 2
+    assert data.label_space(0) == data.label_space(2) and data.label_space(0) != data.label_space(1)
+    styles = {d.domain for d in data.train[2]}
+    assert len(styles) == 1 and styles != {d.domain for d in data.train[0]}
+    assert [len(s.classnames) for s in data.eval_sets("base")] == [6, 6, 6]
+    assert data.local_mean({0: 10.0, 1: 20.0, 2: 60.0, 3: 60.0, 4: 90.0}) == pytest.approx((15 + 60 + 90) / 3)
+
+
+def test_toy_mixture_run_evaluates_per_dataset(tmp_path):
+    from federated.run import main
+
+    results = main(fast_args(tmp_path, ["--trainer", "FedTPG", "--rounds", "1", *TOY_MIXTURE], TOY_SMALL))
+    final = results["rounds"][-1]
+    assert results["execution"]["batched_clients"] is False  # one label space per client
+    assert set(final["local_per_domain"]) == {"ToyWorld/photo", "ToyWorld/sketch", "ToyWorld/painting"}
+    assert final["local"] == pytest.approx(sum(final["local_per_domain"].values()) / 3)
+    assert final["base"] is not None and final["novel"] is not None
+
+
+# ------------------------------------------------------------------ a toy-world run that learns
+@pytest.mark.skipif(not os.path.isfile(SHIPPED_WEIGHTS), reason="shipped tiny toy-world CLIP weights not built yet")
+def test_toyworld_run_learns(tmp_path):
+    zero_shot, local = learning_run(tmp_path, "FedTPG")
+    assert local[-1] > zero_shot + 5.0
+
+
+def test_client_optimizer_state_carries_each_clients_momentum_to_its_next_round(tmp_path):
+    trainer = _trainer(tmp_path, "FED.CLIENT_OPTIMIZER_STATE", "True", "OPTIM.MOMENTUM", "0.9")
+    dim = trainer.model.prompt_learner.names().shape[1]
+    gen = torch.Generator().manual_seed(0)
+    loader = [{"feat": torch.randn(4, dim, generator=gen), "label": torch.arange(4) % trainer.num_classes}]
+    trainer.local_train(loader, 1, {"client": 0, "round": 1})
+    kept = trainer._client_optim_states[0]["model"]
+    assert kept and all("momentum_buffer" in v for v in kept.values())
+    trainer.anomaly_context = {"client": 0, "round": 2}
+    trainer.build_optimizers(1)
+    state = trainer._optims["model"].state_dict()["state"]
+    for i, v in kept.items():
+        torch.testing.assert_close(state[i]["momentum_buffer"], v["momentum_buffer"])
+    trainer.anomaly_context = {"client": 1, "round": 2}  # another client starts with no momentum
+    trainer.build_optimizers(1)
+    assert trainer._optims["model"].state_dict()["state"] == {}
+    from federated.batched import batching_support
+
+    assert "CLIENT_OPTIMIZER_STATE" in batching_support(trainer)
