@@ -304,7 +304,8 @@ def test_client_class_counts():
     ("dirichlet", "dirichlet"), ("noniid-labeldir", "dirichlet"), ("dir", "dirichlet"), ("Dir", "dirichlet"),
     ("iid", "iid"), ("homo", "iid"), ("hierarchical-dirichlet", "hierarchical-dirichlet"),
     ("noniid-labeldir100", "hierarchical-dirichlet"), ("noniid_labeldir100", "hierarchical-dirichlet"),
-    ("domain", "domain"), ("class-chunks", "class-chunks"), ("class_chunks", "class-chunks"), ("FedTPG", "class-chunks"),
+    ("domain", "domain"), ("class-chunks", "class-chunks"), ("class_chunks", "class-chunks"),
+    ("FedTPG", "class-chunks"),
 ])
 def test_partition_aliases(name, canon):
     assert P.canonical_partition(name) == canon
