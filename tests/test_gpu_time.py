@@ -131,6 +131,16 @@ def test_hand_computed_estimate(costs):
     assert costs.text(5, "bf16", "ViT-B/16") == pytest.approx(20.0)
 
 
+def test_per_example_gradients_cost_a_backward_per_example(costs):
+    """DP-FPL (per-example clipping): the 35-row text pass forward once (1/4 of 20 ms) and the backward of
+    10 cotangents over 350 rows (bf16(350) = 20 + 19 x 300 / 950 = 26 ms, minus its forward 6.5 ms)."""
+    shape = tiny_shape("DPFPL")
+    steps = 2 * 2 + 2
+    per_step = 0.25 * 20.0 + (26.0 - 0.25 * 26.0) + 1.0
+    assert estimate(shape, costs, "fast").train == pytest.approx(steps * per_step / 1000)
+    assert METHOD_COSTS["DPFPL"].per_example and not METHOD_COSTS["DPFPL"].batchable
+
+
 def test_precision_follows_the_config(costs):
     shape = tiny_shape("FedPGP", classes=40)  # 2 x 5 + 2 x 40 x 3 = 250 token rows per client step
     steps = 2 * 2 + 2

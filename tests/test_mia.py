@@ -48,6 +48,16 @@ def test_members_are_the_trained_items_and_non_members_held_out(tmp_path, monkey
         assert 0.5 <= report["attacks"][attack]["best_balanced_accuracy"] <= 1.0
     assert report["privacy"]["guarantee"] and report["client"] == 1
     assert "loss attack AUC" in capsys.readouterr().out
+    # every client, pooled; and the same items scored by the untrained model
+    monkeypatch.setattr(mia, "_per_item", real)
+    assert mia.main([str(run_dir), "--all-clients", "--out", str(tmp_path / "all.json")]) == 0
+    pooled = json.loads((tmp_path / "all.json").read_text())
+    assert pooled["client"] == "all" and len(pooled["clients"]) == len(split)
+    assert pooled["members"] == sum(c["members"] for c in pooled["clients"])
+    assert mia.main([str(run_dir), "--client", "1", "--untrained"]) == 0
+    untrained = json.loads((run_dir / "mia_untrained.json").read_text())
+    assert untrained["round"] == 0 and untrained["members"] == report["members"]
+    assert untrained["attacks"] != report["attacks"]  # another model scored the same items
 
 
 def test_not_a_run_folder_is_one_line(tmp_path, capsys):

@@ -26,6 +26,7 @@ SCRIPTS = {
     "flora_cost": ["--methods", "FedFFT", "FLoRA"],
     "celora_communication": [],
     "table_fedtpg_cross_class": ["--methods", "FedTPG"],
+    "table_dpfpl_privacy": ["--variants", "eps0", "eps0.4"],
 }
 FAST = ["--toy", "--in-process", "--clip-weights", "none", "--rounds", "1", "FED.ZS_REFERENCE", "False"]
 

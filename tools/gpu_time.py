@@ -178,7 +178,9 @@ class MethodCost:
     False when the class text features are fixed (linear head, feature adapters); ``text_weights``: the
     text tower's weights are trained; ``image_trainable``: the image path is prompted / adapted (not
     cacheable: forward+backward every step); ``personal``: clients hold different models (evaluated one
-    by one); ``trains``: False for zero-shot (one evaluation round). Whether its clients can be batched
+    by one); ``trains``: False for zero-shot (one evaluation round); ``per_example``: the fast path's backward
+    is one vector-Jacobian product per example (DP-SGD's per-example gradients, batched: ``B x`` the rows;
+    the forward once). Whether its clients can be batched
     is the trainer's own declaration (``SEQUENTIAL``, :attr:`batchable`).
     """
 
@@ -192,6 +194,7 @@ class MethodCost:
     image_trainable: bool = False
     personal: bool = False
     trains: bool = True
+    per_example: bool = False
     method: str = ""
 
     @property
@@ -234,6 +237,9 @@ METHOD_COSTS: dict[str, MethodCost] = {name: dataclasses.replace(cost, method=na
     # shallow visual prompt tokens: a ViT pass with backward per step; IVLP's text context shares its prefix
     "IVLP": MethodCost(prompt="shared", image_trainable=True),
     "VPT": MethodCost(prompt="full", text_per_step=False, image_trainable=True),
+    # one context (global + U V + R); private runs backpropagate every example separately (per-example
+    # clipping; the published code clips the batch mean: one backward); clients one after another (FedSGD)
+    "DPFPL": MethodCost(prompt="shared", personal=True, per_example=True),
 }.items()}
 
 
@@ -409,17 +415,29 @@ def _cost_precision(shape: RunShape, mode: str) -> str:
     return "fp32" if mode == "reference" or shape.precision == "fp32" else "bf16"
 
 
+def _text_step_ms(shape: RunShape, costs: Costs, rows: float, precision: str) -> float:
+    """ms of a training step's text pass over ``rows`` token rows: forward + backward, or with ``per_example``
+    (both modes: the method computes per-example gradients however it is run) the forward once and the
+    backward of ``B`` cotangents (``B x rows``)."""
+    bb = shape.backbone
+    if not shape.cost.per_example:
+        return costs.text(rows, precision, bb)
+    wide = rows * shape.batch
+    return (costs.text(rows, precision, bb, forward_only=True) + costs.text(wide, precision, bb)
+            - costs.text(wide, precision, bb, forward_only=True))
+
+
 def _step_ms(shape: RunShape, costs: Costs, mode: str, clients: int) -> float:
     """ms of one training step of ``clients`` clients trained together (1: one client alone)."""
     p, bb, c = shape.cost, shape.backbone, shape.classes
     prec = _cost_precision(shape, mode)
     if mode == "reference":
         passes = p.ref_passes * (shape.batch if p.per_image else 1)
-        text = passes * costs.text(text_rows(shape, mode, c), "fp32", bb) if p.text_per_step else 0.0
+        text = passes * _text_step_ms(shape, costs, text_rows(shape, mode, c), "fp32") if p.text_per_step else 0.0
         image = costs.image(shape.batch, "fp32", bb, backward=p.image_trainable)
     else:
         rows = text_rows(shape, mode, c, p.context_sets * clients, shape.batch)
-        text = costs.text(rows, prec, bb) if p.text_per_step else 0.0
+        text = _text_step_ms(shape, costs, rows, prec) if p.text_per_step else 0.0
         image = costs.image(shape.batch * clients, prec, bb, backward=True) if p.image_trainable else 0.0
     if p.text_weights:
         text *= costs.text_weight_grad_factor

@@ -2,6 +2,8 @@
 
     python -m tools.mia RUN_DIR                 # the client with the most training data
     python -m tools.mia RUN_DIR --client 2 --out mia_client2.json
+    python -m tools.mia RUN_DIR --all-clients   # every client, and their pooled scores
+    python -m tools.mia RUN_DIR --untrained     # the same items scored by the untrained model (a baseline)
 
 The run's own config, split (``split.json``) and final checkpoint are read back, so the target
 client's model is exactly the one the run trained:
@@ -17,8 +19,12 @@ personalised model with the test transform; two threshold attacks score it (high
 
 For each attack: the ROC AUC (Mann-Whitney, ties counted half) and the best balanced accuracy over
 all thresholds (an optimistic figure: the threshold is chosen on the evaluated items themselves).
-0.5 = no leakage. The report (``RUN_DIR/mia.json`` unless ``--out``) also holds the run's
-``privacy`` record. Exit status 2 with one line on stderr for a folder that is not a finished run.
+0.5 = no leakage. ``--all-clients`` attacks every client (each against its own model) and adds the
+AUC of all clients' scores pooled. ``--untrained`` scores the same items with the model the run started
+from (no training data seen): what an attack gets from the items alone (e.g. held-out items that are
+harder), the baseline to compare a trained model's AUC with. The report (``RUN_DIR/mia.json``, with
+``--untrained`` ``RUN_DIR/mia_untrained.json``, unless ``--out``) also holds the run's ``privacy`` record.
+Exit status 2 with one line on stderr for a folder that is not a finished run.
 """
 from __future__ import annotations
 
@@ -64,6 +70,7 @@ def _load_run(run_dir: str):
     import datasets  # noqa: F401  (registers the datasets)
     import trainers  # noqa: F401  (registers the trainers)
     from dassl.engine import build_trainer
+    from dassl.utils import set_random_seed
     from federated.checkpoint import load_checkpoint
     from federated.data import build_federated_data
 
@@ -77,6 +84,7 @@ def _load_run(run_dir: str):
     cfg = CN(results["config"])
     cfg.DATASET.SPLIT_FILE = split_path
     cfg.OUTPUT_DIR = run_dir
+    set_random_seed(int(cfg.SEED))  # as the run: its initial (untrained) prompts are drawn again
     data = build_federated_data(cfg)
     trainer = build_trainer(cfg, classnames=data.classnames)
     ckpt = load_checkpoint(run_dir, trainer, data.num_users)
@@ -104,13 +112,8 @@ def _per_item(cfg, trainer, items) -> tuple[np.ndarray, np.ndarray]:
     return torch.cat(losses).numpy(), torch.cat(probs).numpy()
 
 
-def evaluate(run_dir: str, client: int | None = None, seed: int = 0) -> dict:
-    """The membership-inference report of ``run_dir`` (module docstring)."""
-    cfg, results, data, trainer, ckpt = _load_run(run_dir)
-    sizes = [len(items) for items in data.train]
-    cid = int(np.argmax(sizes)) if client is None else int(client)
-    if not 0 <= cid < data.num_users:
-        raise ConfigError(f"--client {cid}: the run has clients 0..{data.num_users - 1}")
+def _client_scores(cfg, data, trainer, ckpt, cid: int, seed: int, untrained: dict | None) -> dict:
+    """Balanced members / non-members of client ``cid`` and their losses and true-label probabilities."""
     members, held_out = list(data.train[cid]), list(data.test[cid])
     if not members or not held_out:
         raise DataError(f"client {cid} has {len(members)} training and {len(held_out)} test items: both are needed")
@@ -118,18 +121,53 @@ def evaluate(run_dir: str, client: int | None = None, seed: int = 0) -> dict:
     n = min(len(members), len(held_out))
     members = [members[i] for i in sorted(rng.choice(len(members), n, replace=False))]
     held_out = [held_out[i] for i in sorted(rng.choice(len(held_out), n, replace=False))]
-    client_global = {int(k): v for k, v in ckpt.get("client_global", {}).items()}
-    trainer.load_state({**client_global.get(cid, ckpt["global"]), **ckpt["personal"][cid]})
+    if untrained is not None:
+        trainer.load_state(untrained)
+    else:
+        client_global = {int(k): v for k, v in ckpt.get("client_global", {}).items()}
+        trainer.load_state({**client_global.get(cid, ckpt["global"]), **ckpt["personal"][cid]})
     loss_in, prob_in = _per_item(cfg, trainer, members)
     loss_out, prob_out = _per_item(cfg, trainer, held_out)
-    return {
-        "run": os.path.abspath(run_dir), "trainer": cfg.TRAINER.NAME, "round": int(ckpt["round"]), "client": cid,
-        "members": n, "non_members": n,
+    return {"client": cid, "members": n, "non_members": n, "loss_in": loss_in, "loss_out": loss_out,
+            "prob_in": prob_in, "prob_out": prob_out}
+
+
+def _attacks(s: dict) -> dict:
+    return {"loss": attack_summary(-s["loss_in"], -s["loss_out"]),
+            "confidence": attack_summary(s["prob_in"], s["prob_out"])}
+
+
+def evaluate(run_dir: str, client: int | None = None, seed: int = 0, all_clients: bool = False,
+             untrained: bool = False) -> dict:
+    """The membership-inference report of ``run_dir`` (module docstring)."""
+    cfg, results, data, trainer, ckpt = _load_run(run_dir)
+    sizes = [len(items) for items in data.train]
+    cid = int(np.argmax(sizes)) if client is None else int(client)
+    if not 0 <= cid < data.num_users:
+        raise ConfigError(f"--client {cid}: the run has clients 0..{data.num_users - 1}")
+    start = ({**trainer.get_state(trainer.shared_keys()), **trainer.initial_personal_state(cid)}
+             if untrained else None)
+    targets = [c for c in range(data.num_users) if data.train[c] and data.test[c]] if all_clients else [cid]
+    scores = [_client_scores(cfg, data, trainer, ckpt, c, seed, start) for c in targets]
+    report = {
+        "run": os.path.abspath(run_dir), "trainer": cfg.TRAINER.NAME, "round": 0 if untrained else int(ckpt["round"]),
+        "model": "untrained (the run's initial state)" if untrained else "the run's final checkpoint",
         "member_source": "the client's training items", "non_member_source": "the client's test items (same classes)",
-        "mean_loss": {"members": float(loss_in.mean()), "non_members": float(loss_out.mean())},
-        "attacks": {"loss": attack_summary(-loss_in, -loss_out), "confidence": attack_summary(prob_in, prob_out)},
+        "clients": [{"client": s["client"], "members": s["members"], "non_members": s["non_members"],
+                     "mean_loss": {"members": float(s["loss_in"].mean()), "non_members": float(s["loss_out"].mean())},
+                     "attacks": _attacks(s)} for s in scores],
         "privacy": results.get("privacy"),
     }
+    first = report["clients"][0]
+    report.update(client=first["client"], members=first["members"], non_members=first["non_members"],
+                  attacks=first["attacks"], mean_loss=first["mean_loss"])
+    if all_clients:
+        pooled = {k: np.concatenate([s[k] for s in scores]) for k in ("loss_in", "loss_out", "prob_in", "prob_out")}
+        report.update(client="all", members=int(len(pooled["loss_in"])), non_members=int(len(pooled["loss_out"])),
+                      attacks=_attacks(pooled),
+                      mean_client_auc={a: float(np.mean([c["attacks"][a]["auc"] for c in report["clients"]]))
+                                       for a in ("loss", "confidence")})
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,17 +176,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--client", type=int, default=None, help="target client (default: the most training items)")
     p.add_argument("--out", default=None, help="report path (default RUN_DIR/mia.json)")
     p.add_argument("--seed", type=int, default=0, help="seed of the balancing subsample")
+    p.add_argument("--all-clients", action="store_true", help="attack every client; pooled AUC as well")
+    p.add_argument("--untrained", action="store_true", help="score with the run's initial (untrained) model")
     args = p.parse_args(argv)
     try:
-        report = evaluate(args.run_dir, args.client, args.seed)
+        report = evaluate(args.run_dir, args.client, args.seed, args.all_clients, args.untrained)
     except (ConfigError, DataError, CheckpointError, OutputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = args.out or os.path.join(args.run_dir, "mia.json")
+    out = args.out or os.path.join(args.run_dir, "mia_untrained.json" if args.untrained else "mia.json")
     with open(out, "w") as f:
         json.dump(report, f, indent=2)
     a = report["attacks"]
-    print(f"client {report['client']}, {report['members']} members / {report['non_members']} non-members: "
+    print(f"{report['model']}: client {report['client']}, {report['members']} members / "
+          f"{report['non_members']} non-members: "
           f"loss attack AUC {a['loss']['auc']:.3f} (best balanced accuracy {a['loss']['best_balanced_accuracy']:.3f}), "
           f"confidence attack AUC {a['confidence']['auc']:.3f}; report: {out}")
     return 0

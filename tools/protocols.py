@@ -83,3 +83,12 @@ def flora_setting(point: Point, toy: bool, partition: str, shots: int = 0, beta:
         flags["--beta"] = str(beta)
     point.flags.update(_toy_or(toy, flags, {"--num-users": "3", "--rounds": "2", "--num-shots": "4"}))
     point.opts += ["TEST.EVAL_FREQ", "1"]  # every round (the CIFAR yamls' Table 5 protocol says 10)
+
+
+def dpfpl_setting(point: Point, toy: bool) -> None:
+    """DP-FPL's setting: 10 clients, all sampled, 100 rounds of synchronous FedSGD (1 pass per round), every
+    training image, all classes on a pathological split, batch 32."""
+    point.flags.update(_toy_or(toy, {
+        "--num-users": "10", "--frac": "1", "--rounds": "100", "--local-epochs": "1", "--num-shots": "0",
+        "--train-batch-size": "32", "--subsample": "all", "--partition": "pathological",
+    }, {"--num-users": "3", "--rounds": "2", "--num-shots": "4", "--train-batch-size": "8"}))

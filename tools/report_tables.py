@@ -301,4 +301,6 @@ TABLES: dict[str, tuple[Callable[[list[RunRecord]], list[Block]], str]] = {
     "flora": (flora, "local"),
     "cost": (cost, "local"),
     "communication": (communication, "local"),
+    "dpfpl_privacy": (lambda runs: per_dataset(runs, "variant", "dpfpl_privacy",
+                                               "DP-FPL: Local accuracy per privacy budget"), "local"),
 }
