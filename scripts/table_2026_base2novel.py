@@ -7,7 +7,7 @@ pathological split of the base classes, 16 shots, batch 16, 25 rounds of 2 local
 method, so the rows are comparable; each method's own hyper-parameters (learning rate, prompt
 lengths, theta, adapter sizes ...) come from ``configs/trainers/<METHOD>/<backbone>.yaml``. The
 methods' papers used other schedules (PromptFolio 10 rounds x 5 epochs, FedPHA 50 x 1, pFedMMA 100 x 1,
-FedMGP's code base -- IVLP, VPT -- 10 x 2 with batch 8):
+FedMGP and its code base's IVLP, VPT 10 x 2 with batch 8):
 pass ``--rounds`` / ``--local-epochs`` overrides for a method's own schedule. Reported: Local (each
 client's own classes), Base, Novel and HM = 2BN/(B+N). Datasets: FedPGP Table 1's five plus UCF101 and
 SUN397 (pFedMMA's base-to-new set). IVLP and VPT are the prompted-image-tower baselines of FedMGP's tables.
@@ -16,7 +16,7 @@ SUN397 (pFedMMA's base-to-new set). IVLP and VPT are the prompted-image-tower ba
     python scripts/table_2026_base2novel.py --toy --report         # the miniature on the toy world
     python -m tools.report output/table_2026 --table base2novel --out output/table_2026/report
 
-FedMGP and pFedMoAP are not rows yet (they need a method-specific server step).
+pFedMoAP is not a row yet.
 """
 import os
 import sys
@@ -26,8 +26,8 @@ from tools.experiments import Axis, Experiment, Point  # noqa: E402
 from tools.protocols import base2novel  # noqa: E402
 
 DATASETS = ["oxford_pets", "oxford_flowers", "dtd", "caltech101", "food101", "ucf101", "sun397"]
-METHODS = ["ZeroshotCLIP", "PromptFL", "FedOTP", "FedPGP", "FedTV", "PromptFolio", "FedPHA", "pFedMMA", "IVLP", "VPT",
-           "FedTPG"]
+METHODS = ["ZeroshotCLIP", "PromptFL", "FedOTP", "FedPGP", "FedTV", "PromptFolio", "FedPHA", "pFedMMA", "FedMGP",
+           "IVLP", "VPT", "FedTPG"]
 
 
 def configure(point: Point, toy: bool) -> None:
@@ -39,7 +39,7 @@ EXPERIMENT = Experiment(
     table="base2novel", title="Methods of 2024-2026: base-to-novel generalisation (Local / Base / Novel / HM)",
     axes=[Axis("datasets", DATASETS, ["toyworld"], "dataset configs (configs/datasets/*.yaml)", free=True),
           Axis("methods", METHODS, ["ZeroshotCLIP", "PromptFL", "FedPGP", "PromptFolio", "FedPHA", "pFedMMA",
-                                     "IVLP", "VPT"], "trainers"),
+                                     "FedMGP", "IVLP", "VPT"], "trainers"),
           Axis("seeds", ["1", "2", "3"], ["1", "2"], "seeds", free=True)],
     configure=configure, default_output="output/table_2026_base2novel", description=__doc__)
 

@@ -177,7 +177,8 @@ class MethodCost:
     published as ``B`` passes of ``C``); ``text_per_step``:
     False when the class text features are fixed (linear head, feature adapters); ``text_weights``: the
     text tower's weights are trained; ``image_trainable``: the image path is prompted / adapted (not
-    cacheable: forward+backward every step); ``personal``: clients hold different models (evaluated one
+    cacheable: forward+backward every step); ``image_passes``: prompted sequences per image (FedMGP: its G
+    visual groups, one pass over G x B sequences); ``personal``: clients hold different models (evaluated one
     by one); ``trains``: False for zero-shot (one evaluation round); ``per_example``: the fast path's backward
     is one vector-Jacobian product per example (DP-SGD's per-example gradients, batched: ``B x`` the rows;
     the forward once). Whether its clients can be batched
@@ -192,6 +193,7 @@ class MethodCost:
     text_per_step: bool = True
     text_weights: bool = False
     image_trainable: bool = False
+    image_passes: int = 1
     personal: bool = False
     trains: bool = True
     per_example: bool = False
@@ -240,6 +242,9 @@ METHOD_COSTS: dict[str, MethodCost] = {name: dataclasses.replace(cost, method=na
     # one context (global + U V + R); private runs backpropagate every example separately (per-example
     # clipping; the published code clips the batch mean: one backward); clients one after another (FedSGD)
     "DPFPL": MethodCost(prompt="shared", personal=True, per_example=True),
+    # 5 text context sets in one shared-prefix pass, 5 visual groups in one ViT pass over 5 x B sequences
+    "FedMGP": MethodCost(prompt="shared", context_sets=5, ref_passes=5, image_trainable=True, image_passes=5,
+                         personal=True),
 }.items()}
 
 
@@ -434,24 +439,26 @@ def _step_ms(shape: RunShape, costs: Costs, mode: str, clients: int) -> float:
     if mode == "reference":
         passes = p.ref_passes * (shape.batch if p.per_image else 1)
         text = passes * _text_step_ms(shape, costs, text_rows(shape, mode, c), "fp32") if p.text_per_step else 0.0
-        image = costs.image(shape.batch, "fp32", bb, backward=p.image_trainable)
+        image = costs.image(shape.batch * p.image_passes, "fp32", bb, backward=p.image_trainable)
     else:
         rows = text_rows(shape, mode, c, p.context_sets * clients, shape.batch)
         text = _text_step_ms(shape, costs, rows, prec) if p.text_per_step else 0.0
-        image = costs.image(shape.batch * clients, prec, bb, backward=True) if p.image_trainable else 0.0
+        image = (costs.image(shape.batch * clients * p.image_passes, prec, bb, backward=True) if p.image_trainable
+                 else 0.0)
     if p.text_weights:
         text *= costs.text_weight_grad_factor
     return text + image + costs.step_overhead_ms
 
 
-def _eval_ms(shape: RunShape, costs: Costs, mode: str, sets: list[EvalSet]) -> float:
+def _eval_ms(shape: RunShape, costs: Costs, mode: str, sets: list[EvalSet], zero_shot: bool = False) -> float:
     p, bb = shape.cost, shape.backbone
     prec = _cost_precision(shape, mode)
+    passes = 1 if zero_shot else p.image_passes
     ms = 0.0
     for s in sets:
         per_model = costs.text(text_rows(shape, mode, s.classes, images=s.images), prec, bb, forward_only=True)
         if mode == "reference" or p.image_trainable:
-            per_model += costs.image(s.images, prec, bb)
+            per_model += costs.image(s.images * passes, prec, bb)
         ms += s.models * per_model
     return ms
 
@@ -476,8 +483,8 @@ def estimate(shape: RunShape, costs: Costs, mode: str, batch_clients: bool | Non
             steps = [shape.steps(n) for n in sizes]
             train_ms += (max(steps) * _step_ms(shape, costs, mode, k) if batched
                          else sum(steps) * _step_ms(shape, costs, mode, 1))
-    eval_ms = shape.eval_rounds * _eval_ms(shape, costs, mode, shape.eval_sets) + _eval_ms(shape, costs, mode,
-                                                                                         shape.zero_shot)
+    eval_ms = (shape.eval_rounds * _eval_ms(shape, costs, mode, shape.eval_sets)
+               + _eval_ms(shape, costs, mode, shape.zero_shot, zero_shot=True))
     cache_ms = 0.0
     if mode == "fast" and not p.image_trainable:
         train_images = sum(shape.client_images) * shape.cache_views if p.trains else 0.0

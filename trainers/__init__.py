@@ -6,6 +6,7 @@ from trainers import (  # noqa: F401
     dpfpl,
     feature_heads,
     fedmaple,
+    fedmgp,
     fedotp,
     fedpgp,
     fedpha,

@@ -338,7 +338,13 @@ class FederatedTrainer(TrainerX):
             self._client_optim_states[self._client_id()] = {
                 name: copy.deepcopy(optim.state_dict()["state"]) for name, optim in self._optims.items()
                 if optim is not None}
+        self.finish_local_training(self.anomaly_context)
         return history[-1] if history else {}
+
+    def finish_local_training(self, context: dict) -> None:
+        """Called after a client's local training, before its state is read (``context``: ``client``, 1-based
+        ``round``); default nothing. A method that decides after training what it uploads (FedMGP's group
+        sampling) does it here; the batched engine does not call it, so such a method declares ``SEQUENTIAL``."""
 
     def _client_id(self) -> int | None:
         """The client being trained (from ``local_train``'s context; None outside it)."""

@@ -97,16 +97,28 @@ def text_prompts(transformer: nn.Module, deep: Sequence[torch.Tensor]) -> Iterat
 @contextlib.contextmanager
 def vision_prompts(visual: nn.Module, first: torch.Tensor, deep: Sequence[torch.Tensor]) -> Iterator[None]:
     """Within the block, the ViT ``visual`` runs with ``first`` ``(n, d_vis)`` appended to its input tokens
-    and ``deep[k]`` replacing those ``n`` tokens at the input of block ``k+1``."""
+    and ``deep[k]`` replacing those ``n`` tokens at the input of block ``k+1``.
+
+    ``first`` ``(G, n, d_vis)`` (G prompt sets, shallow only): the embedded batch ``(B, 1 + P, d_vis)`` is
+    repeated G times (set-major: sequence ``g * B + b`` is image ``b`` with set ``g``), so one tower pass
+    gives ``(G * B, D)`` and the images' patch embedding is computed once."""
     check_token_vit(visual, "vision prompts")
     _check_depth(visual.transformer, deep, "vision")
-    n = first.shape[0]
+    if first.dim() == 3 and deep:
+        raise ValueError("several vision prompt sets are supported for shallow prompts only")
+    n = first.shape[-2]
     if any(p.shape[0] != n for p in deep):
         raise ValueError("every vision prompt must have the same number of tokens")
 
     def append(_module, args):
         x = args[0]  # (B, 1 + P, d_vis), batch first (open_clip's embedding stage)
-        return (torch.cat([x, first.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)], dim=1), *args[1:])
+        batch = x.shape[0]
+        if first.dim() == 3:
+            x = x.repeat(first.shape[0], 1, 1)
+            prompts = first.to(x.dtype).repeat_interleave(batch, dim=0)  # (G * B, n, d_vis)
+        else:
+            prompts = first.to(x.dtype).unsqueeze(0).expand(batch, -1, -1)
+        return (torch.cat([x, prompts], dim=1), *args[1:])
 
     with _hooks([(visual.ln_pre, append), *deep_prompt_hooks(visual.transformer, deep, start=-n)]):
         yield

@@ -16,9 +16,10 @@ FedMGP). Image features depend on the trainable state, so
 * training steps run the prompted ViT with gradient to the prompts; evaluation runs it without.
 
 What the frozen tower would still allow to reuse is the patch embedding (``conv1`` + class token +
-positional embedding), which precedes the prompt insertion; it is not cached: for ViT-B/16 it is about
-0.7 % of the tower's multiply-adds (196 x 768 x 768 of about 17.6 G), and training images are augmented
-afresh every step.
+positional embedding), which precedes the prompt insertion. Across steps it is not cached: for ViT-B/16 it
+is about 0.7 % of the tower's multiply-adds (196 x 768 x 768 of about 17.6 G), and training images are
+augmented afresh every step. Within a step, several prompt sets (FedMGP's groups) share it: one tower pass
+embeds the images once and runs the G prompted copies of the sequence together.
 """
 from __future__ import annotations
 
@@ -30,23 +31,29 @@ from trainers.image_tokens import check_token_vit
 
 
 class VisualPrompt(nn.Module):
-    """``ctx`` ``(n, d_vis)``: ``n`` visual prompt tokens for the ViT ``visual`` (N(0, 0.02))."""
+    """``ctx`` ``(n, d_vis)``: ``n`` visual prompt tokens for the ViT ``visual`` (N(0, 0.02)); with ``groups``
+    G: ``(G, n, d_vis)``, G sets of them (FedMGP's visual prompt groups)."""
 
-    def __init__(self, visual: nn.Module, n_tokens: int, purpose: str = "visual prompt tokens"):
+    def __init__(self, visual: nn.Module, n_tokens: int, purpose: str = "visual prompt tokens",
+                 groups: int | None = None):
         super().__init__()
         check_token_vit(visual, purpose)
         if int(n_tokens) < 1:
             raise ValueError(f"{purpose}: the number of visual prompt tokens must be >= 1, got {n_tokens}")
-        width = int(visual.transformer.width)
-        device = visual.conv1.weight.device
-        self.ctx = nn.Parameter(torch.empty(int(n_tokens), width, device=device).normal_(std=0.02))
+        shape = (int(n_tokens), int(visual.transformer.width))
+        shape = shape if groups is None else (int(groups), *shape)
+        self.ctx = nn.Parameter(torch.empty(shape, device=visual.conv1.weight.device).normal_(std=0.02))
 
 
 def prompted_image_features(visual: nn.Module, images: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
-    """Image features ``(B, D)`` of ``images`` ``(B, 3, H, W)`` with the tokens ``ctx`` ``(n, d_vis)`` appended
-    to the ViT's input sequence (see the module docstring); with gradient to ``ctx`` when enabled."""
+    """Image features of ``images`` ``(B, 3, H, W)`` with the tokens ``ctx`` appended to the ViT's input
+    sequence (see the module docstring); with gradient to ``ctx`` when enabled.
+
+    ``ctx`` ``(n, d_vis)`` -> ``(B, D)``; ``ctx`` ``(G, n, d_vis)`` -> ``(G, B, D)``, the G prompt sets in one
+    tower pass over ``G * B`` sequences (the images' patch embedding computed once)."""
     with vision_prompts(visual, ctx, []):
-        return visual(images)
+        out = visual(images)
+    return out if ctx.dim() == 2 else out.view(ctx.shape[0], images.shape[0], -1)
 
 
 class PromptedImageTower:
