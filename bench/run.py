@@ -45,6 +45,8 @@ SIZES = {
     "paper": {"backbone": "ViT-B/16", "weights": "none", "clients": 10, "classes": 100, "shots": 16, "epochs": 2,
               "batch": 32, "rounds": 4, "input": 224},
 }
+#: Config overrides of a trainer's measured runs: DP-FPL is measured private (per-example gradients, noise).
+TRAINER_OPTS = {"DPFPL": ["TRAINER.DPFPL.EPSILON", "8"]}
 SCALING = {"cpu": {"clients": [10, 100, 1000], "classes": [10, 100, 1000]},
            "paper": {"clients": [10, 100, 1000], "classes": [10, 100, 1000]}}
 
@@ -76,7 +78,7 @@ def experiment_argv(spec: dict, trainer: str, reference: bool, out_dir: str, dev
         argv += ["INPUT.SIZE", f"({spec['input']}, {spec['input']})"]
     if device == "cuda" and not reference:
         argv += [f"TRAINER.{node}.PREC", fast_prec]
-    return argv
+    return argv + TRAINER_OPTS.get(trainer, [])
 
 
 def measure_experiment(job: dict) -> dict:

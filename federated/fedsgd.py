@@ -30,7 +30,7 @@ import torch
 from dassl.optim import build_optimizer
 from trainers.privacy import (
     combined_multiplier,
-    epsilon_spent,
+    epsilon_of_history,
     gaussian_noise_like,
     noise_multiplier_for,
     published_noise_multiplier,
@@ -73,26 +73,39 @@ class PrivacyPlan:
                    accountant=str(tcfg.ACCOUNTANT), clip_norm=float(tcfg.CLIP_NORM), target_epsilon=eps,
                    accounted=accounted)
 
-    def report(self, rounds_done: int) -> dict:
+    def report(self, rounds_done: int, previous: dict | None = None) -> dict:
         """The privacy record after ``rounds_done`` rounds (``results.json`` ``privacy``): epsilon of the
         global prompt's mechanism, of the low-rank factors' and of the personalised model (both), at
-        ``delta`` (``null``: no guarantee; ``inf``-free: no noise is reported as ``private False``)."""
-        steps = rounds_done * self.steps_per_round
-        sigma = self.noise_multiplier
-        private = sigma > 0
+        ``delta``; ``null`` and ``guarantee False`` when there is no accounted guarantee.
 
-        def eps(multiplier: float) -> float | None:
-            if not (private and self.accounted):
+        ``previous``: the record of the rounds before (a resumed run: its checkpoint's record). Its
+        ``segments`` ``[noise multiplier, sample rate, steps]`` are kept and this plan's steps appended, so a
+        run resumed with another noise multiplier (more rounds recalibrate ``EPSILON``) composes both."""
+        previous = previous or {}
+        segments = [list(seg) for seg in previous.get("segments", [])]
+        new_steps = rounds_done * self.steps_per_round - sum(seg[2] for seg in segments)
+        sigma, rate = self.noise_multiplier, self.sample_rate
+        if new_steps > 0:
+            if segments and segments[-1][:2] == [sigma, rate]:
+                segments[-1][2] += new_steps
+            else:
+                segments.append([sigma, rate, new_steps])
+        private = sigma > 0
+        guarantee = private and self.accounted and all(seg[0] > 0 for seg in segments) and \
+            previous.get("guarantee", True) is not False
+
+        def eps(combine: bool) -> float | None:
+            if not guarantee:
                 return None
-            return epsilon_spent(multiplier, self.sample_rate, steps, self.delta, self.accountant)
+            history = [(combined_multiplier(m, m) if combine else m, q, n) for m, q, n in segments]
+            return epsilon_of_history(history, self.delta, self.accountant)
 
         return {"private": private, "unit": "example", "accountant": self.accountant if self.accounted else None,
-                "noise_multiplier": sigma, "clip_norm": self.clip_norm, "sample_rate": self.sample_rate,
-                "steps": steps, "steps_per_round": self.steps_per_round, "delta": self.delta,
-                "target_epsilon": self.target_epsilon or None,
-                "epsilon_global": eps(sigma), "epsilon_local": eps(sigma),
-                "epsilon_personalised_model": eps(combined_multiplier(sigma, sigma)),
-                "guarantee": bool(private and self.accounted)}
+                "noise_multiplier": sigma, "clip_norm": self.clip_norm, "sample_rate": rate,
+                "steps": sum(seg[2] for seg in segments), "steps_per_round": self.steps_per_round,
+                "delta": self.delta, "target_epsilon": self.target_epsilon or None, "segments": segments,
+                "epsilon_global": eps(False), "epsilon_local": eps(False),
+                "epsilon_personalised_model": eps(True), "guarantee": bool(guarantee)}
 
 
 def noisy_average(grads: list[torch.Tensor], sigma: float, clip_norm: float, batch_size: int,
@@ -119,8 +132,9 @@ class FedSGDProtocol:
         self.plan = PrivacyPlan.for_run(self.trainer.tcfg, [len(items) for items in runtime.data.train],
                                         self.batch_size, int(cfg.OPTIM.ROUND))
 
-    def report(self, rounds_done: int) -> dict:
-        return self.plan.report(rounds_done)
+    def report(self, rounds_done: int, previous: dict | None = None) -> dict:
+        """``PrivacyPlan.report`` of this run's plan."""
+        return self.plan.report(rounds_done, previous)
 
     def _client_data(self, cid: int, round_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Client ``cid``'s training features ``(n, D)`` and labels ``(n,)`` of this round (one view each)."""

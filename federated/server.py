@@ -64,7 +64,7 @@ class FederatedServer:
                 record.update(self.evaluate(state))
             record["seconds"] = time.time() - started
             if rt.protocol is not None:
-                c.writer.results["privacy"] = rt.protocol.report(r + 1)
+                c.writer.results["privacy"] = rt.protocol.report(r + 1, c.writer.results.get("privacy"))
             c.end_round(state, record)
         return c.finish()
 

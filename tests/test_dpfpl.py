@@ -84,6 +84,36 @@ def test_privacy_plan_steps_rate_and_report():
     assert not PrivacyPlan.for_run(node, sizes=[40], batch_size=16, rounds=5).report(5)["private"]
 
 
+def test_a_resumed_plan_composes_the_earlier_segments():
+    node = dpfpl.dpfpl_cfg_node()
+    node.NOISE_MULTIPLIER = 3.0
+    first = PrivacyPlan.for_run(node, sizes=[32], batch_size=8, rounds=2).report(2)  # 4 steps per round
+    assert first["segments"] == [[3.0, 0.25, 8]]
+    node.NOISE_MULTIPLIER = 2.0
+    resumed = PrivacyPlan.for_run(node, sizes=[32], batch_size=8, rounds=5).report(5, first)
+    assert resumed["segments"] == [[3.0, 0.25, 8], [2.0, 0.25, 12]] and resumed["steps"] == 20
+    from opacus.accountants import RDPAccountant
+
+    acc = RDPAccountant()
+    for sigma, steps in ((3.0, 8), (2.0, 12)):  # the library's own bookkeeping, step by step
+        for _ in range(steps):
+            acc.step(noise_multiplier=sigma, sample_rate=0.25)
+    assert resumed["epsilon_global"] == pytest.approx(acc.get_epsilon(delta=1e-5), rel=1e-6)
+    node.NOISE_MULTIPLIER = 0.0  # noise switched off on resume: no guarantee any more
+    assert not PrivacyPlan.for_run(node, sizes=[32], batch_size=8, rounds=6).report(6, resumed)["guarantee"]
+
+
+def test_resumed_run_ends_as_the_uninterrupted_one(tmp_path):
+    from federated.run import main
+
+    opts = ["TRAINER.DPFPL.NOISE_MULTIPLIER", "2.0"]
+    full = main(fast_args(tmp_path / "full", ["--trainer", "DPFPL", "--rounds", "2"], opts))
+    main(fast_args(tmp_path / "cut", ["--trainer", "DPFPL", "--rounds", "1"], opts))
+    resumed = main(fast_args(tmp_path / "cut", ["--trainer", "DPFPL", "--rounds", "2", "--resume"], opts))
+    assert resumed["final"]["local"] == full["final"]["local"]
+    assert resumed["privacy"] == full["privacy"] and full["privacy"]["guarantee"]
+
+
 # ------------------------------------------------------------------ mechanism
 def test_clipping_bounds_every_example_and_keeps_small_ones():
     g = torch.tensor([[3.0, 4.0], [0.3, 0.4], [0.0, 0.0]])  # norms 5, 0.5, 0

@@ -73,12 +73,20 @@ def epsilon_spent(noise_multiplier: float, sample_rate: float, steps: int, delta
                   accountant: str = "rdp") -> float:
     """Epsilon of ``steps`` compositions of the Poisson-subsampled Gaussian mechanism (multiplier
     ``noise_multiplier``, rate ``sample_rate``) at ``delta``, by ``opacus``'s accountant; ``inf`` without noise."""
-    if steps <= 0:
+    return epsilon_of_history([(noise_multiplier, sample_rate, steps)], delta, accountant)
+
+
+def epsilon_of_history(history: list[tuple[float, float, int]], delta: float, accountant: str = "rdp") -> float:
+    """Epsilon of the composition of segments ``(noise multiplier, sample rate, steps)`` at ``delta`` (e.g. a
+    run resumed with another noise multiplier), by ``opacus``'s accountant; ``inf`` when a segment has no
+    noise, 0 without steps."""
+    history = [(float(m), float(q), int(n)) for m, q, n in history if int(n) > 0]
+    if not history:
         return 0.0
-    if noise_multiplier <= 0:
+    if any(m <= 0 for m, _, _ in history):
         return math.inf
     acc = _accountant(accountant)
-    acc.history = [(float(noise_multiplier), float(sample_rate), int(steps))]
+    acc.history = history
     return float(acc.get_epsilon(delta=float(delta)))
 
 
