@@ -196,6 +196,27 @@ def test_private_step_clips_examples_and_adds_local_noise_of_sigma_c_over_b(tmp_
     assert noise.std().item() == pytest.approx(2.0 * 0.001 / 8, rel=0.1)
 
 
+def test_published_batch_mean_clipping_clips_the_mean_gradient(tmp_path):
+    _, _, trainer = _trainer(tmp_path, "TRAINER.DPFPL.CLIPPING", "batch_mean", "TRAINER.DPFPL.EPSILON", "0.4",
+                             "TRAINER.DPFPL.NOISE_AS_EPSILON", "True", "TRAINER.DPFPL.CLIP_NORM", "0.001")
+    dim = trainer.model.clip.embed_dim
+    feats, labels = torch.randn(6, dim), torch.arange(6) % trainer.num_classes
+    g_global, _, _ = trainer.client_gradients(feats, labels, 6, 0.0, torch.Generator().manual_seed(0))
+    assert g_global.norm().item() == pytest.approx(0.001, rel=1e-4)  # the batch mean, clipped to C as a whole
+
+
+def test_console_table_states_the_privacy_spent():
+    from federated.results import format_table
+
+    node = dpfpl.dpfpl_cfg_node()
+    node.EPSILON = 2.0
+    line = format_table({"rounds": [], "privacy": PrivacyPlan.for_run(node, [40], 8, 3).report(3)}).splitlines()[-1]
+    assert line.startswith("privacy: noise multiplier") and "epsilon global prompt 1.99" in line
+    node.EPSILON, node.NOISE_AS_EPSILON = 0.4, True
+    published = PrivacyPlan.for_run(node, [40], 8, 3).report(3)
+    assert "no accounted epsilon" in format_table({"rounds": [], "privacy": published})
+
+
 # ------------------------------------------------------------------ what leaves the client
 def test_only_the_global_prompt_leaves_the_client(tmp_path):
     cfg, data, trainer = _trainer(tmp_path, "TRAINER.DPFPL.EPSILON", "4.0")
@@ -221,6 +242,14 @@ def test_only_the_global_prompt_leaves_the_client(tmp_path):
                            ckpt["personal"][1]["prompt_learner.local_ctx"])
     rep = results["privacy"]
     assert rep["guarantee"] and rep["epsilon_global"] <= 4.0 and rep["steps"] == rep["steps_per_round"]
+
+
+def test_flower_nodes_refuse_the_fedsgd_protocol(tmp_path):
+    from federated.runtime import ClientRuntime
+
+    cfg, data, trainer = _trainer(tmp_path)
+    with pytest.raises(ConfigError, match="synchronous FedSGD.*--engine inprocess"):
+        ClientRuntime(cfg, trainer, data, clients=[])  # what a Flower node builds
 
 
 def test_bad_config_values_get_clear_errors(tmp_path):
