@@ -245,6 +245,9 @@ METHOD_COSTS: dict[str, MethodCost] = {name: dataclasses.replace(cost, method=na
     # 5 text context sets in one shared-prefix pass, 5 visual groups in one ViT pass over 5 x B sequences
     "FedMGP": MethodCost(prompt="shared", context_sets=5, ref_passes=5, image_trainable=True, image_passes=5,
                          personal=True),
+    # one prompt set per step; the K-1 experts' class features (one no-grad text pass per client per round
+    # and per evaluation) and the small gating network are not counted
+    "pFedMoAP": MethodCost(prompt="shared", personal=True),
 }.items()}
 
 

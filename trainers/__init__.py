@@ -16,6 +16,7 @@ from trainers import (  # noqa: F401
     ivlp,
     kgcoop,
     pfedmma,
+    pfedmoap,
     promptfolio,
     promptprox,
     vpt,

@@ -1,0 +1,219 @@
+"""pFedMoAP: every client's prompt is also an expert for the others, mixed by a personal attention gate.
+
+Luo et al., "Mixture of Experts Made Personalized: Federated Prompt Learning for Vision-Language
+Models" (ICLR 2025, arXiv 2410.10114; official code ljaiverson/pFedMoAP, MIT). Each client holds
+
+* ``prompt_learner.ctx`` ``(M, d)`` -- a CoOp context (N(0, 0.02), class token at the end): **shared**,
+  FedAvg'd by the clients' train-set sizes; every round a client starts from the FedAvg prompt;
+* ``gating.*`` -- a multi-head attention gating network on ``P``-dimensional features: **personal**,
+  never leaves the client (each client its own, from the same initial weights).
+
+**Server step** (``federated/aggregation_experts.py``): the server keeps every client's latest uploaded
+prompt (in the run state: checkpointed, so a resumed run is exact) and serves each client the latest
+prompts of its K-1 nearest other clients (L2 distance between the prompts; ``K = min(NUM_EXPERTS,
+clients)``) as frozen "non-local experts" -- a download that differs per client. A client that has not
+trained yet, or the first round, gets none.
+
+**Forward** with image features ``f`` ``(B, D)``, the local prompt's normalised class features ``t_0``
+``(C, D)`` and the experts' ``t_1..t_E`` ``(C, D)`` (frozen: no gradient, computed once per expert set
+and class list), ``pool(x) = x[..., ::D/P]`` (stride subsampling of the feature dimension, as published)
+and ``s = logit_scale.exp()``:
+
+    local  = s * normalize(f) @ t_0^T                                             (B, C)
+    q_bc   = pool(normalize(f_b)),  keys_c = values_c = [pool(t_0c), pool(t_1c), ..., pool(t_Ec)]
+    g_bc   = W_o concat_h( sum_j softmax_j(SCALING * <W_q^h q_bc, W_k^h k_cj>) W_v^h v_cj )  (P,)
+    logits = LAMBDA * local + s * <pool(normalize(f_b)), g_bc>                   (g not normalised)
+
+with ``HEADS`` heads of ``P / HEADS`` dimensions and the published score scale ``SCALING`` (10, not
+``1/sqrt(d_head)``). Without experts the logits are ``local`` alone. The loss is cross-entropy. The
+global model (``global_model()``, the shared prompt alone) is CoOp's ``local``.
+
+Two optimisers per client per round: the prompt's (``OPTIM``) and the gating's (``GATING_LR``,
+constant, otherwise ``OPTIM``'s keys). The clients train one after another (``SEQUENTIAL``): each
+mixes its own downloaded experts.
+
+Config ``TRAINER.PFEDMOAP`` (defaults = the official code and ``train.sh``): the CoOp keys (``N_CTX``
+16, ``CSC`` False, ``CTX_INIT`` "", ``PREC`` "fp16" (fp32 on CPU), ``CLASS_TOKEN_POSITION`` "end"),
+``NUM_EXPERTS`` 10, ``SELECTION`` "nearest" ("random": a fixed per-client random order), ``LAMBDA``
+0.5, ``SCALING`` 10, ``HEADS`` 8, ``EMBED_DIM`` 128 (``P``; the feature dimension ``D`` must be a
+multiple), ``GATING_LR`` 0.01.
+
+Differences from the official code (``docs/REPRODUCING.md``):
+
+* Fixed bugs (no flag: a crash, or a behaviour that depends on the order one module is visited in):
+  the expert selection works for any number of clients and returns client ids (the published
+  ``torch.topk`` over a Python list crashes above ``NUM_EXPERTS`` trained clients); every client has
+  its own gating network (the published ``{} != []`` check makes clients inherit the previous
+  client's gating and crashes a never-trained client with ``FED.FRAC`` < 1); the gating optimiser is
+  fresh per client per round (published: one shared, never reset; ``FED.SHARED_OPTIMIZER True``
+  restores one optimiser carried across clients).
+* Evaluation follows this framework's protocol: every client after the round's aggregation, with the
+  FedAvg prompt it downloads, its gating and the experts it is served then; the published code tests
+  a trained client's local prompt right after its training (and an untrained one with its stored state).
+* fp32 on CPU; the published gating runs in CLIP's fp16.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dassl.engine import TRAINER_REGISTRY
+from federated.aggregation_experts import SELECTIONS, PromptExperts
+from federated.errors import ConfigError
+from trainers.base import load_frozen_clip
+from trainers.method import Range
+from trainers.prompt_learner import PromptCLIP, PromptLearner
+from trainers.prompt_trainer import PromptTrainer, prompt_cfg_node
+
+
+def pool_features(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """The published pooling: every ``(D / dim)``-th entry of the last dimension ``(..., D) -> (..., dim)``."""
+    d = x.shape[-1]
+    if d % dim:
+        raise ValueError(f"feature dimension {d} is not a multiple of the gating dimension {dim}")
+    return x[..., :: d // dim]
+
+
+class GatingAttention(nn.Module):
+    """Multi-head attention of one query per (image, class) over that class's expert features.
+
+    ``forward(query (B, C, P), keys (C, K, P)) -> (B, C, P)``: per head ``h`` (``P / heads`` dims),
+    ``softmax_k(scaling * <W_q q, W_k k_k>)`` weights ``W_v k_k`` (values = keys); heads concatenated,
+    then ``W_o``. Linear layers with bias, torch's default initialisation.
+    """
+
+    def __init__(self, dim: int, heads: int, scaling: float):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"gating dimension {dim} is not a multiple of the {heads} heads")
+        self.heads = int(heads)
+        self.scaling = float(scaling)
+        self.w_q, self.w_k, self.w_v, self.w_o = (nn.Linear(dim, dim) for _ in range(4))
+
+    def attention(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """The attention weights ``(B, C, heads, K)`` (they sum to 1 over ``K``)."""
+        b, c, p = query.shape
+        q = self.w_q(query).view(b, c, self.heads, p // self.heads)
+        k = self.w_k(keys).view(c, keys.shape[1], self.heads, p // self.heads)
+        return torch.softmax(torch.einsum("bchd,ckhd->bchk", q, k) * self.scaling, dim=-1)
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        b, c, p = query.shape
+        v = self.w_v(keys).view(c, keys.shape[1], self.heads, p // self.heads)
+        mixed = torch.einsum("bchk,ckhd->bchd", self.attention(query, keys), v).reshape(b, c, p)
+        return self.w_o(mixed)
+
+
+def mixture_logits(image_features: torch.Tensor, local_text: torch.Tensor, expert_text: torch.Tensor | None,
+                   gating: GatingAttention, logit_scale: torch.Tensor, lam: float, dim: int) -> torch.Tensor:
+    """pFedMoAP's logits ``(B, C)`` (module docstring). ``image_features`` ``(B, D)`` (any norm),
+    ``local_text`` ``(C, D)`` and ``expert_text`` ``(E, C, D)`` normalised (None or E = 0: no experts)."""
+    img = F.normalize(image_features, dim=-1).to(local_text.dtype)
+    scale = logit_scale.exp()
+    local = scale * img @ local_text.t()
+    if expert_text is None or expert_text.shape[0] == 0:
+        return local
+    keys = pool_features(torch.cat([local_text.unsqueeze(0), expert_text]), dim).permute(1, 0, 2)  # (C, 1+E, P)
+    query = pool_features(img, dim).unsqueeze(1).expand(-1, keys.shape[0], -1)  # (B, C, P)
+    gated = gating(query, keys)  # (B, C, P)
+    return lam * local + scale * (query * gated).sum(-1)
+
+
+class MoAPCLIP(PromptCLIP):
+    """Frozen CLIP + a CoOp prompt + the gating network; the experts are set per client."""
+
+    def __init__(self, clip, prompt_learner: PromptLearner, gating: GatingAttention, lam: float, dim: int):
+        super().__init__(clip, prompt_learner)
+        self.gating = gating
+        self.lam = float(lam)
+        self.dim = int(dim)
+        self.global_only = False  # the trainer's global_model(): the shared prompt alone
+        self.experts: torch.Tensor | None = None  # (E, M, d) contexts served to this client
+        self._expert_text: torch.Tensor | None = None  # their class features (E, C, D), computed once
+
+    def set_experts(self, experts: torch.Tensor | None) -> None:
+        self.experts = None if experts is None or experts.shape[0] == 0 else experts.to(self.prompt_learner.device)
+        self._expert_text = None
+
+    @torch.no_grad()
+    def expert_text_features(self) -> torch.Tensor | None:
+        """The experts' normalised class features ``(E, C, D)`` (frozen; computed once per experts and classes)."""
+        if self.experts is None:
+            return None
+        if self._expert_text is None:
+            ctx = self.experts.to(self.prompt_learner.ctx.dtype)
+            self._expert_text = torch.stack(self.encode_contexts(list(ctx.unbind(0))))
+        return self._expert_text
+
+    def eval_context(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.text_features(), None if self.global_only else self.expert_text_features()
+
+    def logits(self, image_features: torch.Tensor, context) -> torch.Tensor:
+        local_text, expert_text = context
+        return mixture_logits(image_features, local_text, expert_text, self.gating, self.logit_scale, self.lam,
+                              self.dim)
+
+    def set_classnames(self, classnames: list[str]) -> None:
+        super().set_classnames(classnames)
+        self._expert_text = None
+
+
+def _gating_dims(node) -> str | None:
+    if int(node.EMBED_DIM) % int(node.HEADS):
+        return f"TRAINER.PFEDMOAP.EMBED_DIM {node.EMBED_DIM} must be a multiple of HEADS {node.HEADS}"
+    return None
+
+
+@TRAINER_REGISTRY.register()
+class pFedMoAP(PromptTrainer):  # noqa: N801 - the method's published name
+    """pFedMoAP (ICLR'25): a shared CoOp prompt; a personal gate mixes it with the K-1 nearest clients' prompts."""
+
+    CFG_NODE = "PFEDMOAP"
+    SHARED = ("prompt_learner.ctx",)
+    SEQUENTIAL = "each client mixes its own downloaded experts with its own gating optimiser"
+    CFG_RULES = {"NUM_EXPERTS": Range(1), "SELECTION": SELECTIONS, "LAMBDA": Range(0),
+                 "SCALING": Range(0, low_open=True), "HEADS": Range(1), "EMBED_DIM": Range(1),
+                 "GATING_LR": Range(0, low_open=True), "CSC": (False,), "gating dims": _gating_dims}
+
+    @classmethod
+    def cfg_defaults(cls):
+        node = prompt_cfg_node(n_ctx=16, prec="fp16")
+        node.NUM_EXPERTS = 10
+        node.SELECTION = "nearest"
+        node.LAMBDA = 0.5
+        node.SCALING = 10.0
+        node.HEADS = 8
+        node.EMBED_DIM = 128
+        node.GATING_LR = 0.01
+        return node
+
+    def build_model(self) -> None:
+        t = self.tcfg
+        clip = load_frozen_clip(self.cfg, self.device)
+        learner = self.build_prompt_learner(clip)
+        if self.reference_mode:
+            learner.set_fast_text(False)
+        width = int(clip.model.text_projection.shape[1])
+        if width % int(t.EMBED_DIM):
+            raise ConfigError(f"TRAINER.PFEDMOAP.EMBED_DIM {t.EMBED_DIM} must divide the backbone's feature "
+                              f"dimension {width} (the published pooling keeps every {width}/EMBED_DIM-th entry)")
+        gating = GatingAttention(int(t.EMBED_DIM), int(t.HEADS), float(t.SCALING))
+        self.model = MoAPCLIP(clip, learner, gating, float(t.LAMBDA), int(t.EMBED_DIM)).to(self.device)
+        self.register_model("prompt", learner)
+        self.register_model("gating", gating)
+
+    def optim_overrides(self) -> dict[str, dict]:
+        """The gating's optimiser: ``GATING_LR``, constant (published: single_step with gamma 1)."""
+        return {"gating": {"LR": float(self.tcfg.GATING_LR), "LR_SCHEDULER": "single_step", "STEPSIZE": (-1,),
+                           "GAMMA": 1.0}}
+
+    def build_server_step(self) -> PromptExperts:
+        t = self.tcfg
+        return PromptExperts("prompt_learner.ctx", int(t.NUM_EXPERTS), str(t.SELECTION), int(self.cfg.SEED))
+
+    def set_server_information(self, info: dict[str, torch.Tensor]) -> None:
+        unknown = set(info) - {"experts"}
+        if unknown:
+            raise ValueError(f"pFedMoAP received unknown server information {sorted(unknown)}")
+        self.model.set_experts(info.get("experts"))
