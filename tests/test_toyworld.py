@@ -162,8 +162,9 @@ def test_dataset_contents_and_determinism():
 
 
 def test_world_v1_stays_reachable():
-    """VERSION 1 is the first-generation world: "<colour> <shape>" classes, plain objects, v1 image streams."""
-    ds = tw.ToyWorld(small_cfg(VERSION=1))
+    """VERSION 1 with the first world's object sizes (SCALE (0.6, 1.0), the default before world v2's larger
+    objects) is the first-generation world: "<colour> <shape>" classes, plain objects, v1 image streams."""
+    ds = tw.ToyWorld(small_cfg(VERSION=1, SCALE=(0.6, 1.0)))
     assert ds.classnames == tw.colour_shape_pairs()[:6]
     d = ds.test[0]
     colour, shape = d.classname.split(" ")
@@ -197,9 +198,10 @@ def test_render_sample_is_pure():
 # 300 test images per half: binomial std ~2.8 points for an accuracy, ~2.5 for the probe-minus-zero-shot
 # gap (paired images), so the bounds below sit ~2.5-3 std inside the measured values.
 ZS_RANGE = (50.0, 75.0)  # zero-shot per half
-GAP_MIN = -1.0  # linear probe minus zero-shot per half
+GAP_MIN = 4.0  # linear probe minus zero-shot per half (measured +11.0 / +10.3 here)
 PAIR_MIN = 95.0  # zero-shot predictions with the right colour-shape pair
 COOP_LOCAL_GAIN, COOP_NOVEL_LOSS = 15.0, 4.0  # CoOp in the demo setting against zero-shot (points)
+FEDPGP_LOCAL_GAIN = 10.0  # FedPGP's Local above PromptFL's in the demo setting (points)
 
 
 @pytest.mark.skipif(not WEIGHTS.exists(), reason="shipped weights missing")
@@ -222,14 +224,30 @@ def test_shipped_weights_headroom():
         assert r["zs_pair"] > PAIR_MIN, rows
 
 
+@pytest.fixture(scope="module")
+def demo_runs(tmp_path_factory) -> dict:
+    """Final and zero-shot results of CoOp, PromptFL and FedPGP in the demo setting (seed 1, 10 test images
+    per class: tests/toyworld_learning.py DEMO_SMALL), run once for the tests below."""
+    from tests.toyworld_learning import demo_run
+
+    return {m: demo_run(tmp_path_factory.mktemp(m), m) for m in ("CoOp", "PromptFL", "FedPGP")}
+
+
 @pytest.mark.skipif(not WEIGHTS.exists(), reason="shipped weights missing")
-def test_local_prompt_learning_personalises_and_loses_novel(tmp_path):
+def test_local_prompt_learning_personalises_and_loses_novel(demo_runs):
     """The papers' base-to-novel pattern in the demo setting (docs/TOYWORLD.md): local-only CoOp, trained
     on each client's 4 base classes, reaches a Local accuracy far above zero-shot CLIP while its Novel
     accuracy falls below zero-shot's (measured over seeds: see the docs' table)."""
-    from tests.toyworld_learning import demo_run
-
-    res = demo_run(tmp_path, "CoOp")
+    res = demo_runs["CoOp"]
     zs, final = res["zero_shot"], res["final"]
     assert final["local"] > zs["local"] + COOP_LOCAL_GAIN, (zs, final)
     assert final["novel"] < zs["novel"] - COOP_NOVEL_LOSS, (zs, final)
+
+
+@pytest.mark.skipif(not WEIGHTS.exists(), reason="shipped weights missing")
+def test_fedpgp_personalises_beyond_promptfl_and_generalises_beyond_coop(demo_runs):
+    """FedPGP Table 1's relations that hold on both measured seeds (docs/TOYWORLD.md): FedPGP's Local is far
+    above PromptFL's (80.0 vs 55.2, mean of seeds 1-2) and its HM above local-only CoOp's (51.5 vs 46.2)."""
+    fedpgp, promptfl, coop = (demo_runs[m]["final"] for m in ("FedPGP", "PromptFL", "CoOp"))
+    assert fedpgp["local"] > promptfl["local"] + FEDPGP_LOCAL_GAIN, (fedpgp, promptfl)
+    assert fedpgp["hm"] > coop["hm"], (fedpgp, coop)

@@ -319,7 +319,29 @@ def pretrain(steps: int, batch: int, seed: int, pool: int, lr: float, out: Path,
     save_file(state, str(out), metadata={"arch": "tiny", "seed": str(seed), "steps": str(steps),
                                          "batch": str(batch), "pool": str(pool), "lr": str(lr),
                                          "adjective_rate": str(adjective_rate), "world": "ToyWorld v2"})
+    sort_safetensors_metadata(out)
     print(f"saved {out} ({out.stat().st_size / 1e6:.2f} MB)")
+
+
+def sort_safetensors_metadata(path: Path) -> None:
+    """Rewrite a safetensors file's ``__metadata__`` with its keys sorted, in place, so that reruns are bit-identical.
+
+    safetensors writes the metadata from an unordered map: two identical runs give identical tensors but
+    may list the metadata keys in another order. The header (8-byte length + compact JSON, space-padded)
+    keeps its length; only the order of the metadata keys changes.
+    """
+    import json
+    import struct
+
+    with open(path, "r+b") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+        text = json.dumps(header, separators=(",", ":")).encode()
+        if len(text) > n:
+            raise RuntimeError(f"{path}: re-serialised safetensors header is longer than the original")
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))
 
 
 # ----------------------------------------------------------------------------------------------
