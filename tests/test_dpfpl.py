@@ -165,6 +165,24 @@ def test_per_example_gradients_equal_one_backward_per_example(tmp_path):
     assert loss.item() == pytest.approx(F.cross_entropy(logits, labels).item())
 
 
+def test_per_example_gradients_without_a_batching_rule_fall_back_to_a_loop(tmp_path, monkeypatch):
+    _, _, trainer = _trainer(tmp_path)
+    learner = trainer.model.prompt_learner
+    feats, labels = torch.randn(3, trainer.model.clip.embed_dim), torch.arange(3) % trainer.num_classes
+    context = (learner.sigma + learner.local_ctx).detach()
+    batched, _, _ = trainer.per_example_context_grads(context, feats, labels)
+    real = torch.autograd.grad
+
+    def no_batching(*args, **kwargs):
+        if kwargs.get("is_grads_batched"):
+            raise RuntimeError("no batching rule")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", no_batching)
+    looped, _, _ = trainer.per_example_context_grads(context, feats, labels)
+    assert torch.allclose(looped, batched, atol=1e-5, rtol=1e-4)
+
+
 def test_non_private_step_is_the_batch_mean_gradient(tmp_path):
     _, _, trainer = _trainer(tmp_path)
     learner = trainer.model.prompt_learner

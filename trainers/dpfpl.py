@@ -42,6 +42,8 @@ shuffled pass instead of Poisson sampling; the accountant's figure then assumes 
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from yacs.config import CfgNode as CN
@@ -51,6 +53,8 @@ from trainers.lowrank_prompt import GlobalPersonalPromptLearner
 from trainers.method import Range
 from trainers.privacy import ACCOUNTANTS, clip_per_example, clip_tensor, gaussian_noise_like
 from trainers.prompt_trainer import PromptTrainer, prompt_cfg_node
+
+logger = logging.getLogger("fedtv.trainer")
 
 CLIPPINGS = ("per_example", "batch_mean")
 SAMPLINGS = ("poisson", "shuffle")
@@ -163,7 +167,12 @@ class DPFPL(PromptTrainer):
             dlogits = logits.softmax(dim=-1)
             dlogits[torch.arange(len(labels), device=labels.device), labels] -= 1.0
             cotangent = scale * dlogits[:, :, None] * f[:, None, :]  # (B, C, D)
-        grads = torch.autograd.grad(z, ctx, grad_outputs=cotangent.to(z.dtype), is_grads_batched=True)[0]
+        cotangent = cotangent.to(z.dtype)
+        try:
+            grads = torch.autograd.grad(z, ctx, grad_outputs=cotangent, is_grads_batched=True, retain_graph=True)[0]
+        except RuntimeError as err:  # an op of the tower without a batching rule: one backward per example
+            logger.debug("per-example gradients one example at a time (%s)", err)
+            grads = torch.stack([torch.autograd.grad(z, ctx, grad_outputs=c, retain_graph=True)[0] for c in cotangent])
         return grads.float(), logits, loss
 
     def client_gradients(self, features: torch.Tensor, labels: torch.Tensor, expected_batch: int, sigma: float,
