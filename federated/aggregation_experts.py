@@ -7,9 +7,10 @@ serves exactly what an uninterrupted one would). :class:`PromptExperts`:
 * ``remember``: ``memory["client<i>"]`` = the shared tensor ``key`` client ``i`` uploaded in its latest
   training (one ``(M, d)`` prompt per client that has trained);
 * ``serve(memory, i)``: ``{"experts": (K-1', M, d)}``, the latest prompts of K-1 other clients (``K =
-  min(NUM_EXPERTS, clients)``; fewer while fewer have trained), or ``{}`` when client ``i`` has not
-  trained yet or no other client has (then the client's model is its local prompt alone, as the
-  published first round). ``nearest`` (default): the K-1 clients whose latest prompt is closest to
+  min(NUM_EXPERTS, clients)``; fewer while fewer have trained; absent when client ``i`` has not trained
+  yet or no other client has: then the client's model is its local prompt alone, as the published first
+  round), and ``"own"``: client ``i``'s latest prompt (the local prompt it is evaluated with; the official
+  client keeps it itself). ``nearest`` (default): the K-1 clients whose latest prompt is closest to
   client ``i``'s latest prompt in L2 distance (ties: lower client id); ``random``: the first K-1 that
   have trained in a fixed per-client random order of the other clients (seeded by ``SEED`` and ``i``).
 
@@ -74,6 +75,10 @@ class PromptExperts:
         return int(np.random.SeedSequence([self.seed & 0xFFFFFFFF, cid, other, 3]).generate_state(1)[0])
 
     def serve(self, memory: State, cid: int) -> State:
-        """``{"experts": (E, *shape)}`` for client ``cid`` (``{}`` without experts)."""
+        """``{"experts": (E, *shape), "own": shape}`` for client ``cid``: its experts (absent without) and its own
+        latest tensor (absent before it trained; what the client evaluates with, as the official code)."""
         chosen = self.experts_of(memory, cid)
-        return {"experts": torch.stack([memory[self._slot(c)] for c in chosen])} if chosen else {}
+        out = {"experts": torch.stack([memory[self._slot(c)] for c in chosen])} if chosen else {}
+        if self._slot(cid) in memory:
+            out["own"] = memory[self._slot(cid)]
+        return out

@@ -83,7 +83,9 @@ def test_nearest_experts_are_client_ids_for_any_number_of_clients():
     del memory["client3"]
     assert store.serve(memory, 3) == {}  # client 3 has not trained: no experts (its local prompt alone)
     assert 3 not in store.experts_of(memory, 2)
-    assert PromptExperts("ctx", num_experts=1).serve(memory, 0) == {}
+    only_own = PromptExperts("ctx", num_experts=1).serve(memory, 0)  # K = 1: no experts, its own prompt back
+    assert list(only_own) == ["own"] and torch.equal(only_own["own"], prompts[0])
+    assert torch.equal(store.serve(memory, 14)["own"], prompts[14])
     small = {}
     store.remember(small, [{"ctx": prompts[0]}, {"ctx": prompts[1]}], [0, 1], 0)
     assert store.experts_of(small, 0) == [1]  # K = min(10, trained) - 1
@@ -141,6 +143,35 @@ def test_resume_serves_the_same_experts(tmp_path):
         assert a[key].keys() == b[key].keys() and all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
     for pa, pb in zip(a["personal"], b["personal"], strict=True):
         assert all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_training_uses_the_trained_prompt_and_evaluation_the_clients_own(tmp_path):
+    """The prompt being trained (from the download) in training; the served ``own`` prompt (the client's latest
+    trained one) as the local expert in evaluation (``EVAL_PROMPT "local"``), the downloaded one with "global"."""
+    from dassl.engine import build_trainer
+    from federated.cli import build_cfg, parse_args
+    from federated.data import build_federated_data
+
+    for mode in ("local", "global"):
+        cfg = build_cfg(parse_args(fast_args(tmp_path / mode, FLAGS, [*OPTS, "TRAINER.PFEDMOAP.EVAL_PROMPT", mode])))
+        data = build_federated_data(cfg)
+        trainer = build_trainer(cfg, classnames=data.classnames)
+        model = trainer.model
+        ctx = model.prompt_learner.ctx.detach()
+        own, expert = torch.randn_like(ctx), torch.randn_like(ctx)
+        trainer.set_server_information({"own": own, "experts": expert.unsqueeze(0)})
+        with torch.no_grad():
+            t_ctx, t_own, t_expert = model.encode_contexts([ctx, own, expert])
+            train_local, train_experts = model.train_context()
+            eval_local, eval_experts = model.eval_context()
+            with trainer.global_model():
+                global_local, global_experts = model.eval_context()
+        torch.testing.assert_close(train_local, t_ctx)
+        torch.testing.assert_close(eval_local, t_own if mode == "local" else t_ctx)
+        torch.testing.assert_close(train_experts[0], t_expert)
+        torch.testing.assert_close(eval_experts[0], t_expert)
+        torch.testing.assert_close(global_local, t_ctx)
+        assert global_experts is None
 
 
 def test_gating_dimensions_are_checked(tmp_path):

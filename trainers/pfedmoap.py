@@ -28,15 +28,16 @@ with ``HEADS`` heads of ``P / HEADS`` dimensions and the published score scale `
 ``1/sqrt(d_head)``). Without experts the logits are ``local`` alone. The loss is cross-entropy. The
 global model (``global_model()``, the shared prompt alone) is CoOp's ``local``.
 
-Two optimisers per client per round: the prompt's (``OPTIM``) and the gating's (``GATING_LR``,
-constant, otherwise ``OPTIM``'s keys). The clients train one after another (``SEQUENTIAL``): each
-mixes its own downloaded experts.
+Training uses the prompt being trained as ``t_0`` (``MoAPCLIP.train_context``); evaluation the client's
+own latest trained prompt (``EVAL_PROMPT``, below). Two optimisers per client per round: the prompt's
+(``OPTIM``) and the gating's (``GATING_LR``, constant, otherwise ``OPTIM``'s keys). The clients train one
+after another (``SEQUENTIAL``): each mixes its own downloaded experts.
 
 Config ``TRAINER.PFEDMOAP`` (defaults = the official code and ``train.sh``): the CoOp keys (``N_CTX``
 16, ``CSC`` False, ``CTX_INIT`` "", ``PREC`` "fp16" (fp32 on CPU), ``CLASS_TOKEN_POSITION`` "end"),
 ``NUM_EXPERTS`` 10, ``SELECTION`` "nearest" ("random": a fixed per-client random order), ``LAMBDA``
 0.5, ``SCALING`` 10, ``HEADS`` 8, ``EMBED_DIM`` 128 (``P``; the feature dimension ``D`` must be a
-multiple), ``GATING_LR`` 0.01.
+multiple), ``GATING_LR`` 0.01, ``EVAL_PROMPT`` "local".
 
 Differences from the official code (``docs/REPRODUCING.md``):
 
@@ -47,9 +48,12 @@ Differences from the official code (``docs/REPRODUCING.md``):
   client's gating and crashes a never-trained client with ``FED.FRAC`` < 1); the gating optimiser is
   fresh per client per round (published: one shared, never reset; ``FED.SHARED_OPTIMIZER True``
   restores one optimiser carried across clients).
-* Evaluation follows this framework's protocol: every client after the round's aggregation, with the
-  FedAvg prompt it downloads, its gating and the experts it is served then; the published code tests
-  a trained client's local prompt right after its training (and an untrained one with its stored state).
+* Evaluation (``EVAL_PROMPT``): as the official code, a client is evaluated with its own latest trained
+  prompt as the local expert (the server's memory serves it back as ``own``; the official client keeps
+  it), its gating and its experts; a client not trained yet with the downloaded prompt. The official code
+  tests a client right after its training; here every client is evaluated after the round's
+  aggregation (this framework's protocol), with the experts selected then. ``EVAL_PROMPT "global"``:
+  the downloaded FedAvg prompt as the local expert.
 * fp32 on CPU; the published gating runs in CLIP's fp16.
 """
 from __future__ import annotations
@@ -131,9 +135,13 @@ class MoAPCLIP(PromptCLIP):
         self.global_only = False  # the trainer's global_model(): the shared prompt alone
         self.experts: torch.Tensor | None = None  # (E, M, d) contexts served to this client
         self._expert_text: torch.Tensor | None = None  # their class features (E, C, D), computed once
+        self.own: torch.Tensor | None = None  # (M, d) the client's latest trained prompt, evaluated with
+        self.evaluate_own = True  # EVAL_PROMPT "local"
 
-    def set_experts(self, experts: torch.Tensor | None) -> None:
-        self.experts = None if experts is None or experts.shape[0] == 0 else experts.to(self.prompt_learner.device)
+    def set_experts(self, experts: torch.Tensor | None, own: torch.Tensor | None = None) -> None:
+        device = self.prompt_learner.device
+        self.experts = None if experts is None or experts.shape[0] == 0 else experts.to(device)
+        self.own = None if own is None else own.to(device)
         self._expert_text = None
 
     @torch.no_grad()
@@ -146,8 +154,20 @@ class MoAPCLIP(PromptCLIP):
             self._expert_text = torch.stack(self.encode_contexts(list(ctx.unbind(0))))
         return self._expert_text
 
+    def train_context(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Training: the prompt being trained (started from the downloaded FedAvg prompt) and the experts."""
+        return self.text_features(), self.expert_text_features()
+
     def eval_context(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.text_features(), None if self.global_only else self.expert_text_features()
+        """Evaluation: the client's own latest trained prompt as its local expert (``EVAL_PROMPT "local"``, when
+        served; else the downloaded prompt) and the experts; the global model: the shared prompt alone."""
+        if self.global_only:
+            return self.text_features(), None
+        if self.evaluate_own and self.own is not None:
+            local = self.encode_contexts([self.own.to(self.prompt_learner.ctx.dtype)])[0]
+        else:
+            local = self.text_features()
+        return local, self.expert_text_features()
 
     def logits(self, image_features: torch.Tensor, context) -> torch.Tensor:
         local_text, expert_text = context
@@ -174,7 +194,8 @@ class pFedMoAP(PromptTrainer):  # noqa: N801 - the method's published name
     SEQUENTIAL = "each client mixes its own downloaded experts with its own gating optimiser"
     CFG_RULES = {"NUM_EXPERTS": Range(1), "SELECTION": SELECTIONS, "LAMBDA": Range(0),
                  "SCALING": Range(0, low_open=True), "HEADS": Range(1), "EMBED_DIM": Range(1),
-                 "GATING_LR": Range(0, low_open=True), "CSC": (False,), "gating dims": _gating_dims}
+                 "GATING_LR": Range(0, low_open=True), "CSC": (False,), "EVAL_PROMPT": ("local", "global"),
+                 "gating dims": _gating_dims}
 
     @classmethod
     def cfg_defaults(cls):
@@ -186,6 +207,7 @@ class pFedMoAP(PromptTrainer):  # noqa: N801 - the method's published name
         node.HEADS = 8
         node.EMBED_DIM = 128
         node.GATING_LR = 0.01
+        node.EVAL_PROMPT = "local"
         return node
 
     def build_model(self) -> None:
@@ -200,6 +222,7 @@ class pFedMoAP(PromptTrainer):  # noqa: N801 - the method's published name
                               f"dimension {width} (the published pooling keeps every {width}/EMBED_DIM-th entry)")
         gating = GatingAttention(int(t.EMBED_DIM), int(t.HEADS), float(t.SCALING))
         self.model = MoAPCLIP(clip, learner, gating, float(t.LAMBDA), int(t.EMBED_DIM)).to(self.device)
+        self.model.evaluate_own = str(t.EVAL_PROMPT) == "local"
         self.register_model("prompt", learner)
         self.register_model("gating", gating)
 
@@ -213,7 +236,13 @@ class pFedMoAP(PromptTrainer):  # noqa: N801 - the method's published name
         return PromptExperts("prompt_learner.ctx", int(t.NUM_EXPERTS), str(t.SELECTION), int(self.cfg.SEED))
 
     def set_server_information(self, info: dict[str, torch.Tensor]) -> None:
-        unknown = set(info) - {"experts"}
+        unknown = set(info) - {"experts", "own"}
         if unknown:
             raise ValueError(f"pFedMoAP received unknown server information {sorted(unknown)}")
-        self.model.set_experts(info.get("experts"))
+        self.model.set_experts(info.get("experts"), info.get("own"))
+
+    def compute_loss(self, image_features: torch.Tensor,
+                     labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Cross-entropy of the mixture logits with the prompt being trained (``MoAPCLIP.train_context``)."""
+        logits = self.model.logits(image_features, self.model.train_context())
+        return F.cross_entropy(logits, labels), logits, {}
