@@ -25,7 +25,7 @@ from tools.protocols import base2novel  # noqa: E402
 
 DATASETS = ["oxford_pets", "oxford_flowers", "dtd", "caltech101", "food101", "ucf101", "sun397"]
 METHODS = ["ZeroshotCLIP", "PromptFL", "FedOTP", "FedPGP", "FedTV", "PromptFolio", "FedPHA", "pFedMMA", "FedMGP",
-           "IVLP", "VPT", "FedTPG", "pFedMoAP"]
+           "IVLP", "VPT", "FedTPG", "pFedMoAP", "FedMVP"]
 
 
 def configure(point: Point, toy: bool) -> None:

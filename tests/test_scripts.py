@@ -27,6 +27,7 @@ SCRIPTS = {
     "celora_communication": [],
     "table_fedtpg_cross_class": ["--methods", "FedTPG"],
     "table_dpfpl_privacy": ["--variants", "eps0", "eps0.4"],
+    "table_fedmvp_leave_domain_out": ["--methods", "FedMVP", "--domains", "sketch"],
 }
 FAST = ["--toy", "--in-process", "--clip-weights", "none", "--rounds", "1", "FED.ZS_REFERENCE", "False"]
 

@@ -248,6 +248,9 @@ METHOD_COSTS: dict[str, MethodCost] = {name: dataclasses.replace(cost, method=na
     # one prompt set per step; the K-1 experts' class features (one no-grad text pass per client per round
     # and per evaluation) and the small gating network are not counted
     "pFedMoAP": MethodCost(prompt="shared", personal=True),
+    # fixed description features (encoded once per class set), a prompted ViT pass with backward per step
+    # (the extra frozen pass on the flipped batch, without backward, is not counted)
+    "FedMVP": MethodCost(prompt="full", text_per_step=False, image_trainable=True),
 }.items()}
 
 

@@ -20,6 +20,8 @@ from tools.experiments import TOY_DOMAINS, Point
 DOMAINS = {
     "office": ["amazon", "caltech", "dslr", "webcam"],
     "domainnet": ["clipart", "infograph", "painting", "quickdraw", "real", "sketch"],
+    "pacs": ["art_painting", "cartoon", "photo", "sketch"],
+    "officehome": ["Art", "Clipart", "Product", "Real_World"],
     "toyworld": TOY_DOMAINS,
 }
 

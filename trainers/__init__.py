@@ -7,6 +7,7 @@ from trainers import (  # noqa: F401
     feature_heads,
     fedmaple,
     fedmgp,
+    fedmvp,
     fedotp,
     fedpgp,
     fedpha,

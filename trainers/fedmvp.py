@@ -1,0 +1,251 @@
+"""FedMVP: federated multimodal visual prompts generated from class attributes (Singha et al., ICCV 2025,
+arXiv 2504.20860).
+
+No text prompt is learnt: classes are recognised "by description". Each class ``c`` has attribute phrases
+(LLM-written, read from ``<DATASET.ROOT>/attributes/<dataset>.json``; generated for the toy world;
+``datasets/attributes.py``) turned into sentences ``"<prefix> <class>, <suffix>which is/has <attribute>"``.
+Their normalised frozen CLIP text features ``e_{c,j}`` ``(K, D)`` (``K`` sentences over all classes) are
+encoded once per class set (not per forward) and kept as a non-persistent buffer.
+
+What is learnt is a generator of visual prompt tokens conditioned on those descriptions. With ``X`` the
+ViT's patch tokens after the positional embedding (before ``ln_pre``) ``(B, P, w)``:
+
+    T   = Linear(D, w)(E)                                          (K, w)  projected descriptions
+    A   = MultiHeadAttention(q = LN_q(X), k = LN_kv(T), v = T)     (B, P, w)  heads H, no residual
+    Z   = FFN(A) + A   (LN -> Linear(w, 8w) -> GEGLU -> Linear(4w, w))
+    V   = AdaptiveAvgPool(Z over the patch axis) -> 4 tokens       (B, 4, w)
+    f   = ViT([CLS, X, V])  (the 4 tokens appended before ln_pre; the ViT frozen)
+    logit_{b,c} = exp(logit_scale) * mean_j <f_b / |f_b|, e_{c,j}>
+    L   = CE + ALPHA * (1 - mean_b cos(f_b, f_clip(flip(x_b))))
+
+(the values are the projected descriptions without layer norm, the keys with it, as published). The
+consistency term compares the prompted feature with the frozen CLIP feature of the horizontally flipped
+image; as published, the whole batch is flipped with probability ``FLIP_P`` 0.5 (``FLIP_P 1``: always).
+The whole prompt learner (linear, norms, attention, FFN) is shared and averaged with an unweighted mean
+(``fedavg_uniform``); nothing is personal.
+
+The image path is prompted, so image features are not cacheable: every training step runs the ViT twice
+(prompted, with gradient to the generator; frozen on the flipped batch, without gradient), every
+evaluation encodes its images, and clients are trained one after another (``SEQUENTIAL``). The text
+side costs nothing per step (the description features are cached per class set).
+
+Differences from the official code (mainaksingha01/FedMVP), docs/REPRODUCING.md "FedMVP": the official
+code does not run (a missing ``model/prompt_net`` module, ``image_encoder`` never assigned) and
+back-propagates only the last batch of each round; here every step is back-propagated (the paper). The
+optional LoRA switch of the official client is not implemented. One sentence prefix per run
+(``PREFIX``; "" = the dataset's, or the held-out domain's in a leave-one-domain-out run), where the
+official code used each domain's own prefix.
+
+Config ``TRAINER.FEDMVP``: ``N_TOKENS`` 4, ``HEADS`` 4, ``ALPHA`` 10.0, ``FLIP_P`` 0.5, ``PREFIX`` "",
+``TRUNCATE_CHARS`` 77 (sentences cut to 77 characters before tokenising, as published; 0: not cut),
+``PREC``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from yacs.config import CfgNode as CN
+
+from dassl.engine import TRAINER_REGISTRY
+from datasets.attributes import class_attributes, description_sentences, description_style
+from trainers.base import FederatedTrainer, load_frozen_clip
+from trainers.cross_attention import CrossAttention, geglu_ffn
+from trainers.image_tokens import check_token_vit
+from trainers.method import Range
+
+
+class DescriptionFeatures(nn.Module):
+    """``forward() -> (features (K, D), owner (K,))``: the normalised frozen text features of every description
+    sentence of the current class set and the class each belongs to; encoded on first use of a class set and
+    kept for the run (non-persistent: never part of a client's state)."""
+
+    def __init__(self, clip, classnames: list[str], sentences_of, truncate: int = 77):
+        super().__init__()
+        self.clip = clip
+        self.sentences_of = sentences_of  # classnames -> list of sentence lists, one per class
+        self.truncate = int(truncate)
+        self.register_buffer("features", None, persistent=False)
+        self.register_buffer("owner", None, persistent=False)
+        #: class set -> its encodings: clients with their own label spaces (class-chunks) and the base / novel
+        #: evaluations switch class sets every round; each set is encoded once per run
+        self._known: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.set_classnames(classnames)
+
+    def set_classnames(self, classnames: list[str]) -> None:
+        self.classnames = list(classnames)
+        self.features, self.owner = self._known.get(tuple(self.classnames), (None, None))
+
+    @torch.no_grad()
+    def _encode(self) -> None:
+        per_class = self.sentences_of(self.classnames)
+        texts = [s[: self.truncate] if self.truncate > 0 else s for sents in per_class for s in sents]
+        owner = [c for c, sents in enumerate(per_class) for _ in sents]
+        device = self.clip.model.logit_scale.device
+        tokens = self.clip.tokenize(texts).to(device)
+        with torch.autocast(device_type=device.type, enabled=False):
+            self.features = F.normalize(self.clip.model.encode_text(tokens).float(), dim=-1)
+        self.owner = torch.tensor(owner, device=device)
+        self._known[tuple(self.classnames)] = (self.features, self.owner)
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.features is None:
+            self._encode()
+        elif self.features.is_inference() and not torch.is_inference_mode_enabled():
+            self.features, self.owner = self.features.clone(), self.owner.clone()
+            self._known[tuple(self.classnames)] = (self.features, self.owner)
+        return self.features, self.owner
+
+    def class_features(self) -> torch.Tensor:
+        """``(C, D)``: each class's mean description feature (not renormalised: logits are the mean of the
+        per-description scores)."""
+        feats, owner = self()
+        sums = torch.zeros(len(self.classnames), feats.shape[1], device=feats.device).index_add_(0, owner, feats)
+        counts = torch.bincount(owner, minlength=len(self.classnames)).clamp_min(1).unsqueeze(1)
+        return sums / counts
+
+
+class VisualPromptGenerator(nn.Module):
+    """Patch tokens ``(B, P, w)`` + description features ``(K, D)`` -> ``N`` visual prompt tokens ``(B, N, w)``."""
+
+    def __init__(self, width: int, text_dim: int, n_tokens: int = 4, heads: int = 4):
+        super().__init__()
+        self.n_tokens = int(n_tokens)
+        self.linear = nn.Linear(text_dim, width)
+        self.norm_q = nn.LayerNorm(width)
+        self.norm_kv = nn.LayerNorm(width)
+        self.attn = CrossAttention(width, width, heads)
+        self.ffn = geglu_ffn(width)
+
+    def forward(self, patches: torch.Tensor, descriptions: torch.Tensor) -> torch.Tensor:
+        kv = self.linear(descriptions.to(self.linear.weight.dtype))
+        x = self.attn(self.norm_q(patches), self.norm_kv(kv), kv)
+        x = self.ffn(x) + x
+        return F.adaptive_avg_pool1d(x.transpose(1, 2), self.n_tokens).transpose(1, 2)
+
+
+class MVPCLIP(nn.Module):
+    """Frozen CLIP classifying by description, with generated visual prompt tokens in its ViT.
+
+    ``encode_image(images) -> (B, D)`` prompted; ``frozen_image(images) -> (B, D)`` plain CLIP;
+    ``eval_context() -> (C, D)`` class description means; ``logits(features (B, D), context (C, D)) -> (B, C)``.
+    """
+
+    def __init__(self, clip, descriptions: DescriptionFeatures, n_tokens: int = 4, heads: int = 4):
+        super().__init__()
+        check_token_vit(clip.model.visual, "FedMVP's visual prompts")
+        self.clip = clip
+        self.image_encoder = clip.model.visual
+        self.logit_scale = clip.model.logit_scale
+        self.descriptions = descriptions
+        width = int(self.image_encoder.transformer.width)
+        self.prompt_learner = VisualPromptGenerator(width, int(clip.embed_dim), n_tokens, heads).to(
+            clip.model.logit_scale.device)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        feats, _ = self.descriptions()
+        generator = self.prompt_learner
+
+        def append(_module, args):
+            x = args[0]  # (B, 1 + P, w): class token + patches after the positional embedding
+            tokens = generator(x[:, 1:], feats)
+            return (torch.cat([x, tokens.to(x.dtype)], dim=1), *args[1:])
+
+        handle = self.image_encoder.ln_pre.register_forward_pre_hook(append)
+        try:
+            return self.image_encoder(images)
+        finally:
+            handle.remove()
+
+    @torch.no_grad()
+    def frozen_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(images)
+
+    def eval_context(self) -> torch.Tensor:
+        return self.descriptions.class_features()
+
+    def logits(self, image_features: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(image_features, dim=-1).to(context.dtype)
+        return self.logit_scale.exp() * x @ context.t()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.encode_image(images), self.eval_context())
+
+    def set_classnames(self, classnames: list[str]) -> None:
+        self.descriptions.set_classnames(classnames)
+
+
+@TRAINER_REGISTRY.register()
+class FedMVP(FederatedTrainer):
+    """Attribute-conditioned visual prompt generator, shared and averaged (unweighted); nothing personal."""
+
+    CFG_NODE = "FEDMVP"
+    SHARED = ("prompt_learner.*",)
+    CFG_RULES = {"N_TOKENS": Range(1), "HEADS": Range(1), "ALPHA": Range(0), "FLIP_P": Range(0, 1),
+                 "TRUNCATE_CHARS": Range(0)}
+    image_features_cacheable = False
+    SEQUENTIAL = "its image tower is prompted: image features are not cacheable, every step encodes images"
+
+    @classmethod
+    def cfg_defaults(cls) -> CN:
+        node = CN()
+        node.N_TOKENS = 4
+        node.HEADS = 4
+        node.ALPHA = 10.0
+        node.FLIP_P = 0.5
+        node.PREFIX = ""
+        node.TRUNCATE_CHARS = 77
+        node.PREC = "fp32"
+        return node
+
+    def sentence_style(self) -> tuple[str, str]:
+        """``(prefix, suffix)`` of the description sentences (``PREFIX`` overrides the prefix)."""
+        d = self.cfg.DATASET
+        prefix, suffix = description_style(str(d.NAME), str(d.get("TARGET_DOMAIN", "") or ""))
+        return (str(self.tcfg.PREFIX) or prefix), suffix
+
+    def _sentences(self, classnames: list[str]) -> list[list[str]]:
+        attributes = class_attributes(self.cfg.DATASET.ROOT, str(self.cfg.DATASET.NAME), classnames)
+        prefix, suffix = self.sentence_style()
+        return [description_sentences(n, attributes[n], prefix, suffix) for n in classnames]
+
+    def build_model(self) -> None:
+        from federated.errors import ConfigError
+        from trainers.image_tokens import UnsupportedImageTower
+
+        clip = load_frozen_clip(self.cfg, self.device)
+        t = self.tcfg
+        descriptions = DescriptionFeatures(clip, self.classnames, self._sentences, int(t.TRUNCATE_CHARS))
+        try:
+            self.model = MVPCLIP(clip, descriptions, int(t.N_TOKENS), int(t.HEADS))
+        except (UnsupportedImageTower, ValueError) as err:
+            raise ConfigError(f"FedMVP: {err}") from None
+        self.model.to(self.device)
+        self.register_model("model", self.model)
+
+    def build_aggregator(self):
+        """Unweighted FedAvg (the published server), unless ``FED.AGGREGATION`` says otherwise."""
+        from federated.aggregation import build_aggregator
+
+        return build_aggregator(self.cfg.FED.AGGREGATION or "fedavg_uniform", self.cfg)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Evaluation: prompted features ``(B, D)``. Training: ``(B, 2, D)``, the prompted features (with gradient
+        to the generator) and the frozen CLIP features of the batch, flipped with probability ``FLIP_P``."""
+        if not self.model.training or not torch.is_grad_enabled():
+            with torch.no_grad(), self.autocast():
+                return self.model.encode_image(images).float()
+        flipped = images.flip(-1) if float(torch.rand(())) < float(self.tcfg.FLIP_P) else images
+        with self.autocast():
+            prompted = self.model.encode_image(images).float()
+            frozen = self.model.frozen_image(flipped).float()
+        return torch.stack([prompted, frozen], dim=1)
+
+    def compute_loss(self, image_features: torch.Tensor,
+                     labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """``CE(logits, labels) + ALPHA * (1 - mean cos(prompted, frozen flipped))`` on ``(B, 2, D)`` features."""
+        prompted, frozen = image_features.unbind(1)
+        logits = self.model.logits(prompted, self.model.eval_context())
+        ce = F.cross_entropy(logits, labels)
+        consistency = 1.0 - F.cosine_similarity(prompted, frozen, dim=-1, eps=1e-7).mean()
+        return ce + float(self.tcfg.ALPHA) * consistency, logits, {"ce": ce.detach(), "vis": consistency.detach()}
