@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import time
 import warnings
 import zipfile
@@ -238,10 +239,11 @@ def test_shape_mismatch_and_extra_key(tmp_path, tiny_sd):
 @pytest.mark.parametrize(
     "content, match",
     [
-        (os.urandom(2048), "not a PyTorch checkpoint"),
+        (random.Random(0).randbytes(2048), "not a PyTorch checkpoint"),
         (b"hello world\n" * 20, "not a PyTorch checkpoint"),
         (b"", "empty"),
     ],
+    ids=["random-bytes", "text", "empty"],  # the same test ids in every process (pytest-xdist workers)
 )
 def test_garbage_files(tmp_path, content, match):
     path = tmp_path / "garbage.bin"
