@@ -536,6 +536,17 @@ class ToyWorld(DatasetBase):
     REQUIRES_ROOT = False  # generated in memory: no data root needed
     dataset_dir = "toyworld"
 
+    @staticmethod
+    def class_attributes(classnames: list[str]) -> dict[str, list[str]]:
+        """Four attribute phrases per class from the words of its name (FedMVP's class descriptions; the
+        toy world has no LLM-written file)."""
+        out = {}
+        for name in classnames:
+            pattern, colour, shape = parse_classname(name)
+            out[name] = [f"a {shape} outline", f"a {colour} colour", f"a {pattern} pattern on its surface",
+                         f"the colour {colour} and the shape of a {shape}"]
+        return out
+
     def __init__(self, cfg):
         p = _tw_params(cfg)
         self.params = p

@@ -9,20 +9,19 @@ import torch
 import torch.nn.functional as F
 
 from dassl.engine import build_trainer
-from datasets.attributes import (
-    class_attributes,
-    description_sentences,
-    description_style,
-    load_attributes,
-    toyworld_attributes,
-    which_clause,
-)
 from federated.batched import batching_support
 from federated.cli import build_cfg, parse_args
 from federated.data import build_federated_data
 from federated.errors import DataError
 from tests.fedtv_testing import fast_args
 from tests.toyworld_learning import SHIPPED_WEIGHTS, learning_run
+from trainers.class_attributes import (
+    class_attributes,
+    description_sentences,
+    description_style,
+    load_attributes,
+    which_clause,
+)
 from trainers.fedmvp import VisualPromptGenerator
 
 
@@ -63,7 +62,7 @@ def test_attribute_file_format_and_errors(tmp_path):
         load_attributes(str(path), ["red circle"])
     with pytest.raises(DataError, match="does not exist"):
         class_attributes(str(tmp_path), "DescribableTextures", ["banded"])
-    generated = toyworld_attributes(["striped red circle"])["striped red circle"]
+    generated = class_attributes(str(tmp_path / "elsewhere"), "ToyWorld", ["striped red circle"])["striped red circle"]
     assert len(generated) == 4 and any("striped" in p for p in generated) and any("circle" in p for p in generated)
 
 

@@ -3,7 +3,7 @@ arXiv 2504.20860).
 
 No text prompt is learnt: classes are recognised "by description". Each class ``c`` has attribute phrases
 (LLM-written, read from ``<DATASET.ROOT>/attributes/<dataset>.json``; generated for the toy world;
-``datasets/attributes.py``) turned into sentences ``"<prefix> <class>, <suffix>which is/has <attribute>"``.
+``trainers/class_attributes.py``) turned into sentences ``"<prefix> <class>, <suffix>which is/has <attribute>"``.
 Their normalised frozen CLIP text features ``e_{c,j}`` ``(K, D)`` (``K`` sentences over all classes) are
 encoded once per class set (not per forward) and kept as a non-persistent buffer.
 
@@ -48,8 +48,8 @@ from torch import nn
 from yacs.config import CfgNode as CN
 
 from dassl.engine import TRAINER_REGISTRY
-from datasets.attributes import class_attributes, description_sentences, description_style
 from trainers.base import FederatedTrainer, load_frozen_clip
+from trainers.class_attributes import class_attributes, description_sentences, description_style
 from trainers.cross_attention import CrossAttention, geglu_ffn
 from trainers.image_tokens import check_token_vit
 from trainers.method import Range

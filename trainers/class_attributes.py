@@ -1,4 +1,5 @@
-"""Class attribute phrases (LLM-written descriptions, as FedMVP ships them) and the sentences built from them.
+"""Class attribute phrases (LLM-written descriptions, as FedMVP ships them) and the sentences built from them
+(with the trainers: only FedMVP's classifier reads them, and a trainer imports nothing above ``trainers/``).
 
 File format (``docs/DATASETS.md``, "Class attributes"): ``<DATASET.ROOT>/attributes/<key>.json`` is one JSON
 object mapping each class name (underscores written as spaces) to a list of short attribute phrases, e.g.
@@ -12,8 +13,8 @@ chosen by the phrase's first word as FedMVP does: a phrase starting with the let
 <phrase>" (so also "antlers ..."), with "has", "often", "typically", "may" or "can" -> "which <phrase>",
 with "used" -> "which is <phrase>", otherwise "which has <phrase>".
 
-The toy world has no LLM: :func:`toyworld_attributes` writes four phrases per class from the words of its
-name (pattern, colour, shape); a file under the root, if present, is used instead.
+The toy world has no LLM: its dataset class writes four phrases per class from the words of its name
+(pattern, colour, shape; ``ToyWorld.class_attributes``); a file under the root, if present, is used instead.
 """
 from __future__ import annotations
 
@@ -79,16 +80,15 @@ def description_style(dataset: str, domain: str = "") -> tuple[str, str]:
     return prefix, suffix
 
 
-def toyworld_attributes(classnames: list[str]) -> dict[str, list[str]]:
-    """Four attribute phrases per toy-world class from the words of its name."""
-    from datasets.toyworld import parse_classname
+def generated_attributes(dataset: str, classnames: list[str]) -> dict[str, list[str]] | None:
+    """The attributes a dataset generates itself (its registered class's ``class_attributes(classnames)``,
+    e.g. the toy world's, written from the words of its class names), None when it has none."""
+    from dassl.data import DATASET_REGISTRY
 
-    out = {}
-    for name in classnames:
-        pattern, colour, shape = parse_classname(name)
-        out[name] = [f"a {shape} outline", f"a {colour} colour", f"a {pattern} pattern on its surface",
-                     f"the colour {colour} and the shape of a {shape}"]
-    return out
+    if dataset not in DATASET_REGISTRY.registered_names():
+        return None
+    make = getattr(DATASET_REGISTRY.get(dataset), "class_attributes", None)
+    return None if make is None else make(classnames)
 
 
 def attribute_path(root: str, dataset: str) -> str:
@@ -118,9 +118,10 @@ def load_attributes(path: str, classnames: list[str]) -> dict[str, list[str]]:
 def class_attributes(root: str, dataset: str, classnames: list[str]) -> dict[str, list[str]]:
     """The attributes of ``classnames``: the dataset's file under ``root``, or the toy world's generated ones."""
     path = attribute_path(root, dataset)
-    if os.path.isfile(path) or dataset != "ToyWorld":
-        if not os.path.isfile(path):
-            raise DataError(f"FedMVP needs class attributes: {path} does not exist (format: docs/DATASETS.md, "
-                            f"'Class attributes'; FedMVP's repository ships the files)")
+    if os.path.isfile(path):
         return load_attributes(path, classnames)
-    return toyworld_attributes(classnames)
+    generated = generated_attributes(dataset, classnames)
+    if generated is None:
+        raise DataError(f"FedMVP needs class attributes: {path} does not exist (format: docs/DATASETS.md, "
+                        f"'Class attributes'; FedMVP's repository ships the files)")
+    return generated
