@@ -10,7 +10,6 @@ from dassl.engine import build_trainer
 from federated.cli import build_cfg, parse_args
 from federated.data import build_federated_data
 from federated.errors import ConfigError
-from federated.run import main
 from federated.server import FederatedServer
 from tests.fedtv_testing import REPO, fast_args
 from trainers import handcrafted
@@ -293,7 +292,7 @@ def test_mixed_precision_keeps_the_contrastive_loss(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ learning on the toy world
-from tests.toyworld_learning import V1_WEIGHTS, V1_WORLD  # noqa: E402
+from tests.toyworld_learning import V1_WEIGHTS, pathological_run  # noqa: E402
 
 SHIPPED_WEIGHTS = V1_WEIGHTS  # the first-generation weights (see below)
 
@@ -304,18 +303,7 @@ def test_personal_low_rank_term_beats_promptfl_on_a_pathological_split(tmp_path)
 
     Measured (2 rounds of 10 local epochs, lr 0.1): FedPGP Local 83.3, PromptFL 76.4, zero-shot 76.4.
     """
-    flags = ["--num-users", "6", "--rounds", "2", "--local-epochs", "10", "--num-shots", "4", "--subsample", "all",
-             "--partition", "pathological", "--seed", "1", "--lr", "0.1", "--clip-weights", V1_WEIGHTS]
-    opts = ["DATASET.TOYWORLD.NUM_CLASSES", "12", "DATASET.TOYWORLD.TRAIN_PER_CLASS", "4",
-            "DATASET.TOYWORLD.VAL_PER_CLASS", "0", "DATASET.TOYWORLD.TEST_PER_CLASS", "6",
-            "DATASET.TOYWORLD.NOISE", "0.25", "DATASET.TOYWORLD.DISTRACTORS", "3",
-            *V1_WORLD,  # calibrated on the first-generation world and weights (tests/toyworld_learning.py)
-            "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "FED.SHOW_PROGRESS", "False"]
-    local = {}
-    for name in ("FedPGP", "PromptFL"):
-        out = tmp_path / name
-        results = main(["--output-dir", str(out), "--trainer", name, *flags, *opts])
-        local[name] = results["final"]["local"]
-        zero_shot = results["zero_shot"]["local"]
-    assert local["FedPGP"] > local["PromptFL"] + 2.0, local
-    assert local["FedPGP"] > zero_shot + 2.0, (local, zero_shot)
+    zero_shot, fedpgp = pathological_run(tmp_path, "FedPGP")
+    _, promptfl = pathological_run(tmp_path, "PromptFL")
+    assert fedpgp > promptfl + 2.0, (fedpgp, promptfl)
+    assert fedpgp > zero_shot + 2.0, (fedpgp, zero_shot)

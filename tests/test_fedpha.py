@@ -151,7 +151,7 @@ def test_bad_values_are_clear_errors(tmp_path, key, value, message):
         _trainer(tmp_path, f"TRAINER.FEDPHA.{key}", value)
 
 
-from tests.toyworld_learning import V1_WEIGHTS, V1_WORLD  # noqa: E402
+from tests.toyworld_learning import V1_WEIGHTS, pathological_run  # noqa: E402
 
 SHIPPED_WEIGHTS = V1_WEIGHTS  # calibrated on the first-generation world and weights, like FedPGP's test
 
@@ -160,19 +160,10 @@ SHIPPED_WEIGHTS = V1_WEIGHTS  # calibrated on the first-generation world and wei
 def test_local_prompts_of_different_lengths_beat_promptfl_on_a_pathological_split(tmp_path):
     """6 clients with 2 of 12 classes each, local prompt lengths 4 / 8 / 16, 2 rounds of 10 local epochs,
     lr 0.1 (FedPGP's learning test). Measured: FedPHA Local 91.7, PromptFL 75.0, zero-shot 43.1."""
-    flags = ["--num-users", "6", "--rounds", "2", "--local-epochs", "10", "--num-shots", "4", "--subsample", "all",
-             "--partition", "pathological", "--seed", "1", "--lr", "0.1", "--clip-weights", SHIPPED_WEIGHTS]
-    opts = ["DATASET.TOYWORLD.NUM_CLASSES", "12", "DATASET.TOYWORLD.TRAIN_PER_CLASS", "4",
-            "DATASET.TOYWORLD.VAL_PER_CLASS", "0", "DATASET.TOYWORLD.TEST_PER_CLASS", "6",
-            "DATASET.TOYWORLD.NOISE", "0.25", "DATASET.TOYWORLD.DISTRACTORS", "3",
-            "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "FED.SHOW_PROGRESS", "False", *V1_WORLD]
-    local = {}
-    for name, extra in (("FedPHA", ["TRAINER.FEDPHA.LOCAL_LENGTHS", "[4, 8, 16]"]), ("PromptFL", [])):
-        results = main(["--output-dir", str(tmp_path / name), "--trainer", name, *flags, *opts, *extra])
-        local[name] = results["final"]["local"]
-        zero_shot = results["zero_shot"]["local"]
-    assert local["FedPHA"] > local["PromptFL"] + 5.0, local
-    assert local["FedPHA"] > zero_shot + 20.0, (local, zero_shot)
+    zero_shot, fedpha = pathological_run(tmp_path, "FedPHA", opts=["TRAINER.FEDPHA.LOCAL_LENGTHS", "[4, 8, 16]"])
+    _, promptfl = pathological_run(tmp_path, "PromptFL")
+    assert fedpha > promptfl + 5.0, (fedpha, promptfl)
+    assert fedpha > zero_shot + 20.0, (fedpha, zero_shot)
 
 
 def test_flower_simulation_with_per_client_lengths_matches_in_process(tmp_path):

@@ -13,7 +13,7 @@ from federated.data import build_federated_data
 from federated.errors import ConfigError
 from federated.run import main
 from tests.fedtv_testing import fast_args
-from tests.toyworld_learning import V1_WEIGHTS, V1_WORLD
+from tests.toyworld_learning import V1_WEIGHTS, pathological_run
 from trainers.pfedmma import AdaptedBlock, adapter_layers, grad_scale
 
 
@@ -129,16 +129,7 @@ def test_personal_adapters_beat_promptfl_on_a_pathological_split(tmp_path):
     """6 clients with 2 of 12 classes each, 2 rounds of 10 local epochs (FedPGP's learning test; lr 0.01
     for pFedMMA, whose adapter updates are rescaled by 1/s). Measured: pFedMMA Local 98.6, PromptFL 75.0
     (lr 0.1), zero-shot 43.1."""
-    flags = ["--num-users", "6", "--rounds", "2", "--local-epochs", "10", "--num-shots", "4", "--subsample", "all",
-             "--partition", "pathological", "--seed", "1", "--clip-weights", SHIPPED_WEIGHTS]
-    opts = ["DATASET.TOYWORLD.NUM_CLASSES", "12", "DATASET.TOYWORLD.TRAIN_PER_CLASS", "4",
-            "DATASET.TOYWORLD.VAL_PER_CLASS", "0", "DATASET.TOYWORLD.TEST_PER_CLASS", "6",
-            "DATASET.TOYWORLD.NOISE", "0.25", "DATASET.TOYWORLD.DISTRACTORS", "3",
-            "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "FED.SHOW_PROGRESS", "False", *V1_WORLD]
-    local = {}
-    for name, lr in (("pFedMMA", "0.01"), ("PromptFL", "0.1")):
-        results = main(["--output-dir", str(tmp_path / name), "--trainer", name, *flags, "--lr", lr, *opts])
-        local[name] = results["final"]["local"]
-        zero_shot = results["zero_shot"]["local"]
-    assert local["pFedMMA"] > local["PromptFL"] + 5.0, local
-    assert local["pFedMMA"] > zero_shot + 20.0, (local, zero_shot)
+    zero_shot, pfedmma = pathological_run(tmp_path, "pFedMMA", lr="0.01")
+    _, promptfl = pathological_run(tmp_path, "PromptFL")
+    assert pfedmma > promptfl + 5.0, (pfedmma, promptfl)
+    assert pfedmma > zero_shot + 20.0, (pfedmma, zero_shot)

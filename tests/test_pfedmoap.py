@@ -11,7 +11,7 @@ from federated.aggregation_experts import PromptExperts, nearest_clients
 from federated.errors import ConfigError
 from federated.run import main
 from tests.fedtv_testing import fast_args
-from tests.toyworld_learning import V1_WEIGHTS, V1_WORLD
+from tests.toyworld_learning import V1_WEIGHTS, pathological_run
 from trainers.pfedmoap import GatingAttention, mixture_logits, pool_features
 
 
@@ -185,13 +185,5 @@ def test_gating_dimensions_are_checked(tmp_path):
 def test_learns_on_a_pathological_split(tmp_path):
     """PromptFolio's learning setting (6 clients with 2 of 12 classes each, 2 rounds of 10 local epochs,
     lr 0.1), pinned to the first-generation world and weights like the other learning tests."""
-    flags = ["--trainer", "pFedMoAP", "--num-users", "6", "--rounds", "2", "--local-epochs", "10", "--num-shots",
-             "4", "--subsample", "all", "--partition", "pathological", "--seed", "1", "--lr", "0.1",
-             "--clip-weights", V1_WEIGHTS, "--output-dir", str(tmp_path)]
-    opts = ["DATASET.TOYWORLD.NUM_CLASSES", "12", "DATASET.TOYWORLD.TRAIN_PER_CLASS", "4",
-            "DATASET.TOYWORLD.VAL_PER_CLASS", "0", "DATASET.TOYWORLD.TEST_PER_CLASS", "6",
-            "DATASET.TOYWORLD.NOISE", "0.25", "DATASET.TOYWORLD.DISTRACTORS", "3", *V1_WORLD,
-            "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "FED.SHOW_PROGRESS", "False", "TRAINER.PFEDMOAP.EMBED_DIM", "16"]
-    results = main([*flags, *opts])
-    zero_shot, final = results["zero_shot"]["local"], results["final"]["local"]
+    zero_shot, final = pathological_run(tmp_path, "pFedMoAP", opts=["TRAINER.PFEDMOAP.EMBED_DIM", "16"])
     assert final > zero_shot + 20.0, (zero_shot, final)

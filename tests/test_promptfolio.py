@@ -10,7 +10,6 @@ from dassl.engine import build_trainer
 from federated.cli import build_cfg, parse_args
 from federated.data import build_federated_data
 from federated.errors import ConfigError
-from federated.run import main
 from federated.server import FederatedServer
 from tests.fedtv_testing import fast_args
 from trainers.promptfolio import portfolio_mix
@@ -72,7 +71,7 @@ def test_theta_outside_unit_interval_is_a_clear_error(tmp_path, theta):
         _trainer(tmp_path, "TRAINER.PROMPTFOLIO.THETA", theta)
 
 
-from tests.toyworld_learning import V1_WEIGHTS, V1_WORLD  # noqa: E402
+from tests.toyworld_learning import V1_WEIGHTS, pathological_run  # noqa: E402
 
 SHIPPED_WEIGHTS = V1_WEIGHTS  # the first-generation weights (see below)
 
@@ -83,17 +82,7 @@ def test_local_prompt_beats_promptfl_on_a_pathological_split(tmp_path):
 
     Measured: PromptFolio Local 87.5, PromptFL 75.0, zero-shot 43.1.
     """
-    flags = ["--num-users", "6", "--rounds", "2", "--local-epochs", "10", "--num-shots", "4", "--subsample", "all",
-             "--partition", "pathological", "--seed", "1", "--lr", "0.1", "--clip-weights", V1_WEIGHTS]
-    opts = ["DATASET.TOYWORLD.NUM_CLASSES", "12", "DATASET.TOYWORLD.TRAIN_PER_CLASS", "4",
-            "DATASET.TOYWORLD.VAL_PER_CLASS", "0", "DATASET.TOYWORLD.TEST_PER_CLASS", "6",
-            "DATASET.TOYWORLD.NOISE", "0.25", "DATASET.TOYWORLD.DISTRACTORS", "3",
-            *V1_WORLD,  # calibrated on the first-generation world and weights (tests/toyworld_learning.py)
-            "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "FED.SHOW_PROGRESS", "False"]
-    local = {}
-    for name in ("PromptFolio", "PromptFL"):
-        results = main(["--output-dir", str(tmp_path / name), "--trainer", name, *flags, *opts])
-        local[name] = results["final"]["local"]
-        zero_shot = results["zero_shot"]["local"]
-    assert local["PromptFolio"] > local["PromptFL"] + 5.0, local
-    assert local["PromptFolio"] > zero_shot + 20.0, (local, zero_shot)
+    zero_shot, folio = pathological_run(tmp_path, "PromptFolio")
+    _, promptfl = pathological_run(tmp_path, "PromptFL")
+    assert folio > promptfl + 5.0, (folio, promptfl)
+    assert folio > zero_shot + 20.0, (folio, zero_shot)

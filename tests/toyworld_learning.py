@@ -44,3 +44,23 @@ def demo_run(tmp_path, trainer: str, seed: int = 1) -> dict:
     from federated.run import main
 
     return main(["--trainer", trainer, "--seed", str(seed), "--output-dir", str(tmp_path), *DEMO_SMALL])
+
+
+#: The personalisation learning setting, calibrated on the first-generation world and weights: 6 clients with 2
+#: of 12 classes each (pathological split), 4 shots, 2 rounds of 10 local epochs, seed 1, noisy images.
+PATHOLOGICAL_FLAGS = ["--num-users", "6", "--rounds", "2", "--local-epochs", "10", "--num-shots", "4",
+                      "--subsample", "all", "--partition", "pathological", "--seed", "1", "--clip-weights", V1_WEIGHTS]
+PATHOLOGICAL_OPTS = ["DATASET.TOYWORLD.NUM_CLASSES", "12", "DATASET.TOYWORLD.TRAIN_PER_CLASS", "4",
+                     "DATASET.TOYWORLD.VAL_PER_CLASS", "0", "DATASET.TOYWORLD.TEST_PER_CLASS", "6",
+                     "DATASET.TOYWORLD.NOISE", "0.25", "DATASET.TOYWORLD.DISTRACTORS", "3", *V1_WORLD,
+                     "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "FED.SHOW_PROGRESS", "False"]
+
+
+def pathological_run(tmp_path, trainer: str, lr: str = "0.1", opts: list[str] = ()) -> tuple[float, float]:
+    """Zero-shot and final Local accuracy (percent) of ``trainer`` in the :data:`PATHOLOGICAL_FLAGS` setting
+    (output in ``tmp_path / trainer``; ``opts``: extra config overrides)."""
+    from federated.run import main
+
+    results = main(["--output-dir", str(tmp_path / trainer), "--trainer", trainer, *PATHOLOGICAL_FLAGS, "--lr", lr,
+                    *PATHOLOGICAL_OPTS, *opts])
+    return results["zero_shot"]["local"], results["final"]["local"]
