@@ -46,3 +46,20 @@ def console_output():
             os.close(saved[1])
             sink.seek(0)
             captured.append(sink.read())
+
+
+def in_process_and_flower(base, flags: list[str], opts: list[str] = ()) -> tuple[dict, dict]:
+    """The same fast run in process (``base / "inprocess"``) and on the Flower simulation (``base / "flower"``),
+    both with one torch thread, as Ray's actors: the same float32 summation order in both engines."""
+    import torch
+
+    from federated.run import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        inproc = main(fast_args(base / "inprocess", flags, opts))
+        sim = main(fast_args(base / "flower", [*flags, "--engine", "flower-sim"], opts))
+    finally:
+        torch.set_num_threads(threads)
+    return inproc, sim

@@ -12,7 +12,7 @@ from federated.cli import build_cfg, parse_args
 from federated.data import build_federated_data
 from federated.errors import ConfigError
 from federated.run import main
-from tests.fedtv_testing import fast_args
+from tests.fedtv_testing import fast_args, in_process_and_flower
 from trainers.fedpha import fedpha_alignment, null_space_projection
 
 # P_g has singular values 3, 1 with right-singular vectors e1, e2 (d = 3); RATIO 0.5 -> k = int(2 * 0.5) = 1
@@ -172,13 +172,7 @@ def test_flower_simulation_with_per_client_lengths_matches_in_process(tmp_path):
     pytest.importorskip("flwr", reason="Flower is optional: pip install -r requirements-flower.txt")
     args = ["--trainer", "FedPHA", "--lr", "0.05"]
     opts = ["TRAINER.FEDPHA.LOCAL_LENGTHS", "[4, 8, 6]"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as Ray's actors: the same float32 summation order in both engines
-    try:
-        inproc = main(fast_args(tmp_path / "inprocess", args, opts))
-        sim = main(fast_args(tmp_path / "flower", [*args, "--engine", "flower-sim"], opts))
-    finally:
-        torch.set_num_threads(threads)
+    inproc, sim = in_process_and_flower(tmp_path, args, opts)
     for a, b in zip(inproc["rounds"], sim["rounds"], strict=True):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
         assert b["local_per_client"] == pytest.approx(a["local_per_client"], abs=1e-9)

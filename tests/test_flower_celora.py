@@ -7,8 +7,7 @@ import torch
 
 pytest.importorskip("flwr", reason="Flower is optional: pip install -r requirements-flower.txt")
 
-from federated.run import main  # noqa: E402
-from tests.fedtv_testing import fast_args  # noqa: E402
+from tests.fedtv_testing import in_process_and_flower  # noqa: E402
 
 ARGS = ["--trainer", "CELoRA", "--lr", "0.01"]
 
@@ -16,13 +15,7 @@ ARGS = ["--trainer", "CELoRA", "--lr", "0.01"]
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("flower_celora")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as Ray's actors: the same float32 summation order in both engines
-    try:
-        inproc = main(fast_args(base / "inprocess", ARGS))
-        sim = main(fast_args(base / "flower", [*ARGS, "--engine", "flower-sim"]))
-    finally:
-        torch.set_num_threads(threads)
+    inproc, sim = in_process_and_flower(base, ARGS)
     return base, inproc, sim
 
 

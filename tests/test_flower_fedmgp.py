@@ -7,8 +7,7 @@ import torch
 
 pytest.importorskip("flwr", reason="Flower is optional: pip install -r requirements-flower.txt")
 
-from federated.run import main  # noqa: E402
-from tests.fedtv_testing import fast_args  # noqa: E402
+from tests.fedtv_testing import in_process_and_flower  # noqa: E402
 
 ARGS = ["--trainer", "FedMGP", "--lr", "0.5"]
 
@@ -16,13 +15,7 @@ ARGS = ["--trainer", "FedMGP", "--lr", "0.5"]
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("flower_fedmgp")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as Ray's actors: the same float32 summation order in both engines
-    try:
-        inproc = main(fast_args(base / "inprocess", ARGS))
-        sim = main(fast_args(base / "flower", [*ARGS, "--engine", "flower-sim"]))
-    finally:
-        torch.set_num_threads(threads)
+    inproc, sim = in_process_and_flower(base, ARGS)
     return base, inproc, sim
 
 

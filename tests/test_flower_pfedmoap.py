@@ -7,21 +7,14 @@ import torch
 
 pytest.importorskip("flwr", reason="Flower is optional: pip install -r requirements-flower.txt")
 
-from federated.run import main  # noqa: E402
-from tests.fedtv_testing import fast_args  # noqa: E402
+from tests.fedtv_testing import in_process_and_flower  # noqa: E402
 
 ARGS = ["--trainer", "pFedMoAP", "--lr", "0.05"]
 OPTS = ["TRAINER.PFEDMOAP.EMBED_DIM", "16", "TRAINER.PFEDMOAP.NUM_EXPERTS", "3"]
 
 
 def test_experts_reach_the_nodes_and_every_round_is_the_same(tmp_path):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as Ray's actors: the same float32 summation order in both engines
-    try:
-        inproc = main(fast_args(tmp_path / "inprocess", ARGS, OPTS))
-        sim = main(fast_args(tmp_path / "flower", [*ARGS, "--engine", "flower-sim"], OPTS))
-    finally:
-        torch.set_num_threads(threads)
+    inproc, sim = in_process_and_flower(tmp_path, ARGS, OPTS)
     assert len(sim["rounds"]) == len(inproc["rounds"]) == 2
     for a, b in zip(inproc["rounds"], sim["rounds"], strict=True):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
