@@ -89,3 +89,22 @@ def test_every_documented_command_exists(doc, command):
             check_args(parse_args(argv[2:]))  # raises ConfigError for a stale flag, name, key or file
         finally:
             os.chdir(cwd)
+
+
+def test_no_tracked_file_names_a_path_users_cannot_open():
+    """Code, docs and data name only what a clone has: nothing points at the developers' machine
+    (``/work/...``) or at a folder beside the repository (``../shared``)."""
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    pattern = re.compile(r"/work/|\.\./shared\b|shared/seeds")
+    offenders = []
+    for name in files:
+        if name == "tests/test_docs.py" or name.endswith((".safetensors", ".png", ".pt", ".gz")):
+            continue
+        try:
+            text = open(os.path.join(REPO, name), encoding="utf-8").read()
+        except (UnicodeDecodeError, IsADirectoryError):
+            continue
+        offenders += [f"{name}: {m.group(0)}" for m in pattern.finditer(text)]
+    assert not offenders, offenders
