@@ -125,11 +125,12 @@ def test_sequential_declaration_is_what_batching_and_the_cost_model_use(name):
 
 @pytest.mark.parametrize("name", TRAINER_REGISTRY.registered_names())
 def test_a_method_with_an_end_of_training_step_declares_sequential(name):
-    """``finish_local_training`` runs in the sequential loop only (the batched engine trains stacked clients
-    and never calls it): a method that gives it a body must declare SEQUENTIAL, or batched clients would
-    silently skip its step (e.g. FedMGP's group sampling)."""
+    """``start_local_training`` / ``finish_local_training`` run in the sequential loop only (the batched engine
+    trains stacked clients and never calls them): a method that gives one a body must declare SEQUENTIAL, or
+    batched clients would silently skip its step (e.g. FedMGP's group sampling, pFedMoAP's published gating)."""
     from trainers.base import FederatedTrainer
 
     cls = TRAINER_REGISTRY.get(name)
-    if cls.finish_local_training is not FederatedTrainer.finish_local_training:
-        assert cls.SEQUENTIAL, f"{name} overrides finish_local_training but does not declare SEQUENTIAL"
+    for hook in ("start_local_training", "finish_local_training"):
+        if getattr(cls, hook) is not getattr(FederatedTrainer, hook):
+            assert cls.SEQUENTIAL, f"{name} overrides {hook} but does not declare SEQUENTIAL"

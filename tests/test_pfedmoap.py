@@ -174,6 +174,53 @@ def test_training_uses_the_trained_prompt_and_evaluation_the_clients_own(tmp_pat
         assert global_experts is None
 
 
+def _gating_chain(monkeypatch, tmp_path, gating: str) -> tuple[dict, dict, list[int]]:
+    """A 3-client, 3-round run (every client every round) recording each client's gating ``w_q`` when its
+    training starts and ends: ``(start, end, round-2 training order)``, keyed by ``(round, client)``."""
+    from trainers.pfedmoap import pFedMoAP
+
+    start, end = {}, {}
+    begin, finish = pFedMoAP.start_local_training, pFedMoAP.finish_local_training
+
+    def record_start(self, context):
+        begin(self, context)
+        start[context["round"], context["client"]] = self.model.gating.w_q.weight.detach().clone()
+
+    def record_end(self, context):
+        end[context["round"], context["client"]] = self.model.gating.w_q.weight.detach().clone()
+        finish(self, context)
+
+    monkeypatch.setattr(pFedMoAP, "start_local_training", record_start)
+    monkeypatch.setattr(pFedMoAP, "finish_local_training", record_end)
+    main(fast_args(tmp_path, ["--trainer", "pFedMoAP", "--rounds", "3"], [*OPTS, "TRAINER.PFEDMOAP.GATING", gating]))
+    return start, end, [c for r, c in start if r == 2]  # in the order they trained
+
+
+def test_published_gating_passes_from_client_to_client_in_round_two(monkeypatch, tmp_path):
+    """``GATING "published"``: in round 2 (each client's second selection) the first client starts from the
+    initial gating and every next one from the gating the previous one ended with; from round 3 each client
+    goes on from its own. ``"personal"``: each client always starts from its own."""
+    start, end, order = _gating_chain(monkeypatch, tmp_path / "published", "published")
+    assert sorted(order) == [0, 1, 2]
+    initial = start[1, 0]
+    assert all(torch.equal(start[1, c], initial) and torch.equal(end[1, c], initial) for c in range(3))  # no experts
+    assert torch.equal(start[2, order[0]], initial)
+    for before, after in zip(order[:-1], order[1:], strict=True):
+        assert torch.equal(start[2, after], end[2, before])
+        assert not torch.equal(end[2, before], initial)  # the gating trained: the chain is visible
+    assert all(torch.equal(start[3, c], end[2, c]) for c in range(3))
+    start, end, order = _gating_chain(monkeypatch, tmp_path / "personal", "personal")
+    assert all(torch.equal(start[2, c], initial) for c in range(3))  # own gating, untrained in round 1
+    assert all(torch.equal(start[3, c], end[2, c]) for c in range(3))
+    assert len({tuple(end[2, c].flatten().tolist()) for c in range(3)}) == 3
+
+
+def test_published_gating_needs_every_client_every_round(tmp_path):
+    with pytest.raises(ConfigError, match="GATING 'published' needs FED.FRAC 1"):
+        main(fast_args(tmp_path, FLAGS, [*OPTS, "TRAINER.PFEDMOAP.GATING", "published"]))
+    assert not os.path.exists(tmp_path / "results.json")
+
+
 def test_gating_dimensions_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="EMBED_DIM 12 must be a multiple of HEADS 8"):
         main(fast_args(tmp_path / "a", [*FLAGS], ["TRAINER.PFEDMOAP.EMBED_DIM", "12"]))

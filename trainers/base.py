@@ -326,6 +326,7 @@ class FederatedTrainer(TrainerX):
         """Train ``epochs`` epochs on ``loader`` with a fresh optimiser; returns the last epoch's means."""
         self.anomaly_context = dict(context or {})
         self.train_loader_x = loader
+        self.start_local_training(self.anomaly_context)
         # What the client downloaded this round (for proximal terms such as FedProx): detached copies
         # of the shared parameters, on the device.
         params = self.trainable_parameters()
@@ -340,6 +341,11 @@ class FederatedTrainer(TrainerX):
                 if optim is not None}
         self.finish_local_training(self.anomaly_context)
         return history[-1] if history else {}
+
+    def start_local_training(self, context: dict) -> None:
+        """Called when a client's local training starts, after its state is loaded and before the round's
+        anchor and optimisers are taken (``context``: ``client``, 1-based ``round``); default nothing. Only the
+        sequential loop calls it (the batched engine does not), so a method that uses it declares ``SEQUENTIAL``."""
 
     def finish_local_training(self, context: dict) -> None:
         """Called after a client's local training, before its state is read (``context``: ``client``, 1-based

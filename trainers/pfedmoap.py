@@ -37,17 +37,26 @@ Config ``TRAINER.PFEDMOAP`` (defaults = the official code and ``train.sh``): the
 16, ``CSC`` False, ``CTX_INIT`` "", ``PREC`` "fp16" (fp32 on CPU), ``CLASS_TOKEN_POSITION`` "end"),
 ``NUM_EXPERTS`` 10, ``SELECTION`` "nearest" ("random": a fixed per-client random order), ``LAMBDA``
 0.5, ``SCALING`` 10, ``HEADS`` 8, ``EMBED_DIM`` 128 (``P``; the feature dimension ``D`` must be a
-multiple), ``GATING_LR`` 0.01, ``EVAL_PROMPT`` "local".
+multiple), ``GATING_LR`` 0.01, ``EVAL_PROMPT`` "local", ``GATING`` "personal" ("published": below).
 
 Differences from the official code (``docs/REPRODUCING.md``):
 
-* Fixed bugs (no flag: a crash, or a behaviour that depends on the order one module is visited in):
-  the expert selection works for any number of clients and returns client ids (the published
-  ``torch.topk`` over a Python list crashes above ``NUM_EXPERTS`` trained clients); every client has
-  its own gating network (the published ``{} != []`` check makes clients inherit the previous
-  client's gating and crashes a never-trained client with ``FED.FRAC`` < 1); the gating optimiser is
-  fresh per client per round (published: one shared, never reset; ``FED.SHARED_OPTIMIZER True``
-  restores one optimiser carried across clients).
+* Fixed bugs: the expert selection works for any number of clients and returns client ids (the
+  published ``torch.topk`` over a Python list crashes above ``NUM_EXPERTS`` trained clients; no flag);
+  the gating optimiser is fresh per client per round (published: one shared, never reset;
+  ``FED.SHARED_OPTIMIZER True`` restores one optimiser carried across clients).
+* Every client has its own gating network (``GATING "personal"``, the default). The published
+  ``local_gatings`` starts as ``{}`` per client but is compared with ``[]``, so a client's stored gating
+  is loaded only from its third selection on: at its second selection it loads ``{}`` (nothing) and trains
+  on from the gating the single trainer module holds, i.e. the one the previously trained client ended
+  with. ``GATING "published"`` restores that leak (:meth:`pFedMoAP.start_local_training`): with every
+  client in every round (``FED.FRAC`` 1, required) the second selection is round 2, where the clients, in
+  their training order, pass the gating along a chain that starts from the initial one (no client trains
+  its gating in round 1: no experts yet); from round 3 each client trains on from its own. Like
+  ``FED.SHARED_OPTIMIZER``, the passed-on gating lives in the process's trainer (in a Flower run each
+  node passes its own along); a resumed run is exact, since the chain starts from the initial gating and
+  no checkpoint falls inside round 2. With ``FED.FRAC`` < 1 the published code crashes (a never-trained
+  client's evaluation calls ``load_ctx([])``), so that combination is refused.
 * Evaluation (``EVAL_PROMPT``): as the official code, a client is evaluated with its own latest trained
   prompt as the local expert (the server's memory serves it back as ``own``; the official client keeps
   it), its gating and its experts; a client not trained yet with the downloaded prompt. The official code
@@ -195,7 +204,7 @@ class pFedMoAP(PromptTrainer):  # noqa: N801 - the method's published name
     CFG_RULES = {"NUM_EXPERTS": Range(1), "SELECTION": SELECTIONS, "LAMBDA": Range(0),
                  "SCALING": Range(0, low_open=True), "HEADS": Range(1), "EMBED_DIM": Range(1),
                  "GATING_LR": Range(0, low_open=True), "CSC": (False,), "EVAL_PROMPT": ("local", "global"),
-                 "gating dims": _gating_dims}
+                 "GATING": ("personal", "published"), "gating dims": _gating_dims}
 
     @classmethod
     def cfg_defaults(cls):
@@ -208,10 +217,15 @@ class pFedMoAP(PromptTrainer):  # noqa: N801 - the method's published name
         node.EMBED_DIM = 128
         node.GATING_LR = 0.01
         node.EVAL_PROMPT = "local"
+        node.GATING = "personal"
         return node
 
     def build_model(self) -> None:
         t = self.tcfg
+        if str(t.GATING) == "published" and float(self.cfg.FED.FRAC) < 1:
+            raise ConfigError(f"TRAINER.PFEDMOAP.GATING 'published' needs FED.FRAC 1 (got {self.cfg.FED.FRAC}): the "
+                              f"published code crashes there (a never-trained client's evaluation loads an empty "
+                              f"prompt); use GATING 'personal'")
         clip = load_frozen_clip(self.cfg, self.device)
         learner = self.build_prompt_learner(clip)
         if self.reference_mode:
@@ -225,11 +239,26 @@ class pFedMoAP(PromptTrainer):  # noqa: N801 - the method's published name
         self.model.evaluate_own = str(t.EVAL_PROMPT) == "local"
         self.register_model("prompt", learner)
         self.register_model("gating", gating)
+        #: GATING "published": the gating the previously trained client ended with (the published single module)
+        self._passed_gating: dict[str, torch.Tensor] | None = None
 
     def optim_overrides(self) -> dict[str, dict]:
         """The gating's optimiser: ``GATING_LR``, constant (published: single_step with gamma 1)."""
         return {"gating": {"LR": float(self.tcfg.GATING_LR), "LR_SCHEDULER": "single_step", "STEPSIZE": (-1,),
                            "GAMMA": 1.0}}
+
+    def start_local_training(self, context: dict) -> None:
+        """``GATING "published"``: at its second selection (round 2, every client in every round) a client trains
+        on from the gating the previously trained client ended with (the first one of the round from the
+        initial gating, which round 1 leaves untrained), as the published trainer module it never reloads."""
+        if str(self.tcfg.GATING) == "published" and int(context.get("round", 0)) == 2:
+            gating = {k: v for k, v in self._initial_personal.items() if k.startswith("gating.")}
+            self.load_state(self._passed_gating or gating)
+
+    def finish_local_training(self, context: dict) -> None:
+        """``GATING "published"``: remember the gating this client ended with, for the next client."""
+        if str(self.tcfg.GATING) == "published":
+            self._passed_gating = self.get_state([k for k in self.personal_keys() if k.startswith("gating.")])
 
     def build_server_step(self) -> PromptExperts:
         t = self.tcfg
