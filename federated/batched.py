@@ -47,6 +47,7 @@ from dassl.engine.trainer import check_finite_loss
 from dassl.optim import build_lr_scheduler, build_optimizer
 from federated.errors import ConfigError
 from trainers.base import FederatedTrainer, advance_scheduler, local_schedule
+from trainers.method import RoundContext
 
 MASKED_OPTIMIZERS = ("sgd", "adam", "adamw", "amsgrad")
 
@@ -223,14 +224,15 @@ class BatchedClients:
         self.chunk = chunk or 10**9
 
     def train(self, starts: list[dict[str, torch.Tensor]], loaders: list, epochs: int,
-              contexts: list[dict]) -> list[tuple[dict[str, float], dict[str, torch.Tensor]]]:
+              contexts: list[RoundContext]) -> list[tuple[dict[str, float], dict[str, torch.Tensor]]]:
         """Train ``K = len(starts)`` clients for ``epochs`` epochs.
 
         Args:
             starts: client k's downloaded state (every trainable tensor by name, CPU or device).
             loaders: client k's epoch iterables of ``{"feat": (B, *F), "label": (B,)}`` batches.
             epochs: local epochs.
-            contexts: client k's ``{"client": id, "round": r}`` (error messages).
+            contexts: client k's client id and 1-based round (its ``round_start`` is filled here from
+                ``starts`` when the method declares ``NEEDS_ROUND_START_STATE``).
 
         Returns, per client: the last epoch's summary (size-weighted means of ``loss``, ``acc`` and the
         method's extra terms, as ``local_train``) and its trained state (CPU copies, every trainable name).
@@ -243,10 +245,12 @@ class BatchedClients:
                 raise BatchingUnsupported(f"the clients' {n} differ in shape {shapes}: they cannot be stacked")
         stacked = {n: torch.stack([s[n].to(device, torch.float32) for s in starts]).requires_grad_(True)
                    for n in self.names}
-        anchors = {n: torch.stack([s[n].to(device) for s in starts]) for n in self.names if n in self.shared}
+        anchors = {n: torch.stack([s[n].to(device) for s in starts]) for n in self.names
+                   if n in self.shared} if t.NEEDS_ROUND_START_STATE else {}
         optim = MaskedOptimizer(list(stacked.values()), t.cfg.OPTIM, k)
-        lrs = epoch_learning_rates(t.cfg.OPTIM, epochs, contexts[0].get("round") if contexts else None)
-        mapped = self._mapped_loss(ParameterRows(t.model, self.names))
+        round_number = contexts[0].round if contexts else None
+        lrs = epoch_learning_rates(t.cfg.OPTIM, epochs, round_number)
+        mapped = self._mapped_loss(ParameterRows(t.model, self.names), round_number)
         summaries: list[dict[str, float]] = [{} for _ in range(k)]
         t.set_model_mode("train")
         t.max_epoch = epochs
@@ -268,19 +272,20 @@ class BatchedClients:
                     optim.step(mask, lrs[epoch])
                 summaries = self._epoch_summaries(sums, counts, contexts, summaries)
         finally:
-            t.round_start_shared = {}
+            t.round_context = RoundContext()
         dtypes = {n: p.dtype for n, p in t.trainable_parameters().items()}
         states = [{n: stacked[n][j].detach().to("cpu", dtypes[n], copy=True) for n in self.names} for j in range(k)]
         return list(zip(summaries, states, strict=True))
 
-    def _mapped_loss(self, swap: ParameterRows):
+    def _mapped_loss(self, swap: ParameterRows, round_number: int | None):
         """``compute_loss`` mapped over clients: ``(rows, anchors, feats (k, B, *F), labels (k, B))`` ->
         ``(loss (k,), logits (k, B, C), extra {name: (k,)})``; ``anchors`` are the downloaded shared
-        tensors (``round_start_shared``, e.g. FedProx's anchor)."""
+        tensors (``(k, ...)`` each; empty unless the method declares ``NEEDS_ROUND_START_STATE``), handed
+        to ``compute_loss`` as each client's row in ``round_context.round_start`` (FedProx's anchor)."""
         t = self.trainer
 
         def client_loss(rows: dict, anchors: dict, feats: torch.Tensor, labels: torch.Tensor):
-            t.round_start_shared = anchors
+            t.round_context = RoundContext(round=round_number, round_start=anchors)
             with swap.use(rows):
                 loss, logits, extra = t.compute_loss(feats, labels)
             return loss.float(), logits, {key: torch.as_tensor(v).float() for key, v in extra.items()}
@@ -324,7 +329,7 @@ class BatchedClients:
             counts.index_add_(0, idx, torch.full((len(members),), float(size), device=t.device))
 
     @staticmethod
-    def _epoch_summaries(sums: dict[str, torch.Tensor], counts: torch.Tensor, contexts: list[dict],
+    def _epoch_summaries(sums: dict[str, torch.Tensor], counts: torch.Tensor, contexts: list[RoundContext],
                          previous: list[dict]) -> list[dict[str, float]]:
         """Size-weighted epoch means per client (one host sync); a non-finite loss raises."""
         host = {key: v.tolist() for key, v in sums.items()}
@@ -334,6 +339,6 @@ class BatchedClients:
                 out.append(previous[j])
                 continue
             summary = {key: v[j] / n for key, v in host.items()}
-            check_finite_loss(summary["loss"], contexts[j])
+            check_finite_loss(summary["loss"], contexts[j].where())
             out.append(summary)
         return out

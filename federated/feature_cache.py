@@ -150,8 +150,8 @@ class DiskFeatureCache:
         os.makedirs(directory, exist_ok=True)
         clip = trainer.model.clip
         # Trainers whose frozen image path returns something else than the pooled feature (e.g. patch
-        # tokens) name it in ``image_feature_kind``; it is part of the key.
-        kind = getattr(trainer, "image_feature_kind", "")
+        # tokens) declare it in ``image_feature_kind``; it is part of the key.
+        kind = trainer.image_feature_kind
         backbone = f"{clip.name}|{kind}" if kind else clip.name
         key = cache_key(self.items, backbone, weights_fingerprint(clip.weights_source), transform, self.views,
                         self.seed, self.positions)

@@ -27,6 +27,7 @@ from federated.errors import ClassSpaceError, ConfigError
 from federated.feature_cache import EvalFeatureCache, TrainFeatureCache
 from federated.results import harmonic_mean, summaries
 from federated.run_state import ClientUpdate, Download, State, derive_seed, seed_everything
+from trainers.method import RoundContext
 
 logger = logging.getLogger("fedtv.runtime")
 
@@ -162,7 +163,7 @@ class ClientRuntime:
                  if cid in side_wanted}
         trained = self.batched.train([{**d.shared, **personal[d.client]} for d in downloads], loaders,
                                      int(self.cfg.OPTIM.MAX_EPOCH),
-                                     [{"client": c, "round": round_idx + 1} for c in cids])
+                                     [RoundContext(client=c, round=round_idx + 1) for c in cids])
         return [self._update(cid, summary, state, sides.get(cid))
                 for cid, (summary, state) in zip(cids, trained, strict=True)]
 
@@ -178,7 +179,7 @@ class ClientRuntime:
         seed_everything(derive_seed(self.seed, round_idx, cid, 0))
         loader = self.train_loader(cid, round_idx)
         side = t.side_information(loader) if side_information else None
-        summary = t.local_train(loader, int(self.cfg.OPTIM.MAX_EPOCH), context={"client": cid, "round": round_idx + 1})
+        summary = t.local_train(loader, int(self.cfg.OPTIM.MAX_EPOCH), RoundContext(client=cid, round=round_idx + 1))
         return self._update(cid, summary, t.get_state(t.shared_keys() + t.personal_keys()), side)
 
     def _update(self, cid: int, summary: dict, state: State, side: State | None) -> ClientUpdate:

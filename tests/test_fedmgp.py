@@ -19,6 +19,7 @@ from federated.run import main
 from tests.fedtv_testing import fast_args
 from tests.toyworld_learning import SHIPPED_WEIGHTS, learning_run
 from trainers.fedmgp import diversity_loss, draw_groups, group_sampling_probabilities
+from trainers.method import RoundContext
 from trainers.visual_prompt import prompted_image_features
 
 
@@ -134,14 +135,14 @@ def test_upload_is_drawn_and_the_download_fills_the_clients_own_positions(tmp_pa
         ctx.normal_()
         vis.normal_()
     # first training: random positions, the uploads are those groups in rank order
-    t.finish_local_training({"client": 0, "round": 1})
+    t.finish_local_training(RoundContext(client=0, round=1))
     first = ex.text_sampled.long().clone()
     assert len(set(first.tolist())) == 2 and (ex.visual_sampled >= 0).all()
     torch.testing.assert_close(ex.text_rank, ctx[first])
     with torch.no_grad():
         ex.text_sampled.fill_(-1.0)
         ex.visual_sampled.fill_(-1.0)
-    t.finish_local_training({"client": 0, "round": 1})  # the same seed: the same draw
+    t.finish_local_training(RoundContext(client=0, round=1))  # the same seed: the same draw
     assert ex.text_sampled.long().tolist() == first.tolist()
     # a download: the global rank tensors overwrite exactly the remembered positions
     before = ctx.detach().clone()
@@ -153,7 +154,7 @@ def test_upload_is_drawn_and_the_download_fills_the_clients_own_positions(tmp_pa
     # later rounds: similarity-guided; with T -> 0 the groups closest to the downloaded ones are drawn
     with torch.no_grad():
         ex.text_rank.copy_(ctx[[4, 1]].detach())
-    t.finish_local_training({"client": 0, "round": 2})
+    t.finish_local_training(RoundContext(client=0, round=2))
     assert sorted(ex.text_sampled.long().tolist()) == [1, 4]
     # a client that never uploaded keeps its groups on a download
     state = t.get_state(t.personal_keys())

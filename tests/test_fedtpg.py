@@ -19,6 +19,7 @@ from tests.toyworld_learning import SHIPPED_WEIGHTS, learning_run
 from trainers.base import local_schedule
 from trainers.cross_attention import GEGLU, CrossAttention
 from trainers.fedtpg import PromptGenerator
+from trainers.method import RoundContext
 
 
 def _trainer(tmp_path, *opts):
@@ -141,7 +142,7 @@ def test_schedule_over_rounds_is_one_cosine_across_the_rounds(tmp_path):
     assert lrs == pytest.approx([0.003 * (1 + math.cos(math.pi * r / 5)) / 2 for r in range(5)])
     # the trainer's own optimiser (sequential clients) follows the same schedule
     trainer = build_trainer(cfg, classnames=build_federated_data(cfg).classnames)
-    trainer.anomaly_context = {"round": 4}
+    trainer.round_context = RoundContext(round=4)
     trainer.build_optimizers(1)
     assert trainer._optims["model"].param_groups[0]["lr"] == pytest.approx(lrs[3])
     # off: each round starts the schedule afresh
@@ -226,15 +227,15 @@ def test_client_optimizer_state_carries_each_clients_momentum_to_its_next_round(
     dim = trainer.model.prompt_learner.names().shape[1]
     gen = torch.Generator().manual_seed(0)
     loader = [{"feat": torch.randn(4, dim, generator=gen), "label": torch.arange(4) % trainer.num_classes}]
-    trainer.local_train(loader, 1, {"client": 0, "round": 1})
+    trainer.local_train(loader, 1, RoundContext(client=0, round=1))
     kept = trainer._client_optim_states[0]["model"]
     assert kept and all("momentum_buffer" in v for v in kept.values())
-    trainer.anomaly_context = {"client": 0, "round": 2}
+    trainer.round_context = RoundContext(client=0, round=2)
     trainer.build_optimizers(1)
     state = trainer._optims["model"].state_dict()["state"]
     for i, v in kept.items():
         torch.testing.assert_close(state[i]["momentum_buffer"], v["momentum_buffer"])
-    trainer.anomaly_context = {"client": 1, "round": 2}  # another client starts with no momentum
+    trainer.round_context = RoundContext(client=1, round=2)  # another client starts with no momentum
     trainer.build_optimizers(1)
     assert trainer._optims["model"].state_dict()["state"] == {}
     from federated.batched import batching_support

@@ -134,3 +134,38 @@ def test_a_method_with_an_end_of_training_step_declares_sequential(name):
     for hook in ("start_local_training", "finish_local_training"):
         if getattr(cls, hook) is not getattr(FederatedTrainer, hook):
             assert cls.SEQUENTIAL, f"{name} overrides {hook} but does not declare SEQUENTIAL"
+
+
+@pytest.mark.parametrize("declared", [False, True])
+def test_both_engines_hand_over_the_round_context_and_the_round_start_state_only_when_declared(
+        tmp_path, new_method, declared):
+    """The round context (client, 1-based round, and with NEEDS_ROUND_START_STATE the downloaded shared
+    tensors) is what the sequential loop and the batched engine give ``compute_loss``; nothing else travels."""
+    from federated.batched import BatchedClients
+    from federated.cli import build_cfg, parse_args
+    from federated.data import build_federated_data
+    from trainers.method import RoundContext
+
+    seen = []
+
+    class Recording(new_method):
+        NEEDS_ROUND_START_STATE = declared
+
+        def compute_loss(self, image_features, labels):
+            c = self.round_context
+            seen.append((c.client, c.round, {k: tuple(v.shape) for k, v in c.round_start.items()}))
+            return super().compute_loss(image_features, labels)
+
+    cfg = build_cfg(parse_args(fast_args(tmp_path, ["--trainer", "FedMini"])))
+    trainer = Recording(cfg, classnames=build_federated_data(cfg).classnames)
+    ctx = trainer.model.prompt_learner.ctx
+    dim = trainer.model.eval_context().shape[1]
+    loader = [{"feat": torch.randn(4, dim), "label": torch.arange(4) % trainer.num_classes}]
+    trainer.local_train(loader, 1, RoundContext(client=3, round=2))
+    start = {"prompt_learner.ctx": ctx.detach().clone()}
+    BatchedClients(trainer).train([start, start], [loader, loader], 1,
+                                  [RoundContext(client=0, round=5), RoundContext(client=1, round=5)])
+    anchors = {"prompt_learner.ctx": tuple(ctx.shape)} if declared else {}
+    # sequential: the client's own context; batched: one mapped call over the clients (each sees its row)
+    assert seen == [(3, 2, anchors), (None, 5, anchors)]
+    assert trainer.round_context.round_start == {}  # the anchors are not kept after training

@@ -184,10 +184,10 @@ def _gating_chain(monkeypatch, tmp_path, gating: str) -> tuple[dict, dict, list[
 
     def record_start(self, context):
         begin(self, context)
-        start[context["round"], context["client"]] = self.model.gating.w_q.weight.detach().clone()
+        start[context.round, context.client] = self.model.gating.w_q.weight.detach().clone()
 
     def record_end(self, context):
-        end[context["round"], context["client"]] = self.model.gating.w_q.weight.detach().clone()
+        end[context.round, context.client] = self.model.gating.w_q.weight.detach().clone()
         finish(self, context)
 
     monkeypatch.setattr(pFedMoAP, "start_local_training", record_start)

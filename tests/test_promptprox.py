@@ -12,6 +12,7 @@ from federated.data import build_federated_data
 from federated.errors import ConfigError
 from tests.fedtv_testing import fast_args
 from tests.toyworld_learning import SHIPPED_WEIGHTS, learning_run
+from trainers.method import RoundContext
 from trainers.promptprox import proximal_term
 
 
@@ -54,7 +55,7 @@ def test_proximal_term_bad_arguments():
 # ------------------------------------------------------------------ the trainer's loss and gradient
 def _loss_and_grad(trainer, feats, labels, anchor):
     ctx = trainer.model.prompt_learner.ctx
-    trainer.round_start_shared = {"prompt_learner.ctx": anchor}
+    trainer.round_context = RoundContext(round_start={"prompt_learner.ctx": anchor})
     ctx.grad = None
     loss, logits, extra = trainer.compute_loss(feats, labels)
     loss.backward()

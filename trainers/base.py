@@ -18,12 +18,14 @@ a small set of trainable tensors. A method is a subclass that declares (``traine
   (synchronous steps with server-side noise, ``federated/fedsgd.py``; the method provides
   ``client_gradients`` and ``apply_gradients``, DP-FPL). The loop and the optimiser (``local_train``,
   ``forward_backward``, ``build_optimizers``, ``run_epoch``) belong to the engines: methods do not override them
-  (``optim_overrides()`` gives a registered model its own ``OPTIM`` keys).
+  (``optim_overrides()`` gives a registered model its own ``OPTIM`` keys);
+* ``NEEDS_ROUND_START_STATE``: ``compute_loss`` reads the round's downloaded shared tensors from
+  ``self.round_context.round_start`` (FedProx); both engines provide them (``trainers.method.RoundContext``).
 
 The server drives it through:
 
 * ``shared_keys()`` / ``personal_keys()``, ``get_state(keys)`` / ``load_state(state)``;
-* ``local_train(loader, epochs, context)``: fresh optimiser and scheduler per call (per client per
+* ``local_train(loader, epochs, context: RoundContext)``: fresh optimiser and scheduler per call (per client per
   round), so no momentum leaks between clients (``FED.SHARED_OPTIMIZER True``: the published codes'
   single optimiser and scheduler, created once and carried across clients and rounds,
   docs/PUBLISHED_CODE.md; for comparisons only);
@@ -50,7 +52,7 @@ from torch import nn
 
 from dassl.engine import TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
-from trainers.method import Rule, check_rules, shared_names
+from trainers.method import RoundContext, Rule, check_rules, shared_names
 
 logger = logging.getLogger("fedtv.trainer")
 
@@ -111,8 +113,15 @@ class FederatedTrainer(TrainerX):
     SEQUENTIAL: str = ""
     #: How a round trains: "fedavg" (local training + aggregation) or "fedsgd" (federated/fedsgd.py).
     ROUND_PROTOCOL: str = "fedavg"
+    #: ``compute_loss`` reads ``round_context.round_start`` (the shared tensors downloaded this round).
+    NEEDS_ROUND_START_STATE: bool = False
+    #: The local training an engine is running (client, 1-based round, round-start state); set by the engines.
+    round_context: RoundContext = RoundContext()
     #: Frozen image features are a pure function of the image: evaluation caches them.
     image_features_cacheable: bool = True
+    #: What ``encode_images`` returns when it is not the pooled feature ("" = pooled; FedOTP: "tokens"):
+    #: part of the feature cache's key.
+    image_feature_kind: str = ""
 
     def __init__(self, cfg, classnames: list[str] | None = None, dm=None):
         check_rules(type(self), cfg)
@@ -296,7 +305,7 @@ class FederatedTrainer(TrainerX):
             return
         self._shared_optimizers_built = self.shared_optimizer
         overrides = self.optim_overrides()
-        round_number = getattr(self, "anomaly_context", {}).get("round")
+        round_number = self.round_context.round
         for name, module in self._models.items():
             params = [p for p in module.parameters() if p.requires_grad]
             if not params:
@@ -322,39 +331,47 @@ class FederatedTrainer(TrainerX):
         (e.g. pFedMoAP's gating network: its own learning rate, constant); default none."""
         return {}
 
-    def local_train(self, loader, epochs: int, context: dict | None = None) -> dict[str, float]:
-        """Train ``epochs`` epochs on ``loader`` with a fresh optimiser; returns the last epoch's means."""
-        self.anomaly_context = dict(context or {})
-        self.train_loader_x = loader
-        self.start_local_training(self.anomaly_context)
-        # What the client downloaded this round (for proximal terms such as FedProx): detached copies
-        # of the shared parameters, on the device.
-        params = self.trainable_parameters()
-        self.round_start_shared = {k: params[k].detach().clone() for k in self.shared_keys()}
-        self.build_optimizers(epochs)
-        history = self.train(0, epochs)
-        if self.client_optimizer_state:
-            import copy
+    def local_train(self, loader, epochs: int, context: RoundContext | None = None) -> dict[str, float]:
+        """Train ``epochs`` epochs on ``loader`` with a fresh optimiser; returns the last epoch's means.
 
-            self._client_optim_states[self._client_id()] = {
-                name: copy.deepcopy(optim.state_dict()["state"]) for name, optim in self._optims.items()
-                if optim is not None}
-        self.finish_local_training(self.anomaly_context)
+        ``context``: the client and round (``round_start`` is filled here from the loaded state when the
+        method declares ``NEEDS_ROUND_START_STATE``)."""
+        context = context or RoundContext()
+        self.round_context = RoundContext(context.client, context.round)
+        self.anomaly_context = context.where()
+        self.train_loader_x = loader
+        try:
+            self.start_local_training(self.round_context)
+            if self.NEEDS_ROUND_START_STATE:  # what the client downloaded: detached copies, on the device
+                params = self.trainable_parameters()
+                self.round_context = RoundContext(context.client, context.round,
+                                                  {k: params[k].detach().clone() for k in self.shared_keys()})
+            self.build_optimizers(epochs)
+            history = self.train(0, epochs)
+            if self.client_optimizer_state:
+                import copy
+
+                self._client_optim_states[self._client_id()] = {
+                    name: copy.deepcopy(optim.state_dict()["state"]) for name, optim in self._optims.items()
+                    if optim is not None}
+            self.finish_local_training(RoundContext(context.client, context.round))
+        finally:
+            self.round_context = RoundContext(context.client, context.round)  # the anchors are not kept
         return history[-1] if history else {}
 
-    def start_local_training(self, context: dict) -> None:
-        """Called when a client's local training starts, after its state is loaded and before the round's
-        anchor and optimisers are taken (``context``: ``client``, 1-based ``round``); default nothing. Only the
+    def start_local_training(self, context: RoundContext) -> None:
+        """Called when a client's local training starts, after its state is loaded and before the round-start
+        state and optimisers are taken (``context``: its client and 1-based round); default nothing. Only the
         sequential loop calls it (the batched engine does not), so a method that uses it declares ``SEQUENTIAL``."""
 
-    def finish_local_training(self, context: dict) -> None:
-        """Called after a client's local training, before its state is read (``context``: ``client``, 1-based
-        ``round``); default nothing. A method that decides after training what it uploads (FedMGP's group
+    def finish_local_training(self, context: RoundContext) -> None:
+        """Called after a client's local training, before its state is read (``context``: its client and
+        1-based round); default nothing. A method that decides after training what it uploads (FedMGP's group
         sampling) does it here; the batched engine does not call it, so such a method declares ``SEQUENTIAL``."""
 
     def _client_id(self) -> int | None:
         """The client being trained (from ``local_train``'s context; None outside it)."""
-        return getattr(self, "anomaly_context", {}).get("client")
+        return self.round_context.client
 
     # ------------------------------------------------------------------ evaluation
     def set_classnames(self, classnames: list[str]) -> None:

@@ -63,7 +63,7 @@ from torch import nn
 from yacs.config import CfgNode as CN
 
 from dassl.engine import TRAINER_REGISTRY
-from trainers.method import Range
+from trainers.method import Range, RoundContext
 from trainers.prompt_learner import PromptCLIP, PromptLearner
 from trainers.prompt_trainer import PromptTrainer, prompt_cfg_node
 from trainers.visual_prompt import PromptedImageTower, VisualPrompt, prompted_image_features
@@ -226,13 +226,13 @@ class FedMGP(PromptedImageTower, PromptTrainer):
         return loss, logits.mean(dim=0), {"ce": ce.detach(), "diversity": div.detach()}
 
     # ------------------------------------------------------------------ the group exchange
-    def _generator(self, context: dict) -> torch.Generator:
-        parts = [int(self.cfg.SEED), int(context.get("round", 0)), int(context.get("client", 0)), 0x4D4750]
+    def _generator(self, context: RoundContext) -> torch.Generator:
+        parts = [int(self.cfg.SEED), int(context.round or 0), int(context.client or 0), 0x4D4750]
         seed = int(np.random.SeedSequence(parts).generate_state(1)[0])
         return torch.Generator().manual_seed(seed)
 
     @torch.no_grad()
-    def finish_local_training(self, context: dict) -> None:
+    def finish_local_training(self, context: RoundContext) -> None:
         """Choose the groups to upload (text first, then vision, from one generator seeded by SEED, round and
         client) and put them, in rank order, into the rank tensors; remember their positions."""
         generator = self._generator(context)

@@ -12,13 +12,20 @@ A method declares, as class attributes (``trainers/base.py`` lists them all):
   reason its clients must be trained one after another by the trainer's own Dassl loop;
 * ``ROUND_PROTOCOL``: ``"fedavg"`` (each client trains local epochs, the server aggregates what it
   uploads) or ``"fedsgd"`` (one synchronised gradient step at a time, the server averaging and noising
-  the shared gradients: ``federated/fedsgd.py``; DP-FPL).
+  the shared gradients: ``federated/fedsgd.py``; DP-FPL);
+* ``NEEDS_ROUND_START_STATE``: True when ``compute_loss`` reads the shared tensors the client downloaded
+  at the start of the round (FedProx's anchor): both engines then hand them over in
+  :class:`RoundContext` ``round_start``.
+
+What the engine running a client's local training tells the trainer is one :class:`RoundContext`
+(``FederatedTrainer.round_context``), set by the engine for the duration of the training: the client,
+the 1-based round number the coordinator passed, and (only when declared) the round-start state.
 """
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from federated.errors import ConfigError
@@ -45,6 +52,26 @@ class Range:
         if lo and hi:
             return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
         return lo or hi or "a number"
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """The local training an engine is running (``FederatedTrainer.round_context``).
+
+    ``client``: the client's id; ``round``: the 1-based round number (the coordinator's ``round_idx + 1``);
+    both None outside an engine (a trainer used on its own). ``round_start``: the shared tensors the client
+    downloaded this round, by name -- each shaped as its parameter, or one client's row of the stacked
+    tensors inside the batched engine's ``vmap`` -- filled only for a method declaring
+    ``NEEDS_ROUND_START_STATE`` (empty otherwise).
+    """
+
+    client: int | None = None
+    round: int | None = None
+    round_start: Mapping[str, Any] = field(default_factory=dict)
+
+    def where(self) -> dict[str, int]:
+        """``{"client": id, "round": r}`` (the known ones): where a non-finite loss happened."""
+        return {k: v for k, v in (("client", self.client), ("round", self.round)) if v is not None}
 
 
 Rule = tuple | Range | Callable[[Any], "str | None"]

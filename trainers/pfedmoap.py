@@ -75,7 +75,7 @@ from dassl.engine import TRAINER_REGISTRY
 from federated.aggregation_experts import SELECTIONS, PromptExperts
 from federated.errors import ConfigError
 from trainers.base import load_frozen_clip
-from trainers.method import Range
+from trainers.method import Range, RoundContext
 from trainers.prompt_learner import PromptCLIP, PromptLearner
 from trainers.prompt_trainer import PromptTrainer, prompt_cfg_node
 
@@ -247,15 +247,15 @@ class pFedMoAP(PromptTrainer):  # noqa: N801 - the method's published name
         return {"gating": {"LR": float(self.tcfg.GATING_LR), "LR_SCHEDULER": "single_step", "STEPSIZE": (-1,),
                            "GAMMA": 1.0}}
 
-    def start_local_training(self, context: dict) -> None:
+    def start_local_training(self, context: RoundContext) -> None:
         """``GATING "published"``: at its second selection (round 2, every client in every round) a client trains
         on from the gating the previously trained client ended with (the first one of the round from the
         initial gating, which round 1 leaves untrained), as the published trainer module it never reloads."""
-        if str(self.tcfg.GATING) == "published" and int(context.get("round", 0)) == 2:
+        if str(self.tcfg.GATING) == "published" and context.round == 2:
             gating = {k: v for k, v in self._initial_personal.items() if k.startswith("gating.")}
             self.load_state(self._passed_gating or gating)
 
-    def finish_local_training(self, context: dict) -> None:
+    def finish_local_training(self, context: RoundContext) -> None:
         """``GATING "published"``: remember the gating this client ended with, for the next client."""
         if str(self.tcfg.GATING) == "published":
             self._passed_gating = self.get_state([k for k in self.personal_keys() if k.startswith("gating.")])

@@ -58,6 +58,7 @@ class PromptProx(PromptFL):
     CFG_NODE = "PROMPTPROX"
 
     CFG_RULES = {"MU": Range(0)}
+    NEEDS_ROUND_START_STATE = True
 
     @classmethod
     def cfg_defaults(cls):
@@ -68,10 +69,12 @@ class PromptProx(PromptFL):
 
     def compute_loss(self, image_features: torch.Tensor,
                      labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Cross-entropy on ``(B, C)`` logits + the proximal term towards ``self.round_start_shared``."""
-        anchors = getattr(self, "round_start_shared", None)
-        if anchors is None:
-            raise RuntimeError("PromptProx.compute_loss needs round_start_shared: train through local_train()")
+        """Cross-entropy on ``(B, C)`` logits + the proximal term towards the round-start shared tensors
+        (``self.round_context.round_start``, handed over by the engine training the client)."""
+        anchors = self.round_context.round_start
+        if not anchors:
+            raise RuntimeError("PromptProx.compute_loss needs round_context.round_start: train through an engine "
+                               "(local_train or the batched engine)")
         logits = self.model.logits(image_features, self.model.eval_context())
         ce = F.cross_entropy(logits, labels)
         params = {k: attrgetter(k)(self.model) for k in anchors}  # the live tensors (client rows when batched)
