@@ -63,7 +63,7 @@ def attack_summary(scores_in, scores_out) -> dict:
             "best_balanced_accuracy": best_balanced_accuracy(scores_in, scores_out)}
 
 
-def _load_run(run_dir: str):
+def load_run(run_dir: str):
     """The run's config (its split file pinned), data, trainer and checkpoint."""
     from yacs.config import CfgNode as CN
 
@@ -91,25 +91,40 @@ def _load_run(run_dir: str):
     return cfg, results, data, trainer, ckpt
 
 
-def _per_item(cfg, trainer, items) -> tuple[np.ndarray, np.ndarray]:
-    """Cross-entropy of the true label and its softmax probability, per item ``(n,)`` each."""
+def client_logits(cfg, trainer, items) -> tuple[np.ndarray, np.ndarray]:
+    """The loaded model's class logits ``(n, C)`` (float32, ``C`` = the run's classes) and the true labels
+    ``(n,)`` of ``items``, with the test transform."""
     import torch
-    import torch.nn.functional as F
 
     from dassl.data import build_data_loader, build_transform
 
     loader = build_data_loader(cfg, items, int(cfg.DATALOADER.TEST.BATCH_SIZE), is_train=False,
                                transform=build_transform(cfg, is_train=False))
-    losses, probs = [], []
+    logits, labels = [], []
     trainer.set_model_mode("test")
     with torch.inference_mode():
         context = trainer.model.eval_context()
         for batch in loader:
-            images, labels = trainer.parse_batch_test(batch)
-            logits = trainer.model.logits(trainer.encode_images(images), context).float()
-            losses.append(F.cross_entropy(logits, labels, reduction="none").cpu())
-            probs.append(logits.softmax(-1).gather(1, labels[:, None])[:, 0].cpu())
-    return torch.cat(losses).numpy(), torch.cat(probs).numpy()
+            images, y = trainer.parse_batch_test(batch)
+            logits.append(trainer.model.logits(trainer.encode_images(images), context).float().cpu())
+            labels.append(y.cpu())
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
+def _per_item(cfg, trainer, items) -> tuple[np.ndarray, np.ndarray]:
+    """Cross-entropy of the true label and its softmax probability, per item ``(n,)`` each."""
+    import torch
+
+    logits, labels = (torch.from_numpy(a) for a in client_logits(cfg, trainer, items))
+    log_p = logits.log_softmax(-1).gather(1, labels[:, None].long())[:, 0]
+    return (-log_p).numpy(), log_p.exp().numpy()
+
+
+def load_client_model(trainer, ckpt: dict, cid: int) -> None:
+    """Load client ``cid``'s personalised model of the checkpoint: its own copy of the shared tensors when
+    the run kept one (``client_global``), else the global ones, and its personal tensors."""
+    client_global = {int(k): v for k, v in ckpt.get("client_global", {}).items()}
+    trainer.load_state({**client_global.get(cid, ckpt["global"]), **ckpt["personal"][cid]})
 
 
 def _client_scores(cfg, data, trainer, ckpt, cid: int, seed: int, untrained: dict | None) -> dict:
@@ -124,8 +139,7 @@ def _client_scores(cfg, data, trainer, ckpt, cid: int, seed: int, untrained: dic
     if untrained is not None:
         trainer.load_state(untrained)
     else:
-        client_global = {int(k): v for k, v in ckpt.get("client_global", {}).items()}
-        trainer.load_state({**client_global.get(cid, ckpt["global"]), **ckpt["personal"][cid]})
+        load_client_model(trainer, ckpt, cid)
     loss_in, prob_in = _per_item(cfg, trainer, members)
     loss_out, prob_out = _per_item(cfg, trainer, held_out)
     return {"client": cid, "members": n, "non_members": n, "loss_in": loss_in, "loss_out": loss_out,
@@ -140,7 +154,7 @@ def _attacks(s: dict) -> dict:
 def evaluate(run_dir: str, client: int | None = None, seed: int = 0, all_clients: bool = False,
              untrained: bool = False) -> dict:
     """The membership-inference report of ``run_dir`` (module docstring)."""
-    cfg, results, data, trainer, ckpt = _load_run(run_dir)
+    cfg, results, data, trainer, ckpt = load_run(run_dir)
     sizes = [len(items) for items in data.train]
     cid = int(np.argmax(sizes)) if client is None else int(client)
     if not 0 <= cid < data.num_users:
