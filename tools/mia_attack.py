@@ -44,6 +44,10 @@ class AttackSettings:
     seed: int = 0
 
 
+#: DP-FPL's attack training (the lowest-loss epoch kept).
+PUBLISHED = AttackSettings()
+
+
 def attack_mlp(num_classes: int):
     """DP-FPL's attack classifier: softmax vector ``(B, C)`` -> two outputs in (0, 1) ``(B, 2)``
     (index 1 = member)."""
@@ -103,7 +107,7 @@ def attack_scores(model, probs: np.ndarray) -> np.ndarray:
 
 
 def train_class_attacks(probs: np.ndarray, member: np.ndarray, labels: np.ndarray,
-                        settings: AttackSettings = AttackSettings()) -> dict[int, object]:
+                        settings: AttackSettings = PUBLISHED) -> dict[int, object]:
     """One attack classifier per class that has both members and non-members among the shadow rows,
     each trained on a balanced subsample of its class (seeded by ``settings.seed`` and the class)."""
     models = {}

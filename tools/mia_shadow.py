@@ -1,0 +1,240 @@
+"""Shadow-model membership inference against a finished run (DP-FPL's privacy evaluation).
+
+    python -m tools.mia_shadow RUN_DIR                  # 4 shadow runs; the client with the most training data
+    python -m tools.mia_shadow RUN_DIR --shadows 8 --all-clients --out mia_shadow_all.json
+    python -m tools.mia_shadow RUN_DIR --select final   # keep each attack classifier's last epoch (published)
+
+1. **Shadow runs**: the run's own config, trained again by ``federated.run`` (the same trainer, privacy
+   settings, rounds, clients) on data disjoint from the target's: shadow ``k`` (0-based) draws a new toy
+   world (``DATASET.TOYWORLD.SEED`` + 1000 + k: other images of the same classes, styles and difficulty)
+   and trains with ``SEED`` + 1000 + k. They go to ``RUN_DIR/shadows/<k>`` (``--shadow-dir``); a folder
+   that already holds the finished shadow run of this config is reused. Only the toy world is supported:
+   a real dataset has no second draw of its images (shadow data would have to be carved out of the
+   target's pool; not implemented). Every shadow item is checked to be absent from the target's training
+   items.
+2. **Shadow rows**: for every client of every shadow run, its personalised model's softmax vector over
+   the run's classes for its training items (members, label 1) and its test items (non-members, 0).
+3. **Attack**: one classifier per class trained on the shadow rows of that class (``tools/mia_attack.py``:
+   DP-FPL's MLP and training), applied to the target: the target client's (``--client``, default the
+   one with the most training items; ``--all-clients``: every client, each with its own model) training
+   items are the members (the items its batches were drawn from), its test items (same classes, never
+   trained on) the non-members, balanced per class. The published script's "members" were the items cut
+   away before training (never trained on); here they are the trained ones.
+
+The report (``RUN_DIR/mia_shadow.json`` unless ``--out``): the mean over classes of the attack accuracy
+(DP-FPL's metric, 0.5 = no leakage) with its standard error, the ROC AUC of the attack's score, the
+per-class accuracies, the shadow runs and the target run's ``privacy`` record. Exit status 2 with one
+line on stderr for bad input (not a finished run, a dataset without shadow data, bad numbers).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+import numpy as np
+
+from federated.errors import CheckpointError, ConfigError, DataError, OutputError, TrainingDiverged
+from tools.mia_attack import PUBLISHED, SELECT, AttackSettings, evaluate_class_attacks, train_class_attacks
+
+SHADOW_SEED_OFFSET = 1000
+RUN_FILES = ("results.json", "split.json", "checkpoint.pt")
+
+
+def read_finished_run(run_dir: str) -> dict:
+    """``results.json`` of a finished run folder (no torch); ``OutputError`` naming what is missing."""
+    for name in RUN_FILES:
+        if not os.path.isfile(os.path.join(run_dir, name)):
+            raise OutputError(f"{run_dir} is not a finished run's folder: {name} is missing")
+    with open(os.path.join(run_dir, "results.json")) as f:
+        return json.load(f)
+
+
+def check_shadowable(config: dict) -> None:
+    """Shadow data must be disjoint from the target's and drawn like it: only the toy world has that."""
+    name = config["DATASET"]["NAME"]
+    if name != "ToyWorld":
+        raise ConfigError(f"shadow runs need a second draw of the data disjoint from the target's training items: "
+                          f"only the toy world has one (a new world seed), not {name}")
+
+
+def shadow_config(config: dict, k: int, output_dir: str):
+    """Shadow ``k``'s config: the target's with ``SEED`` and the world seed moved by ``1000 + k``, its own
+    split and output folder."""
+    from yacs.config import CfgNode as CN
+
+    cfg = CN(json.loads(json.dumps(config)))
+    cfg.SEED = int(cfg.SEED) + SHADOW_SEED_OFFSET + k
+    cfg.DATASET.TOYWORLD.SEED = int(cfg.DATASET.TOYWORLD.SEED) + SHADOW_SEED_OFFSET + k
+    cfg.DATASET.SPLIT_FILE = ""
+    cfg.OUTPUT_DIR = output_dir
+    return cfg
+
+
+def _same_config(results: dict, cfg) -> bool:
+    """Whether a run's saved config is ``cfg`` (as ``results.json`` stores it), its output folder aside."""
+    from federated.results import cfg_to_dict
+
+    saved, now = dict(results.get("config", {})), json.loads(json.dumps(cfg_to_dict(cfg)))
+    saved.pop("OUTPUT_DIR", None)
+    now.pop("OUTPUT_DIR", None)
+    return saved == now
+
+
+def ensure_shadow_run(cfg) -> bool:
+    """Train the shadow run of ``cfg`` in ``cfg.OUTPUT_DIR`` with ``federated.run`` unless that folder
+    already holds it finished; returns whether it trained."""
+    from federated.run import main as run_main
+
+    folder = cfg.OUTPUT_DIR
+    try:
+        if _same_config(read_finished_run(folder), cfg):
+            return False
+    except OutputError:
+        pass
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "shadow_config.yaml")
+    with open(path, "w") as f:
+        f.write(cfg.dump())
+    run_main(["--config-file", path, "--output-dir", folder])
+    return True
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(1, keepdims=True)).astype(np.float32)
+
+
+def client_rows(run_dir: str, clients: list[int] | None = None) -> dict:
+    """Softmax rows of ``clients`` (default all with training and test items) of a finished run, each
+    through its own personalised model: ``probs`` ``(n, C)``, ``member`` ``(n,)``, ``labels`` ``(n,)``,
+    ``client`` ``(n,)``, ``impaths`` (n), and the run's ``cfg``, ``results``, ``round`` (of its checkpoint),
+    ``trained`` (every client's training impaths)."""
+    from tools.mia import client_logits, load_client_model, load_run
+
+    cfg, results, data, trainer, ckpt = load_run(run_dir)
+    if clients is None:
+        clients = [c for c in range(data.num_users) if data.train[c] and data.test[c]]
+    for cid in clients:
+        if not 0 <= cid < data.num_users:
+            raise ConfigError(f"--client {cid}: the run has clients 0..{data.num_users - 1}")
+        if not data.train[cid] or not data.test[cid]:
+            raise DataError(f"client {cid} has {len(data.train[cid])} training and {len(data.test[cid])} test items: "
+                            f"both are needed")
+    parts = []
+    for cid in clients:
+        load_client_model(trainer, ckpt, cid)
+        for is_member, items in ((1, data.train[cid]), (0, data.test[cid])):
+            logits, labels = client_logits(cfg, trainer, list(items))
+            parts.append((_softmax(logits), np.full(len(items), is_member), labels, np.full(len(items), cid),
+                          [d.impath for d in items]))
+    return {"probs": np.concatenate([p[0] for p in parts]), "member": np.concatenate([p[1] for p in parts]),
+            "labels": np.concatenate([p[2] for p in parts]), "client": np.concatenate([p[3] for p in parts]),
+            "impaths": [path for p in parts for path in p[4]], "cfg": cfg, "results": results,
+            "round": int(ckpt["round"]), "trained": {d.impath for items in data.train for d in items}}
+
+
+def evaluate(run_dir: str, shadows: int = 4, shadow_dir: str | None = None, client: int | None = None,
+             all_clients: bool = False, settings: AttackSettings = PUBLISHED) -> dict:
+    """The shadow-model attack report of ``run_dir`` (module docstring)."""
+    results = read_finished_run(run_dir)
+    check_shadowable(results["config"])
+    shadow_dir = shadow_dir or os.path.join(run_dir, "shadows")
+    sizes = read_client_sizes(run_dir)
+    targets = None if all_clients else [int(np.argmax(sizes)) if client is None else int(client)]
+    target = client_rows(run_dir, targets)  # the target's bad --client fails here, before any shadow trains
+    records, shadow_parts = [], []
+    for k in range(shadows):
+        cfg = shadow_config(results["config"], k, os.path.join(shadow_dir, str(k)))
+        trained = ensure_shadow_run(cfg)
+        rows = client_rows(cfg.OUTPUT_DIR)
+        overlap = target["trained"] & set(rows["impaths"])
+        if overlap:
+            raise DataError(f"shadow run {cfg.OUTPUT_DIR} uses {len(overlap)} of the target's training items "
+                            f"(e.g. {sorted(overlap)[0]}): shadow data must be disjoint")
+        shadow_parts.append(rows)
+        records.append({"dir": os.path.abspath(cfg.OUTPUT_DIR), "seed": int(cfg.SEED),
+                        "world_seed": int(cfg.DATASET.TOYWORLD.SEED), "trained_now": trained,
+                        "members": int(rows["member"].sum()), "non_members": int((rows["member"] == 0).sum())})
+    models = train_class_attacks(np.concatenate([p["probs"] for p in shadow_parts]),
+                                 np.concatenate([p["member"] for p in shadow_parts]),
+                                 np.concatenate([p["labels"] for p in shadow_parts]), settings)
+    attack = evaluate_class_attacks(models, target["probs"], target["member"], target["labels"], seed=settings.seed)
+    return {
+        "run": os.path.abspath(run_dir), "trainer": target["cfg"].TRAINER.NAME, "round": target["round"],
+        "attack": "shadow models (Shokri et al.), one classifier per class, DP-FPL's",
+        "settings": {"epochs": settings.epochs, "lr": settings.lr, "batch_size": settings.batch_size,
+                     "select": settings.select, "seed": settings.seed},
+        "target_clients": sorted({int(c) for c in target["client"]}),
+        "member_source": "the target client's training items",
+        "non_member_source": "the target client's test items (same classes)",
+        "shadows": records, **attack, "privacy": results.get("privacy"),
+    }
+
+
+def read_client_sizes(run_dir: str) -> list[int]:
+    """Training items per client from the run's ``split.json``."""
+    with open(os.path.join(run_dir, "split.json")) as f:
+        return [len(c["train"]) for c in json.load(f)["clients"]]
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+        return value
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit status 2
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="output folder of a finished run (the target)")
+    p.add_argument("--shadows", type=_positive(int), default=4, help="number of shadow runs (default 4)")
+    p.add_argument("--shadow-dir", default=None, help="where the shadow runs go (default RUN_DIR/shadows)")
+    p.add_argument("--client", type=int, default=None, help="target client (default: the most training items)")
+    p.add_argument("--all-clients", action="store_true", help="attack every client of the run, each with its model")
+    p.add_argument("--epochs", type=_positive(int), default=200, help="attack classifier epochs (published 200)")
+    p.add_argument("--lr", type=_positive(float), default=0.01, help="attack classifier Adam LR (published 0.01)")
+    p.add_argument("--batch-size", type=_positive(int), default=1, help="attack classifier batch (published 1)")
+    p.add_argument("--select", choices=SELECT, default="best",
+                   help="keep the lowest-training-loss epoch (best) or the last (final: the published effect)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the attack classifiers and the balancing")
+    p.add_argument("--out", default=None, help="report path (default RUN_DIR/mia_shadow.json)")
+    args = p.parse_args(argv)
+    out = args.out or os.path.join(args.run_dir, "mia_shadow.json")
+    settings = AttackSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, select=args.select,
+                              seed=args.seed)
+    try:
+        if args.client is not None and args.all_clients:
+            raise ConfigError("--client and --all-clients exclude each other")
+        check_shadowable(read_finished_run(args.run_dir)["config"])
+        if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+            raise OutputError(f"--out {out}: its folder does not exist")
+        report = evaluate(args.run_dir, args.shadows, args.shadow_dir, args.client, args.all_clients, settings)
+    except (ConfigError, DataError, CheckpointError, OutputError, TrainingDiverged) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    with open(out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"shadow-model attack ({len(report['shadows'])} shadow runs) on client(s) "
+          f"{','.join(map(str, report['target_clients']))}: mean class accuracy {report['mean_class_accuracy']:.3f} "
+          f"+- {report['accuracy_se']:.3f} over {len(report['classes'])} classes, AUC {report['auc']:.3f} "
+          f"({report['members']} members / {report['non_members']} non-members); report: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
