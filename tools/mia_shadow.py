@@ -223,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
         check_shadowable(read_finished_run(args.run_dir)["config"])
         if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
             raise OutputError(f"--out {out}: its folder does not exist")
+        from dassl.utils import configure_logging
+
+        # the shadow runs' console lines as federated_main.py prints them (before a library such as opacus,
+        # imported while the target loads, installs a root handler that would print every log line again)
+        configure_logging()
         report = evaluate(args.run_dir, args.shadows, args.shadow_dir, args.client, args.all_clients, settings)
     except (ConfigError, DataError, CheckpointError, OutputError, TrainingDiverged) as err:
         print(f"error: {err}", file=sys.stderr)
