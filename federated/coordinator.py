@@ -102,9 +102,10 @@ class Coordinator:
         if execution is not None:
             # cost accounting: trainable parameter counts (shared = what is uploaded each round)
             t = self.trainer
-            params = t.trainable_parameters()
+            params = t.trainable_parameters()  # personal: the trained tensors (not the client-state buffers)
             self.writer.results["params"] = {"shared": sum(params[k].numel() for k in t.shared_keys()),
-                                             "personal": sum(params[k].numel() for k in t.personal_keys()),
+                                             "personal": sum(params[k].numel() for k in t.personal_keys()
+                                                             if k in params),
                                              "total": sum(p.numel() for p in params.values())}
             self.writer.results["execution"] = execution
         return self.writer

@@ -228,9 +228,11 @@ class ClientRuntime:
 
     def evaluate_clients(self, downloads: list[Download], personal: dict[int, State]) -> dict[int, dict]:
         """``evaluate_client`` for every download (client id -> metrics). When every client holds the same
-        model (no personal tensors, one shared state, no server information), Base / Novel are measured
-        once and count for every client."""
-        same_model = (not self.trainer.personal_keys() and all(d.shared is downloads[0].shared for d in downloads)
+        model (no personal tensors besides the client state evaluation does not read, one shared state, no server
+        information), Base / Novel are measured once and count for every client."""
+        t = self.trainer
+        evaluated_personal = set(t.personal_keys()) - set(t.client_state_keys())
+        same_model = (not evaluated_personal and all(d.shared is downloads[0].shared for d in downloads)
                       and not any(d.server_information for d in downloads))
         per_client: dict[int, dict] = {}
         first = None

@@ -8,11 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import datasets  # noqa: F401  (registers the datasets: the toy world generates its attributes)
 from dassl.engine import build_trainer
 from federated.batched import batching_support
 from federated.cli import build_cfg, parse_args
 from federated.data import build_federated_data
 from federated.errors import DataError
+from federated.run import main
 from tests.fedtv_testing import fast_args
 from tests.toyworld_learning import SHIPPED_WEIGHTS, learning_run
 from trainers.class_attributes import (
@@ -22,7 +24,7 @@ from trainers.class_attributes import (
     load_attributes,
     which_clause,
 )
-from trainers.fedmvp import VisualPromptGenerator
+from trainers.fedmvp import FedMVP, InputLoRA, VisualPromptGenerator
 
 
 def _trainer(tmp_path, *opts):
@@ -154,6 +156,129 @@ def test_everything_is_shared_unweighted_and_clients_are_sequential(tmp_path):
     out, info = trainer.build_aggregator()([{"w": torch.tensor([0.0])}, {"w": torch.tensor([2.0])}], [1, 9])
     assert out["w"].item() == pytest.approx(1.0) and info["weights"] == [0.5, 0.5]
     assert not trainer.image_features_cacheable and "prompted" in batching_support(trainer)
+
+
+# ------------------------------------------------------------------ the optional LoRA switch (TRAINER.FEDMVP.LORA)
+def test_lora_update_by_hand():
+    """``x + x A B``: x = (1, 2), A = (1, 0)^T, B = (0.5, 1): x A = 1, x A B = (0.5, 1), result (1.5, 3)."""
+    lora = InputLoRA(width=2, rank=1)
+    assert lora.query_a.shape == (2, 1) and lora.query_b.shape == (1, 2)
+    x = torch.tensor([[1.0, 2.0]])
+    out = InputLoRA.update(x, torch.tensor([[1.0], [0.0]]), torch.tensor([[0.5, 1.0]]))
+    assert out.tolist() == [[1.5, 3.0]]
+    with torch.no_grad():
+        for name, scale in (("query", 1.0), ("key", 2.0), ("value", 3.0)):  # A = e_1, B = scale e_2: + scale x_1 e_2
+            getattr(lora, f"{name}_a").copy_(torch.tensor([[1.0], [0.0]]))
+            getattr(lora, f"{name}_b").copy_(torch.tensor([[0.0, scale]]))
+    q, k, v = lora(x, x, x)
+    assert (q.tolist(), k.tolist(), v.tolist()) == ([[1.0, 3.0]], [[1.0, 4.0]], [[1.0, 5.0]])
+    torch.manual_seed(0)
+    stds = torch.cat([p.detach().flatten() for p in InputLoRA(width=64, rank=8).parameters()]).std()
+    assert 0.018 < float(stds) < 0.022  # N(0, 0.02)
+
+
+def test_lora_generator_updates_the_inputs_and_freezes_the_attention():
+    torch.manual_seed(0)
+    gen = VisualPromptGenerator(width=8, text_dim=6, n_tokens=4, heads=2, lora_rank=3)
+    patches, desc = torch.randn(3, 8, 8), torch.randn(5, 6)
+    out = gen(patches, desc, lora=True)
+    kv = gen.linear(desc)
+    q, k, v = (InputLoRA.update(x, getattr(gen.lora, f"{n}_a"), getattr(gen.lora, f"{n}_b"))
+               for x, n in ((patches, "query"), (kv, "key"), (kv, "value")))
+    a = gen.attn(gen.norm_q(q), gen.norm_kv(k), v)
+    torch.testing.assert_close(out, (gen.ffn(a) + a).reshape(3, 4, 2, 8).mean(2))
+    assert not torch.allclose(out, gen(patches, desc))  # off: the plain generator
+    out.sum().backward()
+    frozen = [gen.norm_q, gen.norm_kv, gen.attn, gen.ffn]
+    assert all(p.grad is None for m in frozen for p in m.parameters())
+    assert all(p.grad is not None for m in (gen.linear, gen.lora) for p in m.parameters())
+    gen.zero_grad(set_to_none=True)
+    gen(patches, desc).sum().backward()  # switched off: the factors are unused, the attention trains
+    assert all(p.grad is None for p in gen.lora.parameters())
+    assert all(p.grad is not None for m in frozen for p in m.parameters())
+    # without LoRA the generator is the one of before: the same parameters from the same seed, no switch
+    torch.manual_seed(0)
+    plain = VisualPromptGenerator(width=8, text_dim=6, n_tokens=4, heads=2)
+    assert set(plain.state_dict()) == {k for k in gen.state_dict() if not k.startswith("lora")}
+    assert all(torch.equal(v, gen.state_dict()[k]) for k, v in plain.state_dict().items())
+
+
+def test_lora_switch_is_personal_client_state_and_turns_on_below_the_threshold(tmp_path):
+    trainer = _trainer(tmp_path, "TRAINER.FEDMVP.LORA", "True", "TRAINER.FEDMVP.LORA_THRESHOLD", "0.5")
+    assert trainer.personal_keys() == ["prompt_learner.lora_switch"] == trainer.client_state_keys()
+    assert "prompt_learner.lora.query_a" in trainer.shared_keys()  # averaged with the rest of the prompt learner
+    switch = trainer.model.prompt_learner.lora_switch
+    for loss, expected in ((0.6, 0.0), (0.5, 0.0), (0.49, 1.0)):
+        trainer.start_local_training({"client": 0, "round": 1})
+        trainer._last_loss = torch.tensor(loss)
+        trainer.finish_local_training({"client": 0, "round": 1})
+        assert switch.item() == expected, loss
+    trainer.start_local_training({"client": 0, "round": 2})
+    assert trainer._lora_on
+    trainer._last_loss = torch.tensor(9.0)
+    trainer.finish_local_training({"client": 0, "round": 2})
+    assert switch.item() == 1.0  # never switched off
+    trainer.load_state({"prompt_learner.lora_switch": torch.tensor(0.0)})  # another client's state
+    trainer.start_local_training({"client": 1, "round": 2})
+    assert not trainer._lora_on and trainer.get_state(trainer.personal_keys())["prompt_learner.lora_switch"] == 0
+    # evaluation: the averaged generator without the factors (the official server's model never switches)
+    images = torch.randn(2, 3, 32, 32)
+    trainer.model.eval()
+    with torch.no_grad():
+        plain = trainer.encode_images(images)
+        trainer._lora_on = True
+        torch.testing.assert_close(trainer.encode_images(images), plain)
+    assert _trainer(tmp_path / "off").personal_keys() == []  # LORA False (default): no switch, nothing personal
+
+
+LORA_RUN = ["TRAINER.FEDMVP.LORA", "True", "TRAINER.FEDMVP.LORA_THRESHOLD", "100", "FED.EVAL_BASE_NOVEL", "False"]
+
+
+def test_lora_switch_freezes_the_attention_and_survives_resume(monkeypatch, tmp_path):
+    """Threshold 100: every client switches on after round 1. Round 1 trains the attention and not the factors;
+    round 2 the factors and ``linear`` while the attention block stays exactly as downloaded. A run stopped
+    after round 1 and resumed gives the same round 2 (the switches are in the checkpoint's personal state)."""
+    seen = {}
+    begin, finish = FedMVP.start_local_training, FedMVP.finish_local_training
+
+    def params(trainer):
+        return {k: v.detach().clone() for k, v in trainer.model.prompt_learner.named_parameters()}
+
+    def record_start(self, context):
+        begin(self, context)
+        seen[context["round"], context["client"], "start"] = (self._lora_on, params(self))
+
+    def record_end(self, context):
+        seen[context["round"], context["client"], "end"] = (None, params(self))
+        finish(self, context)
+
+    monkeypatch.setattr(FedMVP, "start_local_training", record_start)
+    monkeypatch.setattr(FedMVP, "finish_local_training", record_end)
+    flags = ["--trainer", "FedMVP"]
+    full = main(fast_args(tmp_path / "full", [*flags, "--rounds", "2"], LORA_RUN))
+    frozen = ("norm_q.", "norm_kv.", "attn.", "ffn.")
+    for cid in range(3):
+        (on1, start1), (_, end1) = seen[1, cid, "start"], seen[1, cid, "end"]
+        (on2, start2), (_, end2) = seen[2, cid, "start"], seen[2, cid, "end"]
+        assert (on1, on2) == (False, True)
+        for name in start1:
+            changed1, changed2 = not torch.equal(start1[name], end1[name]), not torch.equal(start2[name], end2[name])
+            if name.startswith("lora."):
+                assert (changed1, changed2) == (False, True), name
+            elif name.startswith(frozen):
+                assert (changed1, changed2) == (True, False), name
+            else:
+                assert (changed1, changed2) == (True, True), name
+    ckpt = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    assert [p["prompt_learner.lora_switch"].item() for p in ckpt["personal"]] == [1.0, 1.0, 1.0]
+    assert full["params"]["personal"] == 0  # the switch is client state, not a trained parameter
+    main(fast_args(tmp_path / "cut", [*flags, "--rounds", "1"], LORA_RUN))
+    resumed = main(fast_args(tmp_path / "cut", [*flags, "--rounds", "2", "--resume"], LORA_RUN))
+    for a, b in zip(full["rounds"], resumed["rounds"], strict=True):
+        assert (a["train_loss"], a["local"]) == (b["train_loss"], b["local"])
+    cut = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(ckpt["global"][k], cut["global"][k]) for k in ckpt["global"])
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(ckpt["personal"], cut["personal"], strict=True) for k in a)
 
 
 # ------------------------------------------------------------------ a toy-world run that learns

@@ -134,6 +134,8 @@ def test_a_method_with_an_end_of_training_step_declares_sequential(name):
     for hook in ("start_local_training", "finish_local_training"):
         if getattr(cls, hook) is not getattr(FederatedTrainer, hook):
             assert cls.SEQUENTIAL, f"{name} overrides {hook} but does not declare SEQUENTIAL"
+    # client-state buffers (CLIENT_STATE) are not stacked by the batched engine either
+    assert not cls.CLIENT_STATE or cls.SEQUENTIAL, f"{name} declares CLIENT_STATE but not SEQUENTIAL"
 
 
 @pytest.mark.parametrize("declared", [False, True])

@@ -38,7 +38,7 @@ def trainer_tensors(name: str) -> dict:
     shared, personal = trainer.shared_keys(), trainer.personal_keys()
     return {"shared": shared, "personal": personal,
             "shared_values": sum(params[k].numel() for k in shared),
-            "personal_values": sum(params[k].numel() for k in personal)}
+            "personal_values": sum(params[k].numel() for k in personal if k in params)}
 
 
 def golden_table() -> dict[str, dict]:

@@ -7,6 +7,8 @@ a small set of trainable tensors. A method is a subclass that declares (``traine
   allowed values and ranges of its keys (checked before the model is built);
 * ``SHARED``: name patterns of its **shared** tensors (sent to the server and aggregated); every other
   trainable tensor is **personal** (never leaves the client);
+* ``CLIENT_STATE``: name patterns of buffers that hold a client's own training state (FedMVP's LoRA switch):
+  personal like the untrained tensors, never trained, not read by evaluation;
 * ``build_aggregator()``: the server's rule (FedAvg unless the method or ``FED.AGGREGATION`` says otherwise),
   and ``side_information(loader)``: what that rule needs to know about a client's data (default none);
 * ``build_server_step()`` and ``set_server_information(info)``: a server step besides aggregation whose
@@ -109,6 +111,9 @@ class FederatedTrainer(TrainerX):
     CFG_RULES: dict[str, Rule] = {}
     #: Name patterns of the trainable tensors shared with the server. Every other trainable tensor is personal.
     SHARED: tuple[str, ...] = ()
+    #: Name patterns of buffers holding a client's own training state (e.g. FedMVP's LoRA switch): personal (kept
+    #: per client, checkpointed, on the Flower node), never trained, never aggregated, not read by evaluation.
+    CLIENT_STATE: tuple[str, ...] = ()
     #: Why this method's clients must be trained one after another by its own loop ("" = they need not).
     SEQUENTIAL: str = ""
     #: How a round trains: "fedavg" (local training + aggregation) or "fedsgd" (federated/fedsgd.py).
@@ -191,9 +196,22 @@ class FederatedTrainer(TrainerX):
         """The trainable tensors matched by ``SHARED`` (in parameter order)."""
         return shared_names(self.SHARED, self.trainable_parameters())
 
+    def client_state_keys(self) -> list[str]:
+        """The buffers matched by ``CLIENT_STATE`` (a client's training state, e.g. a switch; in buffer order)."""
+        return shared_names(self.CLIENT_STATE, dict(self.model.named_buffers())) if self.CLIENT_STATE else []
+
     def personal_keys(self) -> list[str]:
+        """The trainable tensors not shared, then the client-state buffers (``CLIENT_STATE``)."""
         shared = set(self.shared_keys())
-        return [n for n in self.trainable_parameters() if n not in shared]
+        return [n for n in self.trainable_parameters() if n not in shared] + self.client_state_keys()
+
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors ``get_state`` / ``load_state`` address: every parameter and the client-state buffers."""
+        tensors: dict[str, torch.Tensor] = dict(self.model.named_parameters())
+        if self.CLIENT_STATE:
+            buffers = dict(self.model.named_buffers())
+            tensors.update({k: buffers[k] for k in self.client_state_keys()})
+        return tensors
 
     def initial_shared_state(self) -> dict[str, torch.Tensor]:
         """The shared tensors a fresh run starts from (CPU copies of the freshly built model's): a process
@@ -206,14 +224,14 @@ class FederatedTrainer(TrainerX):
         return {k: v.clone() for k, v in self._initial_personal.items()}
 
     def get_state(self, keys: list[str]) -> dict[str, torch.Tensor]:
-        """Detached CPU copies of the named tensors."""
-        params = dict(self.model.named_parameters())
+        """Detached CPU copies of the named tensors (parameters or client-state buffers)."""
+        params = self._state_tensors()
         return {k: params[k].detach().to("cpu", copy=True) for k in keys}
 
     @torch.no_grad()
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Copy ``state`` into the model's trainable parameters (unknown keys or shapes: ValueError)."""
-        params = dict(self.model.named_parameters())
+        """Copy ``state`` into the model's parameters and client-state buffers (unknown keys or shapes: ValueError)."""
+        params = self._state_tensors()
         for k, v in state.items():
             if k not in params:
                 raise ValueError(f"state key '{k}' is not a parameter of {type(self).__name__}")

@@ -31,14 +31,26 @@ side costs nothing per step (the description features are cached per class set).
 
 Differences from the official code (mainaksingha01/FedMVP), docs/REPRODUCING.md "FedMVP": the official
 code does not run (a missing ``model/prompt_net`` module, ``image_encoder`` never assigned) and
-back-propagates only the last batch of each round; here every step is back-propagated (the paper). The
-optional LoRA switch of the official client is not implemented. One sentence prefix per run
-(``PREFIX``; "" = the dataset's, or the held-out domain's in a leave-one-domain-out run), where the
-official code used each domain's own prefix.
+back-propagates only the last batch of each round; here every step is back-propagated (the paper). One
+sentence prefix per run (``PREFIX``; "" = the dataset's, or the held-out domain's in a leave-one-domain-out
+run), where the official code used each domain's own prefix.
+
+**The official client's LoRA switch** (``LORA True``; off by default, docs/REPRODUCING.md says why). The
+generator gains rank-``LORA_RANK`` factors (:class:`InputLoRA`, ``N(0, 0.02)``) on the attention's inputs:
+
+    q = X + X A_q B_q,   k = T + T A_k B_k,   v = T + T A_v B_v,   A = LN_q(q) attends LN_kv(k), values v
+
+A client trains without them until the loss of a round's last batch is below ``LORA_THRESHOLD`` (0.5);
+from its next round on it trains with them and with the cross-attention block (``norm_q``, ``norm_kv``,
+``attn``, ``ffn``) frozen (run with detached parameters: no gradient, so the optimiser leaves it exactly
+as downloaded); ``linear`` always trains. The switch is the client's own state
+(``prompt_learner.lora_switch``, ``CLIENT_STATE``: personal, checkpointed, never aggregated, never switched
+off); the factors are shared and averaged with the rest of the prompt learner. Evaluation uses the
+averaged generator without the factors, as the official server's model, whose switch is never set.
 
 Config ``TRAINER.FEDMVP``: ``N_TOKENS`` 4, ``HEADS`` 4, ``ALPHA`` 10.0, ``FLIP_P`` 0.5, ``PREFIX`` "",
 ``TRUNCATE_CHARS`` 77 (sentences cut to 77 characters before tokenising, as published; 0: not cut),
-``PREC``.
+``LORA`` False, ``LORA_RANK`` 8, ``LORA_THRESHOLD`` 0.5, ``PREC``.
 """
 from __future__ import annotations
 
@@ -105,10 +117,44 @@ class DescriptionFeatures(nn.Module):
         return sums / counts
 
 
-class VisualPromptGenerator(nn.Module):
-    """Patch tokens ``(B, P, w)`` + description features ``(K, D)`` -> ``N`` visual prompt tokens ``(B, N, w)``."""
+class InputLoRA(nn.Module):
+    """The official client's low-rank update of the attention's query, key and value *inputs*:
+    ``x -> x + x A B`` with ``A`` ``(w, r)`` and ``B`` ``(r, w)``, one pair each, all ``N(0, 0.02)``.
 
-    def __init__(self, width: int, text_dim: int, n_tokens: int = 4, heads: int = 4):
+    ``forward(queries (..., w), keys (..., w), values (..., w)) -> the three updated tensors``.
+    """
+
+    def __init__(self, width: int, rank: int = 8):
+        super().__init__()
+        for name in ("query", "key", "value"):
+            setattr(self, f"{name}_a", nn.Parameter(torch.randn(width, rank) * 0.02))
+            setattr(self, f"{name}_b", nn.Parameter(torch.randn(rank, width) * 0.02))
+
+    @staticmethod
+    def update(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return x + x @ a.to(x.dtype) @ b.to(x.dtype)
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor,
+                values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (self.update(queries, self.query_a, self.query_b), self.update(keys, self.key_a, self.key_b),
+                self.update(values, self.value_a, self.value_b))
+
+
+def frozen_call(module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+    """``module(*args)`` with its parameters detached: gradients reach the inputs, never the parameters (their
+    ``.grad`` stays None, so the optimiser leaves them exactly as they are: no weight decay, no momentum)."""
+    return torch.func.functional_call(module, {n: p.detach() for n, p in module.named_parameters()}, args)
+
+
+class VisualPromptGenerator(nn.Module):
+    """Patch tokens ``(B, P, w)`` + description features ``(K, D)`` -> ``N`` visual prompt tokens ``(B, N, w)``.
+
+    ``lora_rank`` > 0 adds :class:`InputLoRA` (``lora``) and the client-state buffer ``lora_switch`` (0-d, 1 =
+    switched on). ``forward(..., lora=True)`` applies the LoRA update to the attention's inputs and runs the
+    cross-attention block (``norm_q``, ``norm_kv``, ``attn``, ``ffn``) frozen; ``linear`` always trains.
+    """
+
+    def __init__(self, width: int, text_dim: int, n_tokens: int = 4, heads: int = 4, lora_rank: int = 0):
         super().__init__()
         self.n_tokens = int(n_tokens)
         self.linear = nn.Linear(text_dim, width)
@@ -116,11 +162,19 @@ class VisualPromptGenerator(nn.Module):
         self.norm_kv = nn.LayerNorm(width)
         self.attn = CrossAttention(width, width, heads)
         self.ffn = geglu_ffn(width)
+        if lora_rank > 0:  # built last: without LoRA the other parameters draw the same random numbers
+            self.lora = InputLoRA(width, lora_rank)
+            self.register_buffer("lora_switch", torch.zeros(()))
 
-    def forward(self, patches: torch.Tensor, descriptions: torch.Tensor) -> torch.Tensor:
+    def forward(self, patches: torch.Tensor, descriptions: torch.Tensor, lora: bool = False) -> torch.Tensor:
         kv = self.linear(descriptions.to(self.linear.weight.dtype))
-        x = self.attn(self.norm_q(patches), self.norm_kv(kv), kv)
-        x = self.ffn(x) + x
+        if lora:
+            q, k, v = self.lora(patches, kv, kv)
+            x = frozen_call(self.attn, frozen_call(self.norm_q, q), frozen_call(self.norm_kv, k), v)
+            x = frozen_call(self.ffn, x) + x
+        else:
+            x = self.attn(self.norm_q(patches), self.norm_kv(kv), kv)
+            x = self.ffn(x) + x
         return F.adaptive_avg_pool1d(x.transpose(1, 2), self.n_tokens).transpose(1, 2)
 
 
@@ -131,7 +185,7 @@ class MVPCLIP(nn.Module):
     ``eval_context() -> (C, D)`` class description means; ``logits(features (B, D), context (C, D)) -> (B, C)``.
     """
 
-    def __init__(self, clip, descriptions: DescriptionFeatures, n_tokens: int = 4, heads: int = 4):
+    def __init__(self, clip, descriptions: DescriptionFeatures, n_tokens: int = 4, heads: int = 4, lora_rank: int = 0):
         super().__init__()
         check_token_vit(clip.model.visual, "FedMVP's visual prompts")
         self.clip = clip
@@ -139,16 +193,17 @@ class MVPCLIP(nn.Module):
         self.logit_scale = clip.model.logit_scale
         self.descriptions = descriptions
         width = int(self.image_encoder.transformer.width)
-        self.prompt_learner = VisualPromptGenerator(width, int(clip.embed_dim), n_tokens, heads).to(
+        self.prompt_learner = VisualPromptGenerator(width, int(clip.embed_dim), n_tokens, heads, lora_rank).to(
             clip.model.logit_scale.device)
 
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+    def encode_image(self, images: torch.Tensor, lora: bool = False) -> torch.Tensor:
+        """Prompted features ``(B, D)``; ``lora``: the generator's LoRA update on, its cross-attention frozen."""
         feats, _ = self.descriptions()
         generator = self.prompt_learner
 
         def append(_module, args):
             x = args[0]  # (B, 1 + P, w): class token + patches after the positional embedding
-            tokens = generator(x[:, 1:], feats)
+            tokens = generator(x[:, 1:], feats, lora=lora)
             return (torch.cat([x, tokens.to(x.dtype)], dim=1), *args[1:])
 
         handle = self.image_encoder.ln_pre.register_forward_pre_hook(append)
@@ -181,8 +236,10 @@ class FedMVP(FederatedTrainer):
 
     CFG_NODE = "FEDMVP"
     SHARED = ("prompt_learner.*",)
+    CLIENT_STATE = ("prompt_learner.lora_switch",)
     CFG_RULES = {"N_TOKENS": Range(1), "HEADS": Range(1), "ALPHA": Range(0), "FLIP_P": Range(0, 1),
-                 "TRUNCATE_CHARS": Range(0)}
+                 "TRUNCATE_CHARS": Range(0), "LORA": (False, True), "LORA_RANK": Range(1),
+                 "LORA_THRESHOLD": Range(0)}
     image_features_cacheable = False
     SEQUENTIAL = "its image tower is prompted: image features are not cacheable, every step encodes images"
 
@@ -195,6 +252,9 @@ class FedMVP(FederatedTrainer):
         node.FLIP_P = 0.5
         node.PREFIX = ""
         node.TRUNCATE_CHARS = 77
+        node.LORA = False
+        node.LORA_RANK = 8
+        node.LORA_THRESHOLD = 0.5
         node.PREC = "fp32"
         return node
 
@@ -217,11 +277,26 @@ class FedMVP(FederatedTrainer):
         t = self.tcfg
         descriptions = DescriptionFeatures(clip, self.classnames, self._sentences, int(t.TRUNCATE_CHARS))
         try:
-            self.model = MVPCLIP(clip, descriptions, int(t.N_TOKENS), int(t.HEADS))
+            self.model = MVPCLIP(clip, descriptions, int(t.N_TOKENS), int(t.HEADS),
+                                 int(t.LORA_RANK) if bool(t.LORA) else 0)
         except (UnsupportedImageTower, ValueError) as err:
             raise ConfigError(f"FedMVP: {err}") from None
         self.model.to(self.device)
         self.register_model("model", self.model)
+        self._lora_on = False  # the loaded client's switch, read when its training starts
+        self._last_loss: torch.Tensor | None = None  # the loss of the latest training step
+
+    def start_local_training(self, context: dict) -> None:
+        """``LORA``: read the client's switch (its client state, loaded with its personal tensors)."""
+        self._lora_on = bool(self.tcfg.LORA) and bool(self.model.prompt_learner.lora_switch > 0.5)
+
+    def finish_local_training(self, context: dict) -> None:
+        """``LORA``: switch the client's LoRA on once the loss of the round's last batch is below ``LORA_THRESHOLD``
+        (from its next round on: LoRA update, cross-attention frozen; never switched off)."""
+        if bool(self.tcfg.LORA) and not self._lora_on and self._last_loss is not None:
+            if float(self._last_loss) < float(self.tcfg.LORA_THRESHOLD):
+                self.model.prompt_learner.lora_switch.fill_(1.0)
+        self._lora_on, self._last_loss = False, None
 
     def build_aggregator(self):
         """Unweighted FedAvg (the published server), unless ``FED.AGGREGATION`` says otherwise."""
@@ -237,7 +312,7 @@ class FedMVP(FederatedTrainer):
                 return self.model.encode_image(images).float()
         flipped = images.flip(-1) if float(torch.rand(())) < float(self.tcfg.FLIP_P) else images
         with self.autocast():
-            prompted = self.model.encode_image(images).float()
+            prompted = self.model.encode_image(images, lora=self._lora_on).float()
             frozen = self.model.frozen_image(flipped).float()
         return torch.stack([prompted, frozen], dim=1)
 
@@ -248,4 +323,6 @@ class FedMVP(FederatedTrainer):
         logits = self.model.logits(prompted, self.model.eval_context())
         ce = F.cross_entropy(logits, labels)
         consistency = 1.0 - F.cosine_similarity(prompted, frozen, dim=-1, eps=1e-7).mean()
-        return ce + float(self.tcfg.ALPHA) * consistency, logits, {"ce": ce.detach(), "vis": consistency.detach()}
+        loss = ce + float(self.tcfg.ALPHA) * consistency
+        self._last_loss = loss.detach()
+        return loss, logits, {"ce": ce.detach(), "vis": consistency.detach()}

@@ -8,6 +8,8 @@ A method declares, as class attributes (``trainers/base.py`` lists them all):
   (or replace) their bases' rules. :func:`check_rules` applies them before the model is built;
 * ``SHARED``: name patterns (``fnmatch``: ``*`` is any run of characters, dots included) of the
   trainable tensors uploaded and aggregated; every other trainable tensor is personal;
+* ``CLIENT_STATE``: name patterns of buffers holding a client's training state (personal, never trained,
+  not read by evaluation; e.g. FedMVP's LoRA switch);
 * ``SEQUENTIAL``: ``""`` when the engines may train its clients together (batched), otherwise the
   reason its clients must be trained one after another by the trainer's own Dassl loop;
 * ``ROUND_PROTOCOL``: ``"fedavg"`` (each client trains local epochs, the server aggregates what it
