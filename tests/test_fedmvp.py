@@ -25,6 +25,7 @@ from trainers.class_attributes import (
     which_clause,
 )
 from trainers.fedmvp import FedMVP, InputLoRA, VisualPromptGenerator
+from trainers.method import RoundContext
 
 
 def _trainer(tmp_path, *opts):
@@ -209,17 +210,17 @@ def test_lora_switch_is_personal_client_state_and_turns_on_below_the_threshold(t
     assert "prompt_learner.lora.query_a" in trainer.shared_keys()  # averaged with the rest of the prompt learner
     switch = trainer.model.prompt_learner.lora_switch
     for loss, expected in ((0.6, 0.0), (0.5, 0.0), (0.49, 1.0)):
-        trainer.start_local_training({"client": 0, "round": 1})
+        trainer.start_local_training(RoundContext(0, 1))
         trainer._last_loss = torch.tensor(loss)
-        trainer.finish_local_training({"client": 0, "round": 1})
+        trainer.finish_local_training(RoundContext(0, 1))
         assert switch.item() == expected, loss
-    trainer.start_local_training({"client": 0, "round": 2})
+    trainer.start_local_training(RoundContext(0, 2))
     assert trainer._lora_on
     trainer._last_loss = torch.tensor(9.0)
-    trainer.finish_local_training({"client": 0, "round": 2})
+    trainer.finish_local_training(RoundContext(0, 2))
     assert switch.item() == 1.0  # never switched off
     trainer.load_state({"prompt_learner.lora_switch": torch.tensor(0.0)})  # another client's state
-    trainer.start_local_training({"client": 1, "round": 2})
+    trainer.start_local_training(RoundContext(1, 2))
     assert not trainer._lora_on and trainer.get_state(trainer.personal_keys())["prompt_learner.lora_switch"] == 0
     # evaluation: the averaged generator without the factors (the official server's model never switches)
     images = torch.randn(2, 3, 32, 32)
@@ -246,10 +247,10 @@ def test_lora_switch_freezes_the_attention_and_survives_resume(monkeypatch, tmp_
 
     def record_start(self, context):
         begin(self, context)
-        seen[context["round"], context["client"], "start"] = (self._lora_on, params(self))
+        seen[context.round, context.client, "start"] = (self._lora_on, params(self))
 
     def record_end(self, context):
-        seen[context["round"], context["client"], "end"] = (None, params(self))
+        seen[context.round, context.client, "end"] = (None, params(self))
         finish(self, context)
 
     monkeypatch.setattr(FedMVP, "start_local_training", record_start)

@@ -64,7 +64,7 @@ from trainers.base import FederatedTrainer, load_frozen_clip
 from trainers.class_attributes import class_attributes, description_sentences, description_style
 from trainers.cross_attention import CrossAttention, geglu_ffn
 from trainers.image_tokens import check_token_vit
-from trainers.method import Range
+from trainers.method import Range, RoundContext
 
 
 class DescriptionFeatures(nn.Module):
@@ -286,11 +286,11 @@ class FedMVP(FederatedTrainer):
         self._lora_on = False  # the loaded client's switch, read when its training starts
         self._last_loss: torch.Tensor | None = None  # the loss of the latest training step
 
-    def start_local_training(self, context: dict) -> None:
+    def start_local_training(self, context: RoundContext) -> None:
         """``LORA``: read the client's switch (its client state, loaded with its personal tensors)."""
         self._lora_on = bool(self.tcfg.LORA) and bool(self.model.prompt_learner.lora_switch > 0.5)
 
-    def finish_local_training(self, context: dict) -> None:
+    def finish_local_training(self, context: RoundContext) -> None:
         """``LORA``: switch the client's LoRA on once the loss of the round's last batch is below ``LORA_THRESHOLD``
         (from its next round on: LoRA update, cross-attention frozen; never switched off)."""
         if bool(self.tcfg.LORA) and not self._lora_on and self._last_loss is not None:
