@@ -17,7 +17,7 @@ from federated.mixture import Member, chunk_bounds, class_chunk_split, parse_mem
 from tests.fedtv_testing import REPO, fast_args
 from tests.toyworld_learning import SHIPPED_WEIGHTS, learning_run
 from trainers.base import local_schedule
-from trainers.cross_attention import GEGLU, CrossAttention
+from trainers.cross_attention import GEGLU, CrossAttention, SelfAttentionBlock, geglu_ffn
 from trainers.fedtpg import PromptGenerator
 from trainers.method import RoundContext
 
@@ -95,6 +95,75 @@ def test_generator_shapes_residual_and_set_function():
     big = PromptGenerator(4, 512, 512, heads=4)
     expected = 4 * 512 + 2 * 2 * 512 + 4 * (512 * 512 + 512) + 2 * 512 + 512 * 4096 + 4096 + 2048 * 512 + 512
     assert sum(p.numel() for p in big.parameters()) == expected
+
+
+class _GeneratorBeforeDepth(torch.nn.Module):
+    """The generator as it was before ``DEPTH`` existed (the reference the depth-0 generator must equal)."""
+
+    def __init__(self, n_ctx, dim, name_dim, heads):
+        super().__init__()
+        self.queries = torch.nn.Parameter(torch.randn(n_ctx, dim) * 0.02)
+        self.norm_q = torch.nn.LayerNorm(dim)
+        self.norm_kv = torch.nn.LayerNorm(name_dim)
+        self.attn = CrossAttention(dim, name_dim, heads)
+        self.ffn = geglu_ffn(dim)
+
+
+def test_depth_zero_is_the_generator_of_before_bit_for_bit():
+    torch.manual_seed(0)
+    before = _GeneratorBeforeDepth(4, 16, 12, 4)
+    after_before = torch.rand(3)  # the next random draws
+    torch.manual_seed(0)
+    gen = PromptGenerator(4, 16, 12, heads=4, depth=0)
+    assert torch.equal(torch.rand(3), after_before)  # the same random draws, no more
+    assert list(gen.state_dict()) == list(before.state_dict())
+    assert all(torch.equal(v, before.state_dict()[k]) for k, v in gen.state_dict().items())
+    names = torch.randn(7, 12)
+    a = before.attn(before.norm_q(before.queries), before.norm_kv(names))
+    assert torch.equal(gen(names), before.ffn(a) + a)
+    torch.manual_seed(0)
+    assert all(torch.equal(v, gen.state_dict()[k]) for k, v in PromptGenerator(4, 16, 12, heads=4).state_dict().items())
+
+
+def test_self_attention_stack_shapes_and_blocks_by_hand():
+    torch.manual_seed(0)
+    gen = PromptGenerator(n_ctx=4, dim=16, name_dim=12, heads=4, depth=2)
+    names = torch.randn(7, 12)
+    ctx = gen(names)
+    assert ctx.shape == (4, 16) and len(gen.blocks) == 2
+    a = gen.attn(gen.norm_q(gen.queries), gen.norm_kv(names))
+    x = gen.ffn(a) + a
+    for block in gen.blocks:  # pre-norm: x + SelfAttn(LN x), then + FFN(x)
+        h = block.norm(x)
+        x = block.attn(h, h) + x
+        x = block.ffn(x) + x
+    torch.testing.assert_close(ctx, x)
+    # self-attention over the context tokens: permuting the queries permutes the output rows
+    perm = torch.tensor([2, 0, 3, 1])
+    with torch.no_grad():
+        gen.queries.copy_(gen.queries[perm])
+    torch.testing.assert_close(gen(names), ctx[perm], rtol=1e-5, atol=1e-6)
+    # still a function of the class-name set
+    torch.testing.assert_close(gen(names[torch.randperm(7)]), ctx[perm], rtol=1e-5, atol=1e-6)
+    # one block at ViT-B/16 width: LN, attention 4 x (512 x 512 + 512), FFN (LN, 512 x 4096 + 4096, 2048 x 512 + 512)
+    block = SelfAttentionBlock(512, 4)
+    expected = 2 * 512 + 4 * (512 * 512 + 512) + 2 * 512 + 512 * 4096 + 4096 + 2048 * 512 + 512
+    assert sum(p.numel() for p in block.parameters()) == expected
+
+
+def test_depth_is_shared_and_trains_in_a_federated_run(tmp_path):
+    trainer = _trainer(tmp_path / "t", "TRAINER.FEDTPG.DEPTH", "1")
+    assert "prompt_learner.generator.blocks.0.attn.q.weight" in trainer.shared_keys()
+    assert trainer.personal_keys() == [] and trainer.model.prompt_learner.context().shape[0] == 4
+    from federated.run import main
+
+    results = main(fast_args(tmp_path / "run", ["--trainer", "FedTPG", "--rounds", "1"],
+                             ["TRAINER.FEDTPG.DEPTH", "1", "FED.EVAL_BASE_NOVEL", "False"]))
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    start = trainer.initial_shared_state()
+    key = "prompt_learner.generator.blocks.0.ffn.1.weight"
+    assert key in ckpt["global"] and not torch.equal(ckpt["global"][key], start[key])  # the block trained
+    assert results["execution"]["batched_clients"]  # clients still trained together
 
 
 # ------------------------------------------------------------------ the trainer

@@ -1,6 +1,7 @@
 """Cross-attention blocks of the prompt generators (FedTPG's text-conditioned prompt generator, FedMVP's
 attribute-conditioned visual prompts): multi-head attention of queries over a set of condition features,
-and the GEGLU feed-forward network that follows it."""
+the GEGLU feed-forward network that follows it, and the pre-norm self-attention block FedTPG may stack on
+its queries."""
 from __future__ import annotations
 
 import math
@@ -53,3 +54,23 @@ class CrossAttention(nn.Module):
 def geglu_ffn(dim: int, mult: int = 4) -> nn.Sequential:
     """``(*, d) -> (*, d)``: LayerNorm -> Linear(d, 2 mult d) -> GEGLU -> Linear(mult d, d)."""
     return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 2 * mult * dim), GEGLU(), nn.Linear(mult * dim, dim))
+
+
+class SelfAttentionBlock(nn.Module):
+    """A pre-norm transformer block on a set of tokens ``(*, M, d) -> (*, M, d)``:
+
+        x = Attention(q = k = v = LN(x)) + x,   x = FFN(x) + x   (FFN: :func:`geglu_ffn`, its own LN first)
+
+    with :class:`CrossAttention` of the tokens over themselves (``heads`` heads).
+    """
+
+    def __init__(self, dim: int, heads: int, mult: int = 4):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attn = CrossAttention(dim, dim, heads)
+        self.ffn = geglu_ffn(dim, mult)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x)
+        x = self.attn(h, h) + x
+        return self.ffn(x) + x
