@@ -103,6 +103,7 @@ def measure_scaling(job: dict) -> dict:
     from federated.batched import BatchedClients
     from federated.cli import build_cfg, parse_args
     from federated.feature_cache import CachedFeatureLoader
+    from trainers.method import RoundContext
 
     spec, device = job["spec"], job["device"]
     argv = ["--trainer", job["trainer"], "--backbone", spec["backbone"], "--output-dir", job["out"],
@@ -126,7 +127,7 @@ def measure_scaling(job: dict) -> dict:
         return [CachedFeatureLoader(feats, torch.arange(c * 32, (c + 1) * 32).numpy(), labels[c * 32:(c + 1) * 32],
                                     32, torch.Generator().manual_seed(c)) for c in range(clients)]
 
-    contexts = [{"client": c, "round": 1} for c in range(clients)]
+    contexts = [RoundContext(client=c, round=1) for c in range(clients)]
     batched.train([start] * clients, loaders(), 1, contexts)  # warm-up
     if device == "cuda":
         torch.cuda.synchronize()
