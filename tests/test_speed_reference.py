@@ -106,3 +106,36 @@ def test_host_syncs_per_step_only_in_reference_mode(tmp_path, monkeypatch, refer
                              ["FED.BATCH_CLIENTS", "False"]))
     assert (len(checks) > 0) == reference
     assert all(r["train_loss"] is not None and r["train_loss"] > 0 for r in results["rounds"])
+
+
+def test_no_method_branches_on_reference_mode():
+    """The published cost lives in trainers/reference_cost.py (and the engine part of trainers/base.py);
+    a method's own module never asks whether reference mode is on."""
+    import os
+
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "trainers")
+    asking = [name for name in sorted(os.listdir(folder)) if name.endswith(".py")
+              and name not in ("base.py", "reference_cost.py")
+              and "reference_mode" in open(os.path.join(folder, name)).read()]
+    assert asking == []
+
+
+@pytest.mark.parametrize("trainer_name", ["PromptFL", "pFedMoAP", "FedMaPLe"])
+def test_reference_mode_makes_every_prompt_learner_dense(tmp_path, trainer_name):
+    """trainers/reference_cost.py: in reference mode every prompt learner of the model encodes full-length
+    prompts (no trimmed padding, no shared prefix); the fast path trims them."""
+    from dassl.engine import build_trainer
+    from federated.cli import build_cfg, parse_args
+    from trainers.prompt_learner import PromptLearner
+
+    full = {}
+    for reference in (False, True):
+        cfg = build_cfg(parse_args(fast_args(tmp_path / str(reference),
+                                             ["--trainer", trainer_name, "--reference-mode", str(reference)])))
+        trainer = build_trainer(cfg, classnames=[f"class {i}" for i in range(5)])
+        learners = [m for m in trainer.model.modules() if isinstance(m, PromptLearner)]
+        assert learners
+        full[reference] = [(m.fast_text, m.tokenized_prompts.shape[1]) for m in learners]
+    context_length = trainer.model.clip.context_length
+    assert all(fast and length < context_length for fast, length in full[False])
+    assert all(not fast and length == context_length for fast, length in full[True])

@@ -55,6 +55,7 @@ from torch import nn
 from dassl.engine import TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
 from trainers.method import RoundContext, Rule, check_rules, shared_names
+from trainers.reference_cost import apply_reference_costs
 
 logger = logging.getLogger("fedtv.trainer")
 
@@ -136,6 +137,8 @@ class FederatedTrainer(TrainerX):
         self._client_optim_states: dict[int, dict[str, dict]] = {}
         super().__init__(cfg, dm=dm, classnames=classnames)
         self.evaluator.verbose = False  # the server logs labelled per-client lines instead of Dassl's blocks
+        if self.reference_mode:  # the published per-step cost, outside the methods' code
+            apply_reference_costs(self.model)
         self.model.to(self.device)
         self.scaler = None
         self._initial_shared = self.get_state(self.shared_keys())
@@ -162,7 +165,8 @@ class FederatedTrainer(TrainerX):
 
     @property
     def reference_mode(self) -> bool:
-        """``FED.REFERENCE_MODE``: the published way of running (fp32, no cached image features)."""
+        """``FED.REFERENCE_MODE``: the published way of running (fp32, no cached image features, a Dassl host
+        check of every step's loss, and the published text cost: ``trainers/reference_cost.py``)."""
         return bool(self.cfg.get("FED", {}).get("REFERENCE_MODE", False))
 
     @property

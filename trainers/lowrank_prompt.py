@@ -226,19 +226,13 @@ class GlobalPersonalCLIP(PromptCLIP):
         z_personal, z_global = self.encode_contexts([learner.context(), learner.sigma])
         return z_personal, z_global
 
-    def published_text_feature_sets(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(z_i, z_G, z_C)``, each ``(C, D)`` normalised, computed the way the published FedPGP / FedTV
-        code does every step (docs/PUBLISHED_CODE.md): four separate text-tower passes of ``C`` prompts --
-        ``z_C`` re-encoded (no cache), ``z_G``, the personal term alone (``z_UV`` / ``z_BA``, computed and
-        never used) and ``z_i``. Same values as :meth:`text_feature_sets`; only the cost differs
-        (``FED.REFERENCE_MODE``, the speed baseline)."""
-        from trainers.handcrafted import handcrafted_text_features
-
-        learner = self.prompt_learner
-        z_c = handcrafted_text_features(self.clip, learner.classnames, self.template)
-        z_g = self.encode_prompts(learner.global_prompts())
-        self.encode_prompts(learner.construct_prompts(learner.delta()))  # the published unused pass
-        return self.text_features(), z_g, z_c
+    def step_text_features(self, with_global: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """What a training step needs: ``(z_i, z_G, z_C)``, each ``(C, D)`` normalised, from
+        :meth:`text_feature_sets`; ``z_G`` None unless ``with_global``, ``z_C`` None: the cached
+        :meth:`handcrafted_features`. (Reference mode replaces it by the published four passes,
+        ``trainers/reference_cost.py``.)"""
+        z_personal, z_global = self.text_feature_sets(with_global)
+        return z_personal, z_global, None
 
     def set_classnames(self, classnames: list[str]) -> None:
         super().set_classnames(classnames)
@@ -324,12 +318,8 @@ class GlobalPersonalPromptTrainer(PromptTrainer):
                      labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """``L_ce(img @ z_i) + MU * L_con``; ``extra`` logs ``loss_ce`` and ``loss_con``."""
         t = self.tcfg
-        z_handcrafted = None
-        if self.reference_mode:  # the published cost: four text passes per step
-            z_personal, z_global, z_handcrafted = self.model.published_text_feature_sets()
-        else:
-            need_global = self.uses_contrast and bool(t.CONTRAST_POSITIVE or t.NEGATIVE_PAIR == "global")
-            z_personal, z_global = self.model.text_feature_sets(with_global=need_global)
+        need_global = self.uses_contrast and bool(t.CONTRAST_POSITIVE or t.NEGATIVE_PAIR == "global")
+        z_personal, z_global, z_handcrafted = self.model.step_text_features(need_global)
         logits = self.model.logits(image_features, z_personal)
         loss_ce = F.cross_entropy(logits.float(), labels)
         if not self.uses_contrast:

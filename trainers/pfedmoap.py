@@ -228,8 +228,6 @@ class pFedMoAP(PromptTrainer):  # noqa: N801 - the method's published name
                               f"prompt); use GATING 'personal'")
         clip = load_frozen_clip(self.cfg, self.device)
         learner = self.build_prompt_learner(clip)
-        if self.reference_mode:
-            learner.set_fast_text(False)
         width = int(clip.model.text_projection.shape[1])
         if width % int(t.EMBED_DIM):
             raise ConfigError(f"TRAINER.PFEDMOAP.EMBED_DIM {t.EMBED_DIM} must divide the backbone's feature "

@@ -45,8 +45,6 @@ class PromptTrainer(FederatedTrainer):
     def build_model(self) -> None:
         clip = load_frozen_clip(self.cfg, self.device)
         learner = self.build_prompt_learner(clip)
-        if self.reference_mode:  # the published cost: dense prompts at the full context length
-            learner.set_fast_text(False)
         self.model = self.build_clip_model(clip, learner)
         self.model.to(self.device)
         # One optimiser over every trainable tensor of the model (prompt, adapters ...); the frozen
