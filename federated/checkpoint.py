@@ -19,6 +19,7 @@ import random
 import numpy as np
 import torch
 
+from dassl.config import RETIRED_KEYS
 from dassl.utils.atomic import remove_stale_temps
 from federated.errors import CheckpointError
 from federated.results import cfg_to_dict
@@ -168,11 +169,14 @@ def check_resume_config(ckpt: dict, cfg, path: str) -> dict[str, list]:
         The allowed changes (``RESUMABLE_CHANGES``), ``{key: [saved value, new value]}``, to record in
         ``results.json``.
 
+    Keys since left out of the defaults (``dassl.config.RETIRED_KEYS``: nothing read them) are not compared.
+
     Raises:
         CheckpointError: listing every other key that differs (saved -> new), or fewer ``OPTIM.ROUND``
             than the checkpoint finished.
     """
     saved, now = _flat(ckpt["results"]["config"]), _flat(cfg_to_dict(cfg))
+    saved = {k: v for k, v in saved.items() if k not in RETIRED_KEYS}  # written before they were left out
     differ = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
     refused = [k for k in differ if k not in RESUMABLE_CHANGES]
     if refused:

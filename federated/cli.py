@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from yacs.config import CfgNode as CN
 
+from dassl.config import ignored_keys_set
 from federated.config import (
     REPO_ROOT,
     bundled_input_size,
@@ -238,9 +239,10 @@ def _check_values(cfg: CN, k: Known) -> None:
                           f"on base, evaluate on the novel classes with new)")
 
 
-def build_cfg(args: argparse.Namespace, k: Known | None = None):
+def build_cfg(args: argparse.Namespace, k: Known | None = None, warn: bool = True):
     """Resolve the config: defaults -> dataset yaml -> trainer yaml -> flags -> opts, checking every name
-    and key on the way (``k``: what to check against; default the live registries)."""
+    and key on the way (``k``: what to check against; default the live registries). With ``warn``, one
+    warning line names the Dassl keys set that FedTV accepts but ignores (``dassl.config.IGNORED_KEYS``)."""
     k = k or known(live=True)
     cfg = k.cfg
     _check_opts(list(args.opts or []))
@@ -265,6 +267,10 @@ def build_cfg(args: argparse.Namespace, k: Known | None = None):
     cfg.MODEL.BACKBONE.NAME = resolve_backbone(cfg.MODEL.BACKBONE.NAME, k.backbones)
     _check_values(cfg, k)
     check_finite(cfg)
+    ignored = ignored_keys_set(cfg)
+    if warn and ignored:
+        logging.getLogger("fedtv").warning("config keys accepted for Dassl / CoOp files but ignored by FedTV: %s",
+                                           ", ".join(ignored))
     native = bundled_input_size(cfg.MODEL.BACKBONE.NAME)
     if native is not None and tuple(cfg.INPUT.SIZE) != (native, native):
         # a bundled ViT (tiny) only takes its own input size; the real datasets' yamls say 224
@@ -290,4 +296,4 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--engine flower-sim trains: --eval-only uses --engine inprocess")
     if args.engine == "flower-sim" and importlib.util.find_spec("flwr") is None:
         raise ConfigError("--engine flower-sim needs Flower: pip install -r requirements-flower.txt")
-    build_cfg(args, known(live=False))
+    build_cfg(args, known(live=False), warn=False)

@@ -85,3 +85,27 @@ def test_trainer_config_follows_trainer_and_backbone():
     cfg = cfg_of("--trainer", "CoOp")
     assert cfg.TRAINER.NAME == "CoOp"
     assert backbone_slug("ViT-B/16") == "vit_b16" and backbone_slug("RN50") == "rn50"
+
+
+def test_a_published_coop_config_loads_and_its_ignored_keys_are_named_once(tmp_path, caplog):
+    """CoOp's trainer configs set TRAIN.PRINT_FREQ (FedTV prints one line per round): the file loads, and one
+    warning line names the keys FedTV ignores; a config that leaves them at their defaults warns nothing."""
+    import logging
+
+    from federated.cli import check_args
+
+    coop = tmp_path / "coop_vit_b16.yaml"
+    coop.write_text("DATALOADER:\n  TRAIN_X:\n    BATCH_SIZE: 32\n  TEST:\n    BATCH_SIZE: 100\n"
+                    "OPTIM:\n  NAME: sgd\n  LR: 0.002\nTRAIN:\n  PRINT_FREQ: 5\n"
+                    "MODEL:\n  BACKBONE:\n    NAME: ViT-B/16\n  INIT_WEIGHTS: ''\n")
+    args = parse_args(["--config-file", str(coop), "--backbone", "tiny"])
+    with caplog.at_level(logging.WARNING, logger="fedtv"):
+        check_args(args)  # the torch-free pre-check does not warn
+        cfg = build_cfg(args)
+    assert cfg.DATALOADER.TEST.BATCH_SIZE == 100 and cfg.TRAIN.PRINT_FREQ == 5
+    warnings = [r.getMessage() for r in caplog.records if "ignored by FedTV" in r.getMessage()]
+    assert warnings == ["config keys accepted for Dassl / CoOp files but ignored by FedTV: TRAIN.PRINT_FREQ"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fedtv"):
+        cfg_of()
+    assert not [r for r in caplog.records if "ignored by FedTV" in r.getMessage()]

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from dassl.config import get_cfg_default
-from dassl.data import DataManager, DatasetBase, DatasetWrapper, Datum, build_data_loader, build_transform
+from dassl.data import DatasetBase, DatasetWrapper, Datum, build_data_loader, build_transform
 
 
 def _cfg(size=(8, 8), transforms=("random_resized_crop", "random_flip", "normalize")):
@@ -13,7 +13,6 @@ def _cfg(size=(8, 8), transforms=("random_resized_crop", "random_flip", "normali
     cfg.INPUT.SIZE = size
     cfg.INPUT.TRANSFORMS = transforms
     cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.VERBOSE = False
     return cfg
 
 
@@ -112,21 +111,6 @@ def test_build_data_loader_batches_and_samplers():
     assert len(dl) == 2
     with pytest.raises(ValueError, match="empty"):
         build_data_loader(cfg, [], 2, False, build_transform(cfg, False))
-
-
-def test_data_manager():
-    cfg = _cfg()
-    cfg.DATALOADER.TRAIN_X.BATCH_SIZE = 4
-    cfg.DATALOADER.TEST.BATCH_SIZE = 3
-    ds = DatasetBase(train_x=_items([0, 1, 1, 0, 1]), test=_items([1, 0]))
-    dm = DataManager(cfg, dataset=ds)
-    assert dm.dataset is ds and dm.num_classes == 2
-    assert dm.classnames == ["c0", "c1"] and dm.lab2cname == {0: "c0", 1: "c1"}
-    assert dm.val_loader is None and dm.train_loader_u is None
-    assert next(iter(dm.train_loader_x))["img"].shape == (4, 3, 8, 8)
-    assert next(iter(dm.test_loader))["label"].tolist() == [1, 0]
-    custom = DataManager(cfg, dataset=ds, custom_tfm_test=build_transform(_cfg(size=(5, 5)), False))
-    assert next(iter(custom.test_loader))["img"].shape == (2, 3, 5, 5)
 
 
 # ---------------------------------------------------------------- few-shot and base/new

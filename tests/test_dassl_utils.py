@@ -11,18 +11,14 @@ from PIL import Image
 from torch import nn
 
 from dassl.utils import (
-    AverageMeter,
-    MetricMeter,
     Registry,
-    count_num_param,
     listdir_nohidden,
     load_checkpoint,
+    load_pretrained_weights,
     mkdir_if_missing,
     read_image,
     read_json,
     reset_logger,
-    resume_from_checkpoint,
-    save_checkpoint,
     set_random_seed,
     setup_logger,
     write_json,
@@ -67,24 +63,6 @@ def _check_logger(tmp_path):
     assert Path(path3).read_text() == "x\ny\n"
 
 
-def test_average_and_metric_meters():
-    m = AverageMeter()
-    m.update(2.0)
-    m.update(torch.tensor(5.0), n=2)
-    assert (m.val, m.sum, m.count, m.avg) == (5.0, 12.0, 3, 4.0)
-    e = AverageMeter(ema=True)
-    e.update(10.0)
-    e.update(0.0)
-    assert e.avg == pytest.approx(9.0)
-    mm = MetricMeter()
-    mm.update({"loss": torch.tensor(1.0), "acc": 50})
-    mm.update({"loss": 3.0, "acc": 100})
-    assert mm.get_avg() == {"loss": 2.0, "acc": 75.0}
-    assert str(mm) == "loss 3.0000 (2.0000) acc 100.0000 (75.0000)"
-    with pytest.raises(TypeError, match="expects a dict"):
-        mm.update([1.0])
-
-
 def test_set_random_seed_reproducible():
     def draw():
         return random.random(), np.random.rand(), torch.rand(1).item()
@@ -97,15 +75,6 @@ def test_set_random_seed_reproducible():
     assert draw() != a
     with pytest.raises(ValueError):
         set_random_seed(-1)
-
-
-def test_count_num_param():
-    model = nn.Linear(3, 2)  # 3*2 + 2
-    assert count_num_param(model) == 8
-    assert count_num_param(params=[torch.zeros(4, 5), torch.zeros(3)]) == 23
-    assert count_num_param(params=[{"params": [torch.zeros(2)]}]) == 2
-    with pytest.raises(ValueError):
-        count_num_param()
 
 
 def test_files_json_and_listdir(tmp_path):
@@ -131,16 +100,21 @@ def test_read_image(tmp_path):
         read_image(missing)
 
 
-def test_checkpoint_save_resume(tmp_path):
-    model = nn.Linear(2, 2)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    path = save_checkpoint({"state_dict": model.state_dict(), "epoch": 3, "optimizer": opt.state_dict()},
-                           str(tmp_path), is_best=True)
-    assert path.endswith("model.pth.tar-3") and (tmp_path / "model-best.pth.tar").exists()
+def test_load_checkpoint_and_pretrained_weights(tmp_path):
+    """What a ported CoOp trainer calls: load_checkpoint in load_model, load_pretrained_weights for
+    MODEL.INIT_WEIGHTS (names and shapes that match are copied, a DataParallel ``module.`` prefix dropped)."""
+    source = nn.Linear(2, 2)
+    path = str(tmp_path / "model.pth.tar-3")
+    state = {"module.weight": source.weight.detach(), "bias": torch.zeros(5), "extra": torch.ones(1)}
+    torch.save({"state_dict": state, "epoch": 3}, path)
     assert load_checkpoint(path)["epoch"] == 3
-    model2 = nn.Linear(2, 2)
-    assert resume_from_checkpoint(str(tmp_path), model2) == 3
-    assert torch.equal(model2.weight, model.weight)
+    with pytest.raises(FileNotFoundError, match="No checkpoint"):
+        load_checkpoint(str(tmp_path / "absent"))
+    target = nn.Linear(2, 2)
+    bias = target.bias.detach().clone()
+    matched, discarded = load_pretrained_weights(target, path)
+    assert matched == ["weight"] and sorted(discarded) == ["bias", "extra"]
+    assert torch.equal(target.weight, source.weight) and torch.equal(target.bias, bias)
 
 
 def test_registry_still_exported():

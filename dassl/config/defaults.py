@@ -5,7 +5,10 @@
 assignment on an unfrozen node) and finally ``freeze()`` it without affecting other callers.
 
 One key is added on top of Dassl: ``OPTIM.ADAM_EPS`` (Adam's epsilon, 1e-8 like torch; FLoRA uses
-1e-6).
+1e-6). Dassl keys that nothing in FedTV reads and no published Dassl / CoOp config file sets are left out
+(a file setting one is refused as an unknown key); those that published files or a ported CoOp trainer set
+or read are kept, accepted and ignored: :data:`IGNORED_KEYS` lists them, and :func:`ignored_keys_set`
+names the ones a config changed (the command line warns about them).
 """
 from __future__ import annotations
 
@@ -22,12 +25,6 @@ def _input() -> CN:
     node.PIXEL_STD = [0.229, 0.224, 0.225]
     node.CROP_PADDING = 4  # padding of "random_crop"
     node.RRCROP_SCALE = (0.08, 1.0)  # scale range of "random_resized_crop"
-    node.CUTOUT_N = 1
-    node.CUTOUT_LEN = 16
-    node.GN_MEAN = 0.0
-    node.GN_STD = 0.15
-    node.RANDAUGMENT_N = 2
-    node.RANDAUGMENT_M = 10
     node.COLORJITTER_B = 0.4
     node.COLORJITTER_C = 0.4
     node.COLORJITTER_S = 0.4
@@ -50,17 +47,9 @@ def _dataset() -> CN:
     node.STL10_FOLD = -1
     node.CIFAR_C_TYPE = ""
     node.CIFAR_C_LEVEL = 1
-    node.ALL_AS_UNLABELED = False
     return node
 
 
-def _loader_node(sampler: str, batch_size: int) -> CN:
-    node = CN()
-    node.SAMPLER = sampler
-    node.BATCH_SIZE = batch_size
-    node.N_DOMAIN = 0  # domains per batch (domain-balanced samplers)
-    node.N_INS = 16  # instances per class (class-balanced samplers)
-    return node
 
 
 def _dataloader() -> CN:
@@ -68,11 +57,13 @@ def _dataloader() -> CN:
     node.NUM_WORKERS = 4
     node.K_TRANSFORMS = 1  # number of augmented views per image
     node.RETURN_IMG0 = False  # also return the un-augmented image
-    node.TRAIN_X = _loader_node("RandomSampler", 32)
-    node.TRAIN_U = _loader_node("RandomSampler", 32)
+    node.TRAIN_X = CN()
+    node.TRAIN_X.SAMPLER = "RandomSampler"  # ignored (IGNORED_KEYS): training loaders shuffle
+    node.TRAIN_X.BATCH_SIZE = 32
+    node.TRAIN_U = CN()  # ignored (IGNORED_KEYS): no unlabelled data
+    node.TRAIN_U.BATCH_SIZE = 32
     node.TRAIN_U.SAME_AS_X = True
     node.TEST = CN()
-    node.TEST.SAMPLER = "SequentialSampler"
     node.TEST.BATCH_SIZE = 32
     return node
 
@@ -86,8 +77,6 @@ def _model() -> CN:
     node.HEAD = CN()
     node.HEAD.NAME = ""
     node.HEAD.HIDDEN_LAYERS = ()
-    node.HEAD.ACTIVATION = "relu"
-    node.HEAD.BN = True
     node.HEAD.DROPOUT = 0.0
     return node
 
@@ -121,7 +110,6 @@ def _optim() -> CN:
 
 def _train() -> CN:
     node = CN()
-    node.CHECKPOINT_FREQ = 0  # 0: save only the last epoch
     node.PRINT_FREQ = 10
     node.COUNT_ITER = "train_x"  # train_x | train_u | smaller_one
     return node
@@ -132,9 +120,7 @@ def _test() -> CN:
     node.EVALUATOR = "Classification"
     node.PER_CLASS_RESULT = False
     node.COMPUTE_CMAT = False
-    node.NO_TEST = False
     node.SPLIT = "test"  # val | test
-    node.FINAL_MODEL = "last_step"  # last_step | best_val
     return node
 
 
@@ -142,10 +128,8 @@ def _build() -> CN:
     cfg = CN()
     cfg.VERSION = 1
     cfg.OUTPUT_DIR = "./output"
-    cfg.RESUME = ""
     cfg.SEED = -1  # < 0: do not seed
     cfg.USE_CUDA = True
-    cfg.VERBOSE = True
     cfg.INPUT = _input()
     cfg.DATASET = _dataset()
     cfg.DATALOADER = _dataloader()
@@ -156,6 +140,52 @@ def _build() -> CN:
     cfg.TRAINER = CN()
     cfg.TRAINER.NAME = ""
     return cfg
+
+
+#: Dassl keys FedTV accepts (so that Dassl / CoOp config files load) and ignores: nothing reads them. Key ->
+#: who sets or reads it. Setting one to a value other than its default logs a warning (``ignored_keys_set``).
+IGNORED_KEYS: dict[str, str] = {
+    "DATASET.SOURCE_DOMAINS": "Dassl / CoOp train.py (FedTV: DATASET.PARTITION domain, DATASET.TARGET_DOMAIN)",
+    "DATASET.TARGET_DOMAINS": "Dassl / CoOp train.py (FedTV: DATASET.TARGET_DOMAIN)",
+    "DATASET.NUM_LABELED": "Dassl's semi-supervised dataset configs",
+    "DATASET.VAL_PERCENT": "Dassl's semi-supervised dataset configs",
+    "DATASET.STL10_FOLD": "Dassl's STL-10 config",
+    "DATASET.CIFAR_C_TYPE": "Dassl's CIFAR-C configs",
+    "DATASET.CIFAR_C_LEVEL": "Dassl's CIFAR-C configs",
+    "DATALOADER.TRAIN_X.SAMPLER": "Dassl's configs (FedTV's training loaders shuffle: RandomSampler)",
+    "DATALOADER.TRAIN_U.BATCH_SIZE": "Dassl's semi-supervised / adaptation configs",
+    "DATALOADER.TRAIN_U.SAME_AS_X": "Dassl's semi-supervised / adaptation configs",
+    "MODEL.INIT_WEIGHTS": "a ported CoOp trainer's build_model (dassl.utils.load_pretrained_weights)",
+    "MODEL.BACKBONE.PRETRAINED": "Dassl's configs (FedTV: MODEL.BACKBONE.WEIGHTS)",
+    "MODEL.HEAD.NAME": "Dassl's configs",
+    "MODEL.HEAD.HIDDEN_LAYERS": "Dassl's configs",
+    "MODEL.HEAD.DROPOUT": "Dassl's configs",
+    "TRAIN.PRINT_FREQ": "CoOp's and Dassl's trainer configs (FedTV prints one line per round)",
+    "TRAIN.COUNT_ITER": "Dassl's semi-supervised configs",
+}
+
+
+#: Dassl keys left out of the tree (nothing read them, no published file sets them). A run written before
+#: they were left out still resumes (``federated.checkpoint.check_resume_config`` skips them).
+RETIRED_KEYS: tuple[str, ...] = (
+    "RESUME", "VERBOSE", "INPUT.CUTOUT_N", "INPUT.CUTOUT_LEN", "INPUT.GN_MEAN", "INPUT.GN_STD",
+    "INPUT.RANDAUGMENT_N", "INPUT.RANDAUGMENT_M", "DATASET.ALL_AS_UNLABELED", "DATALOADER.TRAIN_X.N_DOMAIN",
+    "DATALOADER.TRAIN_X.N_INS", "DATALOADER.TRAIN_U.SAMPLER", "DATALOADER.TRAIN_U.N_DOMAIN",
+    "DATALOADER.TRAIN_U.N_INS", "DATALOADER.TEST.SAMPLER", "MODEL.HEAD.ACTIVATION", "MODEL.HEAD.BN",
+    "TRAIN.CHECKPOINT_FREQ", "TEST.NO_TEST", "TEST.FINAL_MODEL",
+)
+
+
+def _lookup(cfg: CN, key: str):
+    for part in key.split("."):
+        cfg = cfg[part]
+    return list(cfg) if isinstance(cfg, tuple | list) else cfg
+
+
+def ignored_keys_set(cfg: CN) -> list[str]:
+    """The :data:`IGNORED_KEYS` whose value in ``cfg`` differs from the default (in ``IGNORED_KEYS`` order)."""
+    default = _build()
+    return [k for k in IGNORED_KEYS if _lookup(cfg, k) != _lookup(default, k)]
 
 
 def get_cfg_default() -> CN:

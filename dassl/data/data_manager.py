@@ -1,4 +1,4 @@
-"""Data loading: ``DatasetWrapper``, ``build_data_loader`` and ``DataManager``."""
+"""Data loading: ``DatasetWrapper`` and ``build_data_loader`` (FedTV builds each client's loaders itself)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -9,10 +9,10 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampl
 
 from dassl.utils.tools import read_image
 
-from .datasets import DatasetBase, Datum, build_dataset
-from .transforms import ToPILRGB, build_transform
+from .datasets import Datum
+from .transforms import ToPILRGB
 
-__all__ = ["DataManager", "DatasetWrapper", "build_data_loader"]
+__all__ = ["DatasetWrapper", "build_data_loader"]
 
 
 class DatasetWrapper(Dataset):
@@ -103,76 +103,3 @@ def build_data_loader(
         persistent_workers=False,
     )
 
-
-class DataManager:
-    """Builds a dataset's transforms and loaders.
-
-    Args:
-        cfg: the config (``DATASET.NAME`` when ``dataset`` is None, ``DATALOADER.*``, ``INPUT.*``).
-        dataset: an already built ``DatasetBase``; default ``build_dataset(cfg)``.
-        custom_tfm_train / custom_tfm_test: transforms replacing ``build_transform(cfg, True/False)``.
-        generator: optional ``torch.Generator`` for the training loaders' shuffling.
-
-    Attributes: ``dataset``, ``train_loader_x``, ``train_loader_u`` (None without ``train_u``),
-    ``val_loader`` (None without a validation split), ``test_loader`` (None without a test split),
-    ``tfm_train``, ``tfm_test``, and the properties ``num_classes``, ``num_source_domains``,
-    ``lab2cname``, ``classnames``.
-    """
-
-    def __init__(self, cfg, dataset: DatasetBase | None = None, custom_tfm_train: Callable | None = None,
-                 custom_tfm_test: Callable | None = None, generator: torch.Generator | None = None):
-        self.cfg = cfg
-        self.dataset = build_dataset(cfg) if dataset is None else dataset
-        self.tfm_train = build_transform(cfg, is_train=True) if custom_tfm_train is None else custom_tfm_train
-        self.tfm_test = build_transform(cfg, is_train=False) if custom_tfm_test is None else custom_tfm_test
-        dl = cfg.DATALOADER
-        ds = self.dataset
-
-        self.train_loader_x = build_data_loader(
-            cfg, ds.train_x, dl.TRAIN_X.BATCH_SIZE, True, self.tfm_train, generator=generator
-        )
-        self.train_loader_u = None
-        if ds.train_u:
-            bs_u = dl.TRAIN_X.BATCH_SIZE if dl.TRAIN_U.SAME_AS_X else dl.TRAIN_U.BATCH_SIZE
-            self.train_loader_u = build_data_loader(cfg, ds.train_u, bs_u, True, self.tfm_train, generator=generator)
-        self.val_loader = (
-            build_data_loader(cfg, ds.val, dl.TEST.BATCH_SIZE, False, self.tfm_test) if ds.val else None
-        )
-        self.test_loader = (
-            build_data_loader(cfg, ds.test, dl.TEST.BATCH_SIZE, False, self.tfm_test) if ds.test else None
-        )
-        if cfg.VERBOSE:
-            self.show_dataset_summary()
-
-    @property
-    def num_classes(self) -> int:
-        return self.dataset.num_classes
-
-    @property
-    def num_source_domains(self) -> int:
-        return len(self.cfg.DATASET.SOURCE_DOMAINS)
-
-    @property
-    def lab2cname(self) -> dict[int, str]:
-        return self.dataset.lab2cname
-
-    @property
-    def classnames(self) -> list[str]:
-        return self.dataset.classnames
-
-    def show_dataset_summary(self) -> None:
-        """Print the dataset name, class count and split sizes."""
-        cfg, ds = self.cfg, self.dataset
-        rows = [("Dataset", cfg.DATASET.NAME or type(ds).__name__), ("# classes", f"{self.num_classes:,}")]
-        if cfg.DATASET.SOURCE_DOMAINS:
-            rows.append(("Source", ", ".join(cfg.DATASET.SOURCE_DOMAINS)))
-        if cfg.DATASET.TARGET_DOMAINS:
-            rows.append(("Target", ", ".join(cfg.DATASET.TARGET_DOMAINS)))
-        rows.append(("# train_x", f"{len(ds.train_x):,}"))
-        if ds.train_u:
-            rows.append(("# train_u", f"{len(ds.train_u):,}"))
-        if ds.val:
-            rows.append(("# val", f"{len(ds.val):,}"))
-        rows.append(("# test", f"{len(ds.test):,}"))
-        width = max(len(k) for k, _ in rows)
-        print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))

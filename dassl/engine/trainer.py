@@ -258,8 +258,9 @@ class SimpleTrainer:
 class TrainerX(SimpleTrainer):
     """A trainer for labelled data (Dassl's ``TrainerX``).
 
-    Either a ``DataManager`` (``dm``) is given or built from ``cfg``, or only ``classnames`` are given
-    and the caller provides the data loaders (the federated server does this per client).
+    The caller gives the ``classnames`` and provides the data loaders (the federated runtime does this per
+    client), or a ``dm`` holding ``dataset.classnames`` and the loaders ``train_loader_x``, ``val_loader``,
+    ``test_loader`` (Dassl's ``DataManager`` interface; FedTV has no data manager of its own).
     """
 
     def __init__(self, cfg, dm=None, classnames: list[str] | None = None):
@@ -267,9 +268,7 @@ class TrainerX(SimpleTrainer):
         from dassl.evaluation import build_evaluator
 
         if dm is None and classnames is None:
-            from dassl.data import DataManager
-
-            dm = DataManager(cfg)
+            raise ValueError(f"{type(self).__name__} needs classnames (or a dm with dataset.classnames)")
         self.dm = dm
         if dm is not None:
             self.train_loader_x = dm.train_loader_x

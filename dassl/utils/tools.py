@@ -18,7 +18,6 @@ __all__ = [
     "read_image",
     "read_json",
     "set_random_seed",
-    "tolist_if_not",
     "write_json",
 ]
 
@@ -84,9 +83,3 @@ def set_random_seed(seed: int) -> None:
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
 
-
-def tolist_if_not(x: Any) -> list:
-    """Wrap ``x`` in a list unless it already is one."""
-    if not isinstance(x, list):
-        x = [x]
-    return x
