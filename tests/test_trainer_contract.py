@@ -100,3 +100,15 @@ def test_optimiser_is_fresh_per_client_unless_the_published_shared_optimiser_is_
     shared = _momentum_at_each_client_start(tmp_path, monkeypatch, True)
     assert len({optim_id for optim_id, _ in shared}) == 1  # one optimiser for every client and round
     assert [has_momentum for _, has_momentum in shared] == [False] + [True] * 5  # momentum carried over
+
+
+def test_training_mode_keeps_frozen_batchnorm_in_eval_mode(tmp_path):
+    """The RN50 image tower's BatchNorm is frozen: training must neither normalise with batch statistics nor
+    move the running statistics of the CLIP every client shares (tests/test_real_backbones.py runs RN50)."""
+    _, _, trainer = _setup(tmp_path, "CoOp")
+    trainer.model.add_module("frozen_bn", torch.nn.BatchNorm1d(4).requires_grad_(False))
+    trainer.model.add_module("trained_bn", torch.nn.BatchNorm1d(4))
+    trainer.set_model_mode("train")
+    assert trainer.model.training and trainer.model.trained_bn.training and not trainer.model.frozen_bn.training
+    trainer.set_model_mode("test")
+    assert not trainer.model.trained_bn.training

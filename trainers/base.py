@@ -192,6 +192,20 @@ class FederatedTrainer(TrainerX):
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     # ------------------------------------------------------------------ shared / personal state
+    def set_model_mode(self, mode: str = "train", names=None) -> None:
+        """Dassl's train / test modes, except that frozen BatchNorm layers (the RN50 image tower's) stay in
+        eval mode: training must neither normalise with batch statistics nor move the running statistics of
+        the CLIP every client shares. (The published codes put only their prompt learner in train mode; the
+        CLIP stays in the eval mode it was loaded in.) A BatchNorm with trainable parameters trains as usual."""
+        super().set_model_mode(mode, names)
+        if mode != "train":
+            return
+        for name in self.get_model_names(names):
+            for module in self._models[name].modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+                        p.requires_grad for p in module.parameters(recurse=False)):
+                    module.eval()
+
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """Trainable parameters of ``self.model`` by state-dict name."""
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
