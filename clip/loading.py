@@ -13,13 +13,12 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import open_clip
 import torch
 from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from open_clip.convert import convert_state_dict
-from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 
 from .checkpoints import OPENAI_EXTRA_KEYS, Checkpoint, describe_state_dict, read_checkpoint
 from .names import (
@@ -120,14 +119,20 @@ def _meta_clip(name: str) -> torch.nn.Module:
         return open_clip.create_model(name, pretrained=None, load_weights=False, device="meta")
 
 
-def build_clip(name: str, quick_gelu: bool = False, seed: int | None = None) -> open_clip.CLIP:
-    """Build the randomly initialised fp32 CPU ``CLIP`` for canonical ``name`` (global RNG left untouched)."""
+def build_clip(name: str, quick_gelu: bool = False, seed: int | None = None,
+               preprocess: dict | None = None) -> open_clip.CLIP:
+    """Build the randomly initialised fp32 CPU ``CLIP`` for canonical ``name`` (global RNG left untouched).
+
+    ``preprocess``: normalisation of the weights to come (``mean``, ``std``, ... of a pretrained tag's cfg or
+    a file's metadata), set on the model by open_clip over its defaults; the input size is the model's."""
     register_model_configs()
+    overlay = {k: v for k, v in (preprocess or {}).items() if k != "size"}
     with torch.random.fork_rng(devices=[]), _quiet_open_clip():
         if seed is not None:
             torch.manual_seed(seed)
         model = open_clip.create_model(
-            name, pretrained=None, load_weights=False, precision="fp32", device="cpu", quick_gelu=quick_gelu
+            name, pretrained=None, load_weights=False, precision="fp32", device="cpu", quick_gelu=quick_gelu,
+            force_preprocess_cfg=overlay,
         )  # quick_gelu as a model kwarg overrides the config either way (force_quick_gelu can only turn it on)
     if not isinstance(model, open_clip.CLIP):
         raise ValueError(f"CLIP backbone {name!r} builds a {type(model).__name__}, not an open_clip CLIP.")
@@ -347,17 +352,9 @@ def _norm_from_metadata(meta: dict[str, str], key: str) -> tuple[float, ...] | N
     return vals if len(vals) == 3 else None
 
 
-def _finish(
-    model: open_clip.CLIP,
-    name: str,
-    preprocess_overlay: dict,
-    device: str | torch.device,
-    weights_source: str,
-    quick_gelu: bool,
-) -> LoadedCLIP:
-    pp = merge_preprocess_dict(asdict(PreprocessCfg()), preprocess_overlay)
-    pp["size"] = model.visual.image_size
-    open_clip.set_model_preprocess_cfg(model, pp)
+def _finish(model: open_clip.CLIP, name: str, device: str | torch.device, weights_source: str,
+            quick_gelu: bool) -> LoadedCLIP:
+    pp = model.visual.preprocess_cfg  # open_clip's defaults, the model's input size, build_clip's preprocess
     model.eval()
     model.requires_grad_(False)
     model.to(device)
@@ -416,7 +413,7 @@ def load_clip(
             "is meaningless except for tests.",
             name,
         )
-        return _finish(model, name, {}, device, "random", qg)
+        return _finish(model, name, device, "random", qg)
 
     if not weights:
         weights = default_weights(name)
@@ -438,15 +435,11 @@ def load_clip(
         else:
             qg = quick_gelu
         check_compatible(_meta_clip(name), ckpt, name)  # fail before paying for a random init
-        model = build_clip(name, quick_gelu=qg)
+        norms = {key: _norm_from_metadata(ckpt.metadata, key) for key in ("mean", "std")}
+        model = build_clip(name, quick_gelu=qg, preprocess={k: v for k, v in norms.items() if v is not None})
         load_state_dict_checked(model, ckpt, name)
-        overlay = {}
-        for key in ("mean", "std"):
-            vals = _norm_from_metadata(ckpt.metadata, key)
-            if vals is not None:
-                overlay[key] = vals
         logger.debug("Loaded CLIP %s weights from %s (%s).", name, ckpt.path, ckpt.format)
-        return _finish(model, name, overlay, device, ckpt.path, qg)
+        return _finish(model, name, device, ckpt.path, qg)
 
     path, cfg = resolve_pretrained_tag(name, weights, cache_dir)
     qg = (bool(cfg.get("quick_gelu", False)) or _config_quick_gelu(name)) if quick_gelu is None else quick_gelu
@@ -454,10 +447,10 @@ def load_clip(
     meta = _meta_clip(name)
     ckpt.state_dict = convert_state_dict(meta, ckpt.state_dict)  # open_clip's 3rd-party key conversions
     check_compatible(meta, ckpt, name)
-    model = build_clip(name, quick_gelu=qg)
+    model = build_clip(name, quick_gelu=qg, preprocess=cfg)
     load_state_dict_checked(model, ckpt, name)
     logger.debug("Loaded CLIP %s weights %r from %s.", name, weights, path)
-    return _finish(model, name, cfg, device, weights, qg)
+    return _finish(model, name, device, weights, qg)
 
 
 def make_random_clip(backbone: str = "tiny", seed: int = 0) -> LoadedCLIP:
@@ -466,7 +459,7 @@ def make_random_clip(backbone: str = "tiny", seed: int = 0) -> LoadedCLIP:
     qg = _config_quick_gelu(name)
     model = build_clip(name, quick_gelu=qg, seed=seed)
     logger.warning("Using a RANDOM %s CLIP (seed=%d): for tests only.", name, seed)
-    return _finish(model, name, {}, "cpu", "random", qg)
+    return _finish(model, name, "cpu", "random", qg)
 
 
 __all__ = [
