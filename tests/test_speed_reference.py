@@ -120,7 +120,7 @@ def test_no_method_branches_on_reference_mode():
     assert asking == []
 
 
-@pytest.mark.parametrize("trainer_name", ["PromptFL", "pFedMoAP", "FedMaPLe"])
+@pytest.mark.parametrize("trainer_name", ["PromptFL", "pFedMoAP", "FedMaPLe", "FedPHA", "FedOTP"])
 def test_reference_mode_makes_every_prompt_learner_dense(tmp_path, trainer_name):
     """trainers/reference_cost.py: in reference mode every prompt learner of the model encodes full-length
     prompts (no trimmed padding, no shared prefix); the fast path trims them."""
