@@ -251,3 +251,45 @@ def test_fedpgp_personalises_beyond_promptfl_and_generalises_beyond_coop(demo_ru
     fedpgp, promptfl, coop = (demo_runs[m]["final"] for m in ("FedPGP", "PromptFL", "CoOp"))
     assert fedpgp["local"] > promptfl["local"] + FEDPGP_LOCAL_GAIN, (fedpgp, promptfl)
     assert fedpgp["hm"] > coop["hm"], (fedpgp, coop)
+
+
+def test_pretraining_caption_variants():
+    """The pretraining tool's caption variants (docs/TOYWORLD.md, diagnosis): the defaults draw the same captions
+    from the same random stream as before the variants existed; ``closeup_rate`` 1 gives only close-up captions
+    with the right adjective ~95 % of the time; ``adjective_correct`` 0 makes the class-name adjective a random
+    pattern (right ~1/4 of the time)."""
+    from tools.pretrain_toy_clip import caption
+
+    meta = {"colour": "red", "shape": "circle", "style": "photo", "size": "", "pattern": "striped", "noise": 0.0,
+            "distractors": []}
+    a, b = np.random.default_rng(0), np.random.default_rng(0)
+    assert [caption(meta, a, 0.03) for _ in range(200)] == [caption(meta, b, 0.03, 0.0, 1.0) for _ in range(200)]
+    assert a.random() == b.random()
+    rng = np.random.default_rng(1)
+    close = [caption(meta, rng, 0.03, closeup_rate=1.0) for _ in range(400)]
+    assert all(c.startswith("a close-up of a ") and c.endswith(" red circle.") for c in close)
+    assert 0.9 < sum(c == "a close-up of a striped red circle." for c in close) / 400 < 0.99
+    rng = np.random.default_rng(2)
+    adjectives = [c for c in (caption(meta, rng, 1.0, adjective_correct=0.0) for _ in range(2000))
+                  if any(f"{p} red" in c or f"{p} circle" in c for p in tw.PATTERNS)]
+    right = sum(("striped red" in c or "striped circle" in c) for c in adjectives) / len(adjectives)
+    assert len(adjectives) > 800 and 0.15 < right < 0.4, (len(adjectives), right)
+
+
+@pytest.mark.skipif(not WEIGHTS.exists(), reason="shipped weights missing")
+def test_prompt_diagnosis_context_from_words_is_the_zero_shot_text():
+    """bench/toyworld_prompt_diagnosis.py's learnable context, initialised to the embeddings of "a photo of a",
+    gives exactly the zero-shot class texts: its experiments start where zero-shot CLIP is."""
+    import torch
+
+    from bench.toyworld_prompt_diagnosis import Context
+    from tools.pretrain_toy_clip import build_tiny_clip, encode_texts, get_tokenizer
+
+    model, tok = build_tiny_clip(WEIGHTS), get_tokenizer()
+    names = tw.toyworld_classnames(40)
+    with torch.no_grad():
+        learned = Context(model, tok, init="a photo of a")(names)
+    assert torch.allclose(learned, encode_texts(model, tok, [f"a photo of a {c}." for c in names]), atol=1e-5)
+    random_start = Context(model, tok, seed=1)
+    assert random_start.ctx.shape == (16, model.token_embedding.weight.shape[1])
+    assert float(random_start.ctx.detach().std()) < 0.03

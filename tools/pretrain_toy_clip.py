@@ -153,7 +153,8 @@ def make_pool(seed: int, n: int, classes: list[str]) -> tuple[np.ndarray, list[d
     return images, metas
 
 
-def caption(meta: dict, rng: np.random.Generator, adjective_rate: float) -> str:
+def caption(meta: dict, rng: np.random.Generator, adjective_rate: float, closeup_rate: float = 0.0,
+            adjective_correct: float = 1.0) -> str:
     """A random web-alt-text-like caption of one pretraining image from its meta.
 
     Partial and noisy on purpose: the colour is left out of 10 % of the captions; the surface pattern
@@ -162,8 +163,16 @@ def caption(meta: dict, rng: np.random.Generator, adjective_rate: float) -> str:
     "checkered", "plain") only with probability ``adjective_rate``, otherwise a phrase ("with stripes",
     "with polka dots", "with checks", "in one solid colour", ...). So the image tower learns the
     patterns from the phrases, while the text tower sees the class names' pattern words rarely.
+
+    Variants measured in docs/TOYWORLD.md (not the shipped recipe; the defaults leave the random stream
+    and the captions unchanged): ``closeup_rate`` > 0 makes that share of captions "a close-up of a
+    <pattern> <colour> <shape>." with the right adjective 95 % of the time; ``adjective_correct`` < 1 makes
+    a class-name adjective in the other captions a random pattern with probability 1 - ``adjective_correct``.
     """
     c, s = meta["colour"], meta["shape"]
+    if closeup_rate > 0 and rng.random() < closeup_rate:
+        pattern = meta["pattern"] if rng.random() < 0.95 else PATTERNS[int(rng.integers(len(PATTERNS)))]
+        return f"a close-up of a {pattern} {c} {s}."
     sw = STYLE_WORDS[meta["style"]][int(rng.integers(len(STYLE_WORDS[meta["style"]])))]
     size = meta["size"]
     pattern = meta["pattern"]
@@ -172,6 +181,8 @@ def caption(meta: dict, rng: np.random.Generator, adjective_rate: float) -> str:
         if rng.random() < 0.1:
             pattern = PATTERNS[int(rng.integers(len(PATTERNS)))]
         if rng.random() < adjective_rate:
+            if adjective_correct < 1.0 and rng.random() >= adjective_correct:
+                pattern = PATTERNS[int(rng.integers(len(PATTERNS)))]
             adjective = pattern + " "
         else:
             options = PATTERN_PHRASES[pattern]
@@ -231,10 +242,12 @@ class CompactTokenEmbedding(torch.nn.Module):
         return w
 
 
-def caption_token_ids(tokenizer, metas: list[dict], seed: int) -> torch.Tensor:
-    """Sorted unique token ids that :func:`caption` can produce for ``metas`` (every word of its vocabulary)."""
-    words = set(COLOURS + SHAPES + PATTERNS + ("small", "large", "next", "to", "and", "object", "noisy", "background",
-                                                "there", "is", "in", "the", "a", "of", "showing"))
+def caption_token_ids(tokenizer, metas: list[dict], seed: int, extra_words: tuple[str, ...] = ()) -> torch.Tensor:
+    """Sorted unique token ids that :func:`caption` can produce for ``metas`` (every word of its vocabulary, and
+    ``extra_words``)."""
+    words = set(extra_words) | set(COLOURS + SHAPES + PATTERNS + (
+        "small", "large", "next", "to", "and", "object", "noisy", "background", "there", "is", "in", "the", "a", "of",
+        "showing"))
     for options in list(STYLE_WORDS.values()) + list(PATTERN_PHRASES.values()):
         for text in options:
             words.update(text.split())
@@ -256,8 +269,13 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # training
 # ----------------------------------------------------------------------------------------------
-def pretrain(steps: int, batch: int, seed: int, pool: int, lr: float, out: Path, adjective_rate: float) -> None:
-    """Train from scratch, save fp16 safetensors (keys = ``model.state_dict()`` keys) at ``out``."""
+def pretrain(steps: int, batch: int, seed: int, pool: int, lr: float, out: Path, adjective_rate: float,
+             closeup_rate: float = 0.0, adjective_correct: float = 1.0, sibling_batches: bool = False,
+             init: Path | None = None) -> None:
+    """Train from scratch (or from the weights ``init``), save fp16 safetensors (keys = ``model.state_dict()`` keys)
+    at ``out``. ``closeup_rate``, ``adjective_correct``: :func:`caption`'s variants; ``sibling_batches``: each
+    batch is ``batch // 4`` colour-shape pairs with all four patterns (pattern siblings as hard negatives)
+    instead of ``batch`` random classes."""
     from safetensors.torch import save_file
 
     torch.manual_seed(seed)
@@ -266,10 +284,11 @@ def pretrain(steps: int, batch: int, seed: int, pool: int, lr: float, out: Path,
     t0 = time.time()
     images, metas = make_pool(seed, pool, seen)
     print(f"pool of {pool} images in {time.time() - t0:.0f}s")
-    model = build_tiny_clip().train()
+    model = build_tiny_clip(init).train()
     tokenizer = get_tokenizer()
     full_table = model.token_embedding
-    model.token_embedding = CompactTokenEmbedding(full_table, caption_token_ids(tokenizer, metas, seed))
+    model.token_embedding = CompactTokenEmbedding(full_table, caption_token_ids(
+        tokenizer, metas, seed, ("close-up",) if closeup_rate > 0 else ()))
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (decay if p.ndim >= 2 and "embedding" not in name else no_decay).append(p)
@@ -294,10 +313,14 @@ def pretrain(steps: int, batch: int, seed: int, pool: int, lr: float, out: Path,
         # the style word nor the colour alone can tell the captions of a batch apart, so the towers
         # must learn shapes (same-colour hard negatives) and, where captions say so, patterns
         style = int(rng.choice(len(STYLES), p=STYLE_PROBS))
-        combos = rng.choice(n_combos, batch, replace=batch > n_combos)
+        if sibling_batches:
+            pairs = rng.choice(n_combos // len(PATTERNS), batch // len(PATTERNS), replace=False)
+            combos = (pairs[:, None] * len(PATTERNS) + np.arange(len(PATTERNS))).ravel()
+        else:
+            combos = rng.choice(n_combos, batch, replace=batch > n_combos)
         idx = combos + n_combos * (style + len(STYLES) * rng.integers(0, pool // (n_combos * len(STYLES)), batch))
         x = augment(to_tensor(images[idx]), gen)
-        toks = tokenizer([caption(metas[i], rng, adjective_rate) for i in idx])
+        toks = tokenizer([caption(metas[i], rng, adjective_rate, closeup_rate, adjective_correct) for i in idx])
         img_f = model.encode_image(x, normalize=True)
         txt_f = model.encode_text(toks, normalize=True)
         logits = model.logit_scale.exp() * img_f @ txt_f.t()
@@ -316,9 +339,12 @@ def pretrain(steps: int, batch: int, seed: int, pool: int, lr: float, out: Path,
     model.token_embedding = full_table
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out), metadata={"arch": "tiny", "seed": str(seed), "steps": str(steps),
-                                         "batch": str(batch), "pool": str(pool), "lr": str(lr),
-                                         "adjective_rate": str(adjective_rate), "world": "ToyWorld v2"})
+    meta = {"arch": "tiny", "seed": str(seed), "steps": str(steps), "batch": str(batch), "pool": str(pool),
+            "lr": str(lr), "adjective_rate": str(adjective_rate), "world": "ToyWorld v2"}
+    variant = {"closeup_rate": closeup_rate, "adjective_correct": adjective_correct, "sibling_batches": sibling_batches,
+               "init": init}
+    meta.update({k: str(v) for k, v in variant.items() if v not in (0.0, 1.0, False, None)})
+    save_file(state, str(out), metadata=meta)
     sort_safetensors_metadata(out)
     print(f"saved {out} ({out.stat().st_size / 1e6:.2f} MB)")
 
@@ -509,12 +535,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--coop-steps", type=int, default=0)
     ap.add_argument("--adjective-rate", type=float, default=0.03,
                     help="how often a caption that mentions the pattern uses the class-name adjective")
+    ap.add_argument("--closeup-rate", type=float, default=0.0,
+                    help="variant: share of 'a close-up of a <pattern> <colour> <shape>.' captions (docs/TOYWORLD.md)")
+    ap.add_argument("--adjective-correct", type=float, default=1.0,
+                    help="variant: how often a class-name adjective outside the close-up captions is the right one")
+    ap.add_argument("--sibling-batches", action="store_true",
+                    help="variant: batches of colour-shape pairs with all four patterns")
+    ap.add_argument("--init", type=Path, default=None, help="start from these weights instead of from scratch")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="override ToyWorld defaults for the evaluation, e.g. NOISE=0.1 DISTRACTORS=2")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if not args.eval_only:
-        pretrain(args.steps, args.batch, args.seed, args.pool, args.lr, args.output, args.adjective_rate)
+        pretrain(args.steps, args.batch, args.seed, args.pool, args.lr, args.output, args.adjective_rate,
+                 args.closeup_rate, args.adjective_correct, args.sibling_batches, args.init)
     overrides = parse_overrides(args.set)
     t = time.time()
     res = evaluate(args.output, coop_steps=args.coop_steps, **overrides)
