@@ -25,6 +25,9 @@ into a command line shared by every script::
   run is reported and the grid goes on; the exit status is 1 when any run failed.
 * ``--toy``: the script's miniature on the toy world (``tiny`` backbone, 3 clients, 2 rounds) for CI
   and for trying a script out offline.
+* a method's hyper-parameters come from ``configs/trainers/<METHOD>/<backbone>.yaml``; where a method ships
+  none for the table's backbone (PromptFL and FedPGP on FLoRA's ViT-B/32), the run names its ViT-B/16 config
+  (its published values) with ``--config-file`` and ``--backbone`` still chooses the CLIP.
 """
 from __future__ import annotations
 
@@ -182,6 +185,10 @@ class Experiment:
         if args.clip_weights:
             flags["--clip-weights"] = args.clip_weights
         flags.update(point.flags)
+        if "--trainer" in flags and "--config-file" not in flags:
+            fallback = published_config(flags["--trainer"], backbone)
+            if fallback:
+                flags["--config-file"] = fallback
         flags["--seed"] = values.get("seeds", "1")
         if args.rounds is not None:
             flags["--rounds"] = str(args.rounds)
@@ -210,6 +217,17 @@ class Experiment:
 
             report_main([root, "--table", self.table, "--out", os.path.join(root, "report")])
         return status
+
+
+def published_config(trainer: str, backbone: str) -> str | None:
+    """``configs/trainers/<trainer>/vit_b16.yaml`` (relative to the repository) when ``trainer`` ships no
+    config for ``backbone`` but one for ViT-B/16, else None (its own config, or none at all, applies)."""
+    from federated.config import default_trainer_config
+
+    if default_trainer_config(trainer, backbone):
+        return None
+    path = default_trainer_config(trainer, "ViT-B/16")
+    return os.path.relpath(path, REPO) if path else None
 
 
 def print_estimate(runs: list[Run], costs_file: str | None) -> int:
