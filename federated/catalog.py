@@ -3,10 +3,11 @@
 Building the real config tree imports every trainer and dataset (and torch with them: seconds). The
 command line instead checks a user's flags, names and ``KEY VALUE`` overrides against this catalogue
 first, so a mistake is reported in well under two seconds: ``federated/catalog.json`` holds the
-registered trainer and dataset names, the supported CLIP backbone names and the full default config
-tree. It is generated from the registries (``python -m federated.catalog`` rewrites it) and a test
-fails when it differs from what they give. The real config is still built and checked afterwards,
-so a stale catalogue can only make the early check too strict, never let a mistake through.
+registered trainer and dataset names, the supported CLIP backbone names, the image transform and
+interpolation names of ``INPUT`` and the full default config tree. It is generated from the registries
+(``python -m federated.catalog`` rewrites it) and a test fails when it differs from what they give.
+The real config is still built and checked afterwards, so a stale catalogue can only make the early
+check too strict, never let a mistake through.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def compute() -> dict:
     """The catalogue from the registries (imports every trainer, dataset and open_clip)."""
     from clip.names import PAPER_BACKBONES, local_model_names, supported_backbones
     from dassl.data.datasets import DATASET_REGISTRY
+    from dassl.data.transforms import AVAI_CHOICES, INTERPOLATION_MODES
     from dassl.engine import TRAINER_REGISTRY
     from federated.config import get_cfg
 
@@ -40,6 +42,8 @@ def compute() -> dict:
         "trainers": sorted(TRAINER_REGISTRY.registered_names()),
         "datasets": sorted(DATASET_REGISTRY.registered_names()),
         "backbones": [*PAPER_BACKBONES, *local_model_names(), *supported_backbones()],
+        "transforms": list(AVAI_CHOICES),
+        "interpolations": list(INTERPOLATION_MODES),
         "defaults": _plain(cfg),
     }
 

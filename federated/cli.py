@@ -161,6 +161,8 @@ class Known:
     trainers: list[str]
     datasets: list[str]
     backbones: list[str]
+    transforms: list[str]
+    interpolations: list[str]
 
 
 def known(live: bool = True) -> Known:
@@ -171,14 +173,17 @@ def known(live: bool = True) -> Known:
         from federated import catalog
 
         c = catalog.load()
-        return Known(catalog.default_cfg(c), c["trainers"], c["datasets"], c["backbones"])
+        return Known(catalog.default_cfg(c), c["trainers"], c["datasets"], c["backbones"], c["transforms"],
+                     c["interpolations"])
     from clip.names import PAPER_BACKBONES, local_model_names, supported_backbones
     from dassl.data.datasets import DATASET_REGISTRY
+    from dassl.data.transforms import AVAI_CHOICES, INTERPOLATION_MODES
     from dassl.engine import TRAINER_REGISTRY
     from federated.config import get_cfg
 
     return Known(get_cfg(), TRAINER_REGISTRY.registered_names(), DATASET_REGISTRY.registered_names(),
-                 [*PAPER_BACKBONES, *local_model_names(), *supported_backbones()])
+                 [*PAPER_BACKBONES, *local_model_names(), *supported_backbones()], list(AVAI_CHOICES),
+                 list(INTERPOLATION_MODES))
 
 
 def _did_you_mean(name: str, choices: list[str], key=str.lower) -> str:
@@ -225,7 +230,7 @@ def _merge_dataset_file(cfg: CN, path: str) -> None:
 
 
 def _check_values(cfg: CN, k: Known) -> None:
-    """Names inside the config: dataset, partition, subsample."""
+    """Names inside the config: dataset, partition, subsample, image transforms and interpolation."""
     if cfg.DATASET.NAME not in k.datasets:
         raise ConfigError(f"unknown dataset '{cfg.DATASET.NAME}'.{_did_you_mean(cfg.DATASET.NAME, k.datasets)} "
                           f"Registered: {', '.join(k.datasets)}")
@@ -237,6 +242,16 @@ def _check_values(cfg: CN, k: Known) -> None:
         value = cfg.DATASET.SUBSAMPLE_CLASSES
         raise ConfigError(f"--subsample '{value}' is not one of {', '.join(SUBSAMPLE_CHOICES)} (base-to-novel: train "
                           f"on base, evaluate on the novel classes with new)")
+    for name in cfg.INPUT.TRANSFORMS:
+        if name not in k.transforms:
+            close = _did_you_mean(str(name), k.transforms)
+            raise ConfigError(f"unknown transform '{name}' in INPUT.TRANSFORMS.{close} "
+                              f"Valid: {', '.join(k.transforms)} (without a random crop the training images are "
+                              f"resized and centre-cropped)")
+    if cfg.INPUT.INTERPOLATION not in k.interpolations:
+        value = cfg.INPUT.INTERPOLATION
+        raise ConfigError(f"unknown INPUT.INTERPOLATION '{value}'.{_did_you_mean(str(value), k.interpolations)} "
+                          f"Valid: {', '.join(k.interpolations)}")
 
 
 def build_cfg(args: argparse.Namespace, k: Known | None = None, warn: bool = True):

@@ -50,6 +50,9 @@ def run_fast(argv):
                                            "before the overrides"),
     (["OPTIM.ROUND", "many"], "bad value in opts"),
     (["DATASET.NAME", "OxfordPet"], "unknown dataset 'OxfordPet'. Did you mean OxfordPets?"),
+    (["INPUT.TRANSFORMS", "['resize', 'center_crop']"], "unknown transform 'resize' in INPUT.TRANSFORMS. Valid: "),
+    (["INPUT.TRANSFORMS", "['random_flip', 'normalise']"], "'normalise' in INPUT.TRANSFORMS. Did you mean normalize?"),
+    (["INPUT.INTERPOLATION", "bicubc"], "unknown INPUT.INTERPOLATION 'bicubc'. Did you mean bicubic?"),
 ])
 def test_mistakes_are_one_line_without_importing_torch(argv, message):
     out, err, probe = run_fast(argv)
