@@ -1,4 +1,5 @@
-"""Membership inference against one client's model of a finished run (DP-FPL's privacy evaluation).
+"""Threshold membership inference against one client's model of a finished run (DP-FPL's evaluation runs
+the shadow-model attack, ``tools/mia_shadow.py``; this is the simpler check on the same members).
 
     python -m tools.mia RUN_DIR                 # the client with the most training data
     python -m tools.mia RUN_DIR --client 2 --out mia_client2.json
