@@ -378,7 +378,8 @@ def test_anchors_cover_every_trainer_with_tensors_and_fast_names_real_configs():
                          ids=lambda p: os.path.relpath(p, CONFIG_ROOT))
 def test_config_file_names_agree_with_their_backbone_and_trainer(path):
     """A file named after a backbone (``vit_b16.yaml``, ``flora_tiny.yaml``) is for that backbone; any other
-    (``cifar100_table5.yaml``) declares its backbone; the folder is the trainer."""
+    (``cifar100_table5.yaml``) declares its backbone; every file names its trainer, the folder's (a file run
+    with ``--config-file`` alone must not train the default trainer with another method's settings)."""
     data = _yaml(path)
     stem = os.path.splitext(os.path.basename(path))[0]
     named = [b for slug, b in BACKBONE_FILES.items() if slug in stem]
@@ -387,5 +388,4 @@ def test_config_file_names_agree_with_their_backbone_and_trainer(path):
         assert [declared or "tiny"] == named, path
     else:
         assert declared in ARCHS, f"{path}: say which backbone (MODEL.BACKBONE.NAME)"
-    trainer = (data.get("TRAINER") or {}).get("NAME")
-    assert trainer in (None, os.path.basename(os.path.dirname(path)))
+    assert (data.get("TRAINER") or {}).get("NAME") == os.path.basename(os.path.dirname(path)), path
