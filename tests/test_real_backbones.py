@@ -267,6 +267,8 @@ def clip_file(tmp_path_factory):
     yield get
     for key in [k for k in _CLIP_CACHE if k[1] in files.values()]:
         del _CLIP_CACHE[key]  # free the big models for the other test files of this worker
+    for path in files.values():
+        os.remove(path)  # pytest keeps the last runs' temporary folders: 1.6 GB each otherwise
 
 
 def _fingerprint(model: torch.nn.Module) -> torch.Tensor:
