@@ -29,12 +29,12 @@ from yacs.config import CfgNode as CN
 from dassl.config import ignored_keys_set
 from federated.config import (
     REPO_ROOT,
-    bundled_input_size,
     check_finite,
     default_output_dir,
     default_trainer_config,
     merge_file,
     merge_list,
+    native_input_size,
 )
 from federated.errors import ConfigError
 from federated.names import PARTITIONS, SUBSAMPLE_CHOICES, canonical_partition
@@ -286,9 +286,10 @@ def build_cfg(args: argparse.Namespace, k: Known | None = None, warn: bool = Tru
     if warn and ignored:
         logging.getLogger("fedtv").warning("config keys accepted for Dassl / CoOp files but ignored by FedTV: %s",
                                            ", ".join(ignored))
-    native = bundled_input_size(cfg.MODEL.BACKBONE.NAME)
+    native = native_input_size(cfg.MODEL.BACKBONE.NAME)
     if native is not None and tuple(cfg.INPUT.SIZE) != (native, native):
-        # a bundled ViT (tiny) only takes its own input size; the real datasets' yamls say 224
+        # a CLIP image tower only takes its own input size: tiny 32 where the real datasets' yamls say 224,
+        # ViT-B/16 or RN50 224 on the toy world's 32 px images (resized), ViT-L/14@336px 336
         logging.getLogger("fedtv").info("INPUT.SIZE %s -> (%d, %d) for backbone %s", tuple(cfg.INPUT.SIZE), native,
                                         native, cfg.MODEL.BACKBONE.NAME)
         cfg.INPUT.SIZE = (native, native)

@@ -272,16 +272,25 @@ def backbone_slug(name: str) -> str:
     return name.lower().replace("vit-", "vit_").replace("/", "").replace("-", "")
 
 
-def bundled_input_size(backbone: str) -> int | None:
-    """Input side of a backbone defined by a bundled model config (``clip/model_configs/<slug>.json``,
-    e.g. 32 for ``tiny``); None for the others (open_clip models, which the dataset yamls' 224 fits)."""
+def native_input_size(backbone: str) -> int | None:
+    """Input side in pixels of CLIP ``backbone``, read from its model config without importing torch: a
+    bundled one (``clip/model_configs/<slug>.json``, e.g. 32 for ``tiny``) or open_clip's (224 for ViT-B/16
+    and RN50, 336 for ``ViT-L/14@336px``); None when neither is found (the config's INPUT.SIZE stays)."""
+    import importlib.util
     import json
+    import re
 
-    path = os.path.join(REPO_ROOT, "clip", "model_configs", f"{backbone_slug(backbone)}.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return int(json.load(f)["vision_cfg"]["image_size"])
+    paths = [os.path.join(REPO_ROOT, "clip", "model_configs", f"{backbone_slug(backbone)}.json")]
+    spec = importlib.util.find_spec("open_clip")
+    if spec is not None and spec.submodule_search_locations:
+        name = re.sub(r"@(\d+)px$", r"-\1", backbone, flags=re.IGNORECASE).replace("/", "-")
+        paths.append(os.path.join(list(spec.submodule_search_locations)[0], "model_configs", f"{name}.json"))
+    for path in paths:
+        if os.path.isfile(path):
+            with open(path) as f:
+                size = json.load(f).get("vision_cfg", {}).get("image_size")
+            return int(size) if isinstance(size, int) else None
+    return None
 
 
 def default_trainer_config(trainer: str, backbone: str) -> str | None:

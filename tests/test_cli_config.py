@@ -87,6 +87,22 @@ def test_trainer_config_follows_trainer_and_backbone():
     assert backbone_slug("ViT-B/16") == "vit_b16" and backbone_slug("RN50") == "rn50"
 
 
+@pytest.mark.parametrize("backbone,dataset,size", [
+    ("tiny", "configs/datasets/oxford_pets.yaml", 32),  # the real datasets' yamls say 224
+    ("RN50", "configs/datasets/toyworld.yaml", 224),  # the toy world's images are 32 px
+    ("ViT-B/16", "configs/datasets/toyworld.yaml", 224),
+    ("ViT-L/14@336px", "configs/datasets/oxford_pets.yaml", 336),
+])
+def test_input_size_is_the_backbones_own(backbone, dataset, size):
+    """A CLIP image tower takes only its own input size (a ViT's positional embedding, RN50's attention
+    pool): INPUT.SIZE follows the backbone whatever the dataset yaml says, read without torch."""
+    from federated.config import native_input_size
+
+    cfg = cfg_of("--backbone", backbone, "--dataset-config-file", dataset)
+    assert tuple(cfg.INPUT.SIZE) == (size, size) and native_input_size(backbone) == size
+    assert native_input_size("no-such-model") is None
+
+
 def test_a_published_coop_config_loads_and_its_ignored_keys_are_named_once(tmp_path, caplog):
     """CoOp's trainer configs set TRAIN.PRINT_FREQ (FedTV prints one line per round): the file loads, and one
     warning line names the keys FedTV ignores; a config that leaves them at their defaults warns nothing."""

@@ -8,7 +8,8 @@ builds the architecture and fills it. ``trainers/base.py`` caches the loaded CLI
 each architecture is loaded once for the whole module (and dropped at its end).
 
 Per config (the method's own keys as shipped; only the protocol is shrunk: 2 clients, 2 base classes of the
-toy world at 224 px, 1 shot each, batch 2, 1 round of 1 local epoch, one cached view):
+toy world (its 32 px images resized to the backbone's 224), 1 shot each, batch 2, 1 round of 1 local epoch,
+one cached view):
 
 * the command line's checks (``check_args``: every key and name against the catalogue) and ``build_cfg``;
 * the architecture: text width 512, context length 77, vision width 768 for the ViTs, embedding 512 for
@@ -243,7 +244,7 @@ SMALL_FLAGS = ["--num-users", "2", "--rounds", "1", "--local-epochs", "1", "--nu
                "--partition", "iid", "--train-batch-size", "2", "--test-batch-size", "4"]
 SMALL_OPTS = ["DATASET.TOYWORLD.NUM_CLASSES", "4", "DATASET.TOYWORLD.TRAIN_PER_CLASS", "2",
               "DATASET.TOYWORLD.VAL_PER_CLASS", "0", "DATASET.TOYWORLD.TEST_PER_CLASS", "1",
-              "INPUT.SIZE", "(224, 224)", "FED.CACHE_VIEWS", "1", "FED.ZS_REFERENCE", "False",
+              "FED.CACHE_VIEWS", "1", "FED.ZS_REFERENCE", "False",
               "FED.SHOW_PROGRESS", "False"]
 
 
@@ -291,6 +292,7 @@ def check_real_backbone_round(case: Case, clip_file, tmp_path) -> None:
     check_args(args)  # the command line's checks before torch: every name and key against the catalogue
     cfg = build_cfg(args)
     assert cfg.MODEL.BACKBONE.NAME == case.backbone and cfg.TRAINER.NAME == case.trainer
+    assert tuple(cfg.INPUT.SIZE) == (224, 224)  # the backbone's own, not the toy world yaml's 32
     data = build_federated_data(cfg)
     trainer = build_trainer(cfg, classnames=data.classnames)
     clip = load_frozen_clip(cfg, trainer.device)
