@@ -106,6 +106,10 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert "only the toy world has one" in one_line_error(capsys)
     assert mia_shadow.main([str(tmp_path), "--client", "0", "--all-clients"]) == 2
     assert "exclude each other" in one_line_error(capsys)
+    # a target made by an older version of the code: its config cannot be trained again
+    (tmp_path / "results.json").write_text(json.dumps({"config": {"DATASET": {"NAME": "ToyWorld", "GONE": 1}}}))
+    assert mia_shadow.main([str(tmp_path), "--shadow-dir", str(tmp_path / "s")]) == 2
+    assert "(e.g. DATASET.GONE)" in one_line_error(capsys) and not (tmp_path / "s").exists()
     for bad in (["--shadows", "0"], ["--epochs", "x"], ["--lr", "nan"], ["--select", "last"]):
         with pytest.raises(SystemExit) as exit_:
             mia_shadow.main([str(tmp_path), *bad])

@@ -60,6 +60,23 @@ def check_shadowable(config: dict) -> None:
                           f"only the toy world has one (a new world seed), not {name}")
 
 
+def _keys(node: dict, prefix: str = "") -> list[str]:
+    return [key for k, v in node.items()
+            for key in (_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"])]
+
+
+def check_config_current(config: dict) -> None:
+    """The shadow runs retrain the target's config with this code: every key of it must still exist."""
+    from federated.config import get_cfg
+    from federated.results import cfg_to_dict
+
+    known = set(_keys(cfg_to_dict(get_cfg())))
+    unknown = [k for k in _keys(config) if k not in known]
+    if unknown:
+        raise ConfigError(f"the target run's config has {len(unknown)} key(s) this code does not know (e.g. "
+                          f"{unknown[0]}): it was made by another version; train the target again to attack it")
+
+
 def shadow_config(config: dict, k: int, output_dir: str):
     """Shadow ``k``'s config: the target's with ``SEED`` and the world seed moved by ``1000 + k``, its own
     split and output folder."""
@@ -142,6 +159,7 @@ def evaluate(run_dir: str, shadows: int = 4, shadow_dir: str | None = None, clie
     """The shadow-model attack report of ``run_dir`` (module docstring)."""
     results = read_finished_run(run_dir)
     check_shadowable(results["config"])
+    check_config_current(results["config"])
     shadow_dir = shadow_dir or os.path.join(run_dir, "shadows")
     sizes = read_client_sizes(run_dir)
     targets = None if all_clients else [int(np.argmax(sizes)) if client is None else int(client)]
