@@ -276,6 +276,42 @@ def test_pretraining_caption_variants():
     assert len(adjectives) > 800 and 0.15 < right < 0.4, (len(adjectives), right)
 
 
+def test_pretraining_caption_variant_adjective_after_the_noun():
+    """``adjective_after`` (docs/TOYWORLD.md, diagnosis): that share of the pattern phrases becomes the class-name
+    adjective after the noun ("red circle, striped", "red circle that is striped"), never before it; at 1 with
+    ``adjective_rate`` 0 a striped object's captions carry it ~60 % of the time (the pattern-mention rate), the
+    right pattern ~92.5 % of those (10 % of mentions name a random pattern); at 0.5 about half as often; the
+    defaults leave the random stream unchanged, and the training vocabulary covers the new words."""
+    from tools.pretrain_toy_clip import caption, caption_token_ids, get_tokenizer
+
+    meta = {"colour": "red", "shape": "circle", "style": "photo", "size": "", "pattern": "striped", "noise": 0.0,
+            "distractors": []}
+    a, b = np.random.default_rng(0), np.random.default_rng(0)
+    assert [caption(meta, a, 0.03) for _ in range(200)] == [caption(meta, b, 0.03, 0.0, 1.0, 0.0) for _ in range(200)]
+    assert a.random() == b.random()
+
+    def after(c: str) -> str | None:
+        hits = [p for p in tw.PATTERNS if f"circle, {p}" in c or f"circle that is {p}" in c]
+        return hits[0] if hits else None
+
+    rng = np.random.default_rng(3)
+    caps = [caption(meta, rng, 0.0, adjective_after=1.0) for _ in range(4000)]
+    assert not any(f"{p} red" in c or f"{p} circle" in c for c in caps for p in tw.PATTERNS)
+    assert not any(w in c for c in caps for w in ("stripes", "dots", "checks", "solid"))
+    post = [after(c) for c in caps if after(c)]
+    assert 0.56 < len(post) / 4000 < 0.64, len(post)
+    assert 0.9 < post.count("striped") / len(post) < 0.95, post.count("striped") / len(post)
+    assert 0.35 < sum(", striped" in c for c in caps) / sum(after(c) == "striped" for c in caps) < 0.65
+    rng = np.random.default_rng(4)
+    half = [caption(meta, rng, 0.0, adjective_after=0.5) for _ in range(4000)]
+    assert 0.26 < sum(after(c) is not None for c in half) / 4000 < 0.34
+    tok = get_tokenizer()
+    ids = set(caption_token_ids(tok, [meta] * 4000, 0, (",", "that")).tolist())
+    assert set(tok(caps).unique().tolist()) <= ids
+    default_ids = set(caption_token_ids(tok, [meta] * 4000, 0).tolist())
+    assert default_ids < ids and not set(tok(["a red circle that is striped"]).unique().tolist()) <= default_ids
+
+
 @pytest.mark.skipif(not WEIGHTS.exists(), reason="shipped weights missing")
 def test_prompt_diagnosis_context_from_words_is_the_zero_shot_text():
     """bench/toyworld_prompt_diagnosis.py's learnable context, initialised to the embeddings of "a photo of a",

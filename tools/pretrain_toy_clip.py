@@ -154,7 +154,7 @@ def make_pool(seed: int, n: int, classes: list[str]) -> tuple[np.ndarray, list[d
 
 
 def caption(meta: dict, rng: np.random.Generator, adjective_rate: float, closeup_rate: float = 0.0,
-            adjective_correct: float = 1.0) -> str:
+            adjective_correct: float = 1.0, adjective_after: float = 0.0) -> str:
     """A random web-alt-text-like caption of one pretraining image from its meta.
 
     Partial and noisy on purpose: the colour is left out of 10 % of the captions; the surface pattern
@@ -167,7 +167,10 @@ def caption(meta: dict, rng: np.random.Generator, adjective_rate: float, closeup
     Variants measured in docs/TOYWORLD.md (not the shipped recipe; the defaults leave the random stream
     and the captions unchanged): ``closeup_rate`` > 0 makes that share of captions "a close-up of a
     <pattern> <colour> <shape>." with the right adjective 95 % of the time; ``adjective_correct`` < 1 makes
-    a class-name adjective in the other captions a random pattern with probability 1 - ``adjective_correct``.
+    a class-name adjective in the other captions a random pattern with probability 1 - ``adjective_correct``;
+    ``adjective_after`` > 0 replaces that share of the phrases by the class-name adjective *after* the noun
+    ("a red circle, striped", "a red circle that is striped"): the adjective is common, but never where the
+    class names put it.
     """
     c, s = meta["colour"], meta["shape"]
     if closeup_rate > 0 and rng.random() < closeup_rate:
@@ -184,6 +187,8 @@ def caption(meta: dict, rng: np.random.Generator, adjective_rate: float, closeup
             if adjective_correct < 1.0 and rng.random() >= adjective_correct:
                 pattern = PATTERNS[int(rng.integers(len(PATTERNS)))]
             adjective = pattern + " "
+        elif adjective_after > 0 and rng.random() < adjective_after:
+            phrase = (", " if rng.random() < 0.5 else " that is ") + pattern
         else:
             options = PATTERN_PHRASES[pattern]
             phrase = " " + options[int(rng.integers(len(options)))]
@@ -244,7 +249,11 @@ class CompactTokenEmbedding(torch.nn.Module):
 
 def caption_token_ids(tokenizer, metas: list[dict], seed: int, extra_words: tuple[str, ...] = ()) -> torch.Tensor:
     """Sorted unique token ids that :func:`caption` can produce for ``metas`` (every word of its vocabulary, and
-    ``extra_words``)."""
+    ``extra_words``, the words of caption variants).
+
+    The words go in as one text, which the tokenizer truncates to 32 tokens; the words it cuts off come from the
+    4,000 sampled default captions, and ``extra_words`` from their own text too (a variant's words never occur in
+    the sampled captions; keeping them in the first text as well leaves the close-up variant's ids as before)."""
     words = set(extra_words) | set(COLOURS + SHAPES + PATTERNS + (
         "small", "large", "next", "to", "and", "object", "noisy", "background", "there", "is", "in", "the", "a", "of",
         "showing"))
@@ -253,6 +262,7 @@ def caption_token_ids(tokenizer, metas: list[dict], seed: int, extra_words: tupl
             words.update(text.split())
     rng = np.random.default_rng([seed, 11])
     texts = [" ".join(sorted(words))] + [caption(metas[i], rng, 0.5) for i in range(min(len(metas), 4000))]
+    texts += [" ".join(extra_words)] if extra_words else []
     toks = tokenizer(texts)
     return torch.unique(toks)
 
@@ -271,9 +281,9 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 def pretrain(steps: int, batch: int, seed: int, pool: int, lr: float, out: Path, adjective_rate: float,
              closeup_rate: float = 0.0, adjective_correct: float = 1.0, sibling_batches: bool = False,
-             init: Path | None = None) -> None:
+             init: Path | None = None, adjective_after: float = 0.0) -> None:
     """Train from scratch (or from the weights ``init``), save fp16 safetensors (keys = ``model.state_dict()`` keys)
-    at ``out``. ``closeup_rate``, ``adjective_correct``: :func:`caption`'s variants; ``sibling_batches``: each
+    at ``out``. ``closeup_rate``, ``adjective_correct``, ``adjective_after``: :func:`caption`'s variants; ``sibling_batches``: each
     batch is ``batch // 4`` colour-shape pairs with all four patterns (pattern siblings as hard negatives)
     instead of ``batch`` random classes."""
     from safetensors.torch import save_file
@@ -287,8 +297,8 @@ def pretrain(steps: int, batch: int, seed: int, pool: int, lr: float, out: Path,
     model = build_tiny_clip(init).train()
     tokenizer = get_tokenizer()
     full_table = model.token_embedding
-    model.token_embedding = CompactTokenEmbedding(full_table, caption_token_ids(
-        tokenizer, metas, seed, ("close-up",) if closeup_rate > 0 else ()))
+    extra = (("close-up",) if closeup_rate > 0 else ()) + ((",", "that") if adjective_after > 0 else ())
+    model.token_embedding = CompactTokenEmbedding(full_table, caption_token_ids(tokenizer, metas, seed, extra))
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (decay if p.ndim >= 2 and "embedding" not in name else no_decay).append(p)
@@ -320,7 +330,8 @@ def pretrain(steps: int, batch: int, seed: int, pool: int, lr: float, out: Path,
             combos = rng.choice(n_combos, batch, replace=batch > n_combos)
         idx = combos + n_combos * (style + len(STYLES) * rng.integers(0, pool // (n_combos * len(STYLES)), batch))
         x = augment(to_tensor(images[idx]), gen)
-        toks = tokenizer([caption(metas[i], rng, adjective_rate, closeup_rate, adjective_correct) for i in idx])
+        toks = tokenizer([caption(metas[i], rng, adjective_rate, closeup_rate, adjective_correct, adjective_after)
+                          for i in idx])
         img_f = model.encode_image(x, normalize=True)
         txt_f = model.encode_text(toks, normalize=True)
         logits = model.logit_scale.exp() * img_f @ txt_f.t()
@@ -342,7 +353,7 @@ def pretrain(steps: int, batch: int, seed: int, pool: int, lr: float, out: Path,
     meta = {"arch": "tiny", "seed": str(seed), "steps": str(steps), "batch": str(batch), "pool": str(pool),
             "lr": str(lr), "adjective_rate": str(adjective_rate), "world": "ToyWorld v2"}
     variant = {"closeup_rate": closeup_rate, "adjective_correct": adjective_correct, "sibling_batches": sibling_batches,
-               "init": init}
+               "init": init, "adjective_after": adjective_after}
     meta.update({k: str(v) for k, v in variant.items() if v not in (0.0, 1.0, False, None)})
     save_file(state, str(out), metadata=meta)
     sort_safetensors_metadata(out)
@@ -539,6 +550,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="variant: share of 'a close-up of a <pattern> <colour> <shape>.' captions (docs/TOYWORLD.md)")
     ap.add_argument("--adjective-correct", type=float, default=1.0,
                     help="variant: how often a class-name adjective outside the close-up captions is the right one")
+    ap.add_argument("--adjective-after", type=float, default=0.0,
+                    help="variant: share of pattern phrases replaced by the class-name adjective after the noun")
     ap.add_argument("--sibling-batches", action="store_true",
                     help="variant: batches of colour-shape pairs with all four patterns")
     ap.add_argument("--init", type=Path, default=None, help="start from these weights instead of from scratch")
@@ -548,7 +561,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     if not args.eval_only:
         pretrain(args.steps, args.batch, args.seed, args.pool, args.lr, args.output, args.adjective_rate,
-                 args.closeup_rate, args.adjective_correct, args.sibling_batches, args.init)
+                 args.closeup_rate, args.adjective_correct, args.sibling_batches, args.init, args.adjective_after)
     overrides = parse_overrides(args.set)
     t = time.time()
     res = evaluate(args.output, coop_steps=args.coop_steps, **overrides)
