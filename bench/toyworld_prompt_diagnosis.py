@@ -210,12 +210,20 @@ def phrase_name(classname: str) -> str:
     return f"{colour} {shape} {PATTERN_PHRASES[pattern][0]}"
 
 
+def after_name(classname: str) -> str:
+    """"striped red circle" -> "red circle, striped" (the wording of ``pretrain_toy_clip.py --adjective-after``)."""
+    pattern, colour, shape = parse_classname(classname)
+    return f"{colour} {shape}, {pattern}"
+
+
 EXPERIMENTS = {
     "zero-shot": ("zero-shot 'a photo of a {}.'", lambda lab: lab.zero_shot("a photo of a {}.")),
     "zero-shot-a": ("zero-shot 'a {}.'", lambda lab: lab.zero_shot("a {}.")),
     "zero-shot-closeup": ("zero-shot 'a close-up of a {}.'", lambda lab: lab.zero_shot("a close-up of a {}.")),
     "zero-shot-phrase": ("zero-shot 'a photo of a {}.' with phrase names ('red circle with stripes')",
                          lambda lab: lab.zero_shot("a photo of a {}.", phrase_name)),
+    "zero-shot-after": ("zero-shot 'a photo of a {}.' with the adjective after the noun ('red circle, striped')",
+                        lambda lab: lab.zero_shot("a photo of a {}.", after_name)),
     "probe": ("16-shot linear probe on the frozen image features", lambda lab: lab.probe()),
     "random-context": ("16 random context vectors, untrained (PromptFL's start)",
                        lambda lab: lab.score_prompt(Context(lab.model, lab.tok, seed=1))),

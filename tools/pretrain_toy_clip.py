@@ -283,9 +283,9 @@ def pretrain(steps: int, batch: int, seed: int, pool: int, lr: float, out: Path,
              closeup_rate: float = 0.0, adjective_correct: float = 1.0, sibling_batches: bool = False,
              init: Path | None = None, adjective_after: float = 0.0) -> None:
     """Train from scratch (or from the weights ``init``), save fp16 safetensors (keys = ``model.state_dict()`` keys)
-    at ``out``. ``closeup_rate``, ``adjective_correct``, ``adjective_after``: :func:`caption`'s variants; ``sibling_batches``: each
-    batch is ``batch // 4`` colour-shape pairs with all four patterns (pattern siblings as hard negatives)
-    instead of ``batch`` random classes."""
+    at ``out``. ``closeup_rate``, ``adjective_correct``, ``adjective_after``: :func:`caption`'s variants;
+    ``sibling_batches``: each batch is ``batch // 4`` colour-shape pairs with all four patterns (pattern siblings
+    as hard negatives) instead of ``batch`` random classes."""
     from safetensors.torch import save_file
 
     torch.manual_seed(seed)
