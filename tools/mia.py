@@ -194,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all-clients", action="store_true", help="attack every client; pooled AUC as well")
     p.add_argument("--untrained", action="store_true", help="score with the run's initial (untrained) model")
     args = p.parse_args(argv)
+    from dassl.utils import configure_logging
+
+    configure_logging()  # before opacus (imported with the target) installs a root handler that repeats log lines
     try:
         report = evaluate(args.run_dir, args.client, args.seed, args.all_clients, args.untrained)
     except (ConfigError, DataError, CheckpointError, OutputError) as err:
