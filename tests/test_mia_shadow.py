@@ -99,7 +99,7 @@ def one_line_error(capsys) -> str:
 def test_bad_input_is_one_line(tmp_path, capsys):
     assert mia_shadow.main([str(tmp_path)]) == 2
     assert "results.json is missing" in one_line_error(capsys)
-    for name in mia_shadow.RUN_FILES:
+    for name in mia.RUN_FILES:
         (tmp_path / name).write_text("{}")
     (tmp_path / "results.json").write_text(json.dumps({"config": {"DATASET": {"NAME": "Caltech101"}}}))
     assert mia_shadow.main([str(tmp_path)]) == 2

@@ -64,6 +64,18 @@ def attack_summary(scores_in, scores_out) -> dict:
             "best_balanced_accuracy": best_balanced_accuracy(scores_in, scores_out)}
 
 
+RUN_FILES = ("results.json", "split.json", "checkpoint.pt")
+
+
+def read_finished_run(run_dir: str) -> dict:
+    """``results.json`` of a finished run folder (no torch); ``OutputError`` naming what is missing."""
+    for name in RUN_FILES:
+        if not os.path.isfile(os.path.join(run_dir, name)):
+            raise OutputError(f"{run_dir} is not a finished run's folder: {name} is missing")
+    with open(os.path.join(run_dir, "results.json")) as f:
+        return json.load(f)
+
+
 def load_run(run_dir: str):
     """The run's config (its split file pinned), data, trainer and checkpoint."""
     from yacs.config import CfgNode as CN
@@ -75,15 +87,9 @@ def load_run(run_dir: str):
     from federated.checkpoint import load_checkpoint
     from federated.data import build_federated_data
 
-    results_path = os.path.join(run_dir, "results.json")
-    split_path = os.path.join(run_dir, "split.json")
-    for path in (results_path, split_path, os.path.join(run_dir, "checkpoint.pt")):
-        if not os.path.isfile(path):
-            raise OutputError(f"{run_dir} is not a finished run's folder: {os.path.basename(path)} is missing")
-    with open(results_path) as f:
-        results = json.load(f)
+    results = read_finished_run(run_dir)
     cfg = CN(results["config"])
-    cfg.DATASET.SPLIT_FILE = split_path
+    cfg.DATASET.SPLIT_FILE = os.path.join(run_dir, "split.json")
     cfg.OUTPUT_DIR = run_dir
     set_random_seed(int(cfg.SEED))  # as the run: its initial (untrained) prompts are drawn again
     data = build_federated_data(cfg)

@@ -37,19 +37,10 @@ import sys
 import numpy as np
 
 from federated.errors import CheckpointError, ConfigError, DataError, OutputError, TrainingDiverged
+from tools.mia import read_finished_run
 from tools.mia_attack import PUBLISHED, SELECT, AttackSettings, evaluate_class_attacks, train_class_attacks
 
 SHADOW_SEED_OFFSET = 1000
-RUN_FILES = ("results.json", "split.json", "checkpoint.pt")
-
-
-def read_finished_run(run_dir: str) -> dict:
-    """``results.json`` of a finished run folder (no torch); ``OutputError`` naming what is missing."""
-    for name in RUN_FILES:
-        if not os.path.isfile(os.path.join(run_dir, name)):
-            raise OutputError(f"{run_dir} is not a finished run's folder: {name} is missing")
-    with open(os.path.join(run_dir, "results.json")) as f:
-        return json.load(f)
 
 
 def check_shadowable(config: dict) -> None:
