@@ -28,7 +28,7 @@ published loader does with ``SUBSAMPLE_CLASSES all``).
 ``DATASET.PARTITION hierarchical-dirichlet`` needs a dataset with ``coarse_of_fine`` (CIFAR-100).
 Every run writes its split to ``OUTPUT_DIR/split.json`` (the coordinator, once the run is known to be
 valid: ``federated/server.py``); ``DATASET.SPLIT_FILE`` loads one instead
-of partitioning (``federated/split_file.py``).
+of partitioning (``federated/split_file.py``; its items may come from the train, val or test split).
 """
 from __future__ import annotations
 
@@ -254,7 +254,9 @@ def build_federated_data(cfg, dataset: DatasetBase | None = None, partition: boo
         from federated.split_file import read_split_file
 
         try:
-            loaded = read_split_file(cfg.DATASET.SPLIT_FILE, cfg.DATASET.NAME, classnames, train + test)
+            # a split file may also name validation items (the shadow runs of tools/mia_shadow.py train on them)
+            (val,) = P.subsample_classes(dataset.val or [], subsample=subsample, num_classes=len(classnames_all))
+            loaded = read_split_file(cfg.DATASET.SPLIT_FILE, cfg.DATASET.NAME, classnames, train + test + val)
         except ValueError as err:
             raise DataError(str(err)) from None
         clients_train, clients_test, classes = loaded["train"], loaded["test"], loaded["classes"]

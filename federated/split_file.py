@@ -11,7 +11,9 @@ Format (json)::
 Labels are in the label space of ``classnames`` (after base/novel subsampling); with the class-chunks
 partition each client also lists its own ``classnames``, the label space of its labels (such a split is
 written, not read back). ``impath`` is the
-dataset item's path (or its unique id for in-memory datasets, e.g. ``.../data_batch_1#17``).
+dataset item's path (or its unique id for in-memory datasets, e.g. ``.../data_batch_1#17``), an item of
+the dataset's train, val or test split (runs write train and test items; the shadow runs of
+``tools/mia_shadow.py`` also train on val items).
 """
 from __future__ import annotations
 

@@ -267,3 +267,23 @@ def test_coop_loader_feeds_the_pathological_partition(tmp_path):
     assert data.classnames == ["c0", "c1", "c2", "c3"] and data.num_users == 4
     assert all(len(t) == 2 for t in data.train)  # one class each, 2 shots
     assert len(data.novel_test) == 4 * 4 and data.template == "a photo of a {}."
+
+
+def test_split_file_may_name_validation_items(tmp_path):
+    """A split file's clients may hold val items (tools/mia_shadow.py carves shadow data from them), in the
+    run's label space (here the novel half, relabelled from 0)."""
+    from federated.split_file import write_split_file
+
+    class_folders(str(tmp_path / "caltech-101" / "101_ObjectCategories"), [f"c{i}" for i in range(4)], per_class=10)
+    cfg = make_cfg(tmp_path, "Caltech101", USERS=2, NUM_SHOTS=0, SUBSAMPLE_CLASSES="new")
+    data = build_federated_data(cfg)
+    ds = load_dataset(cfg)
+    val = [d.copy(d.label - 2) for d in ds.val if d.label >= 2]  # classes c2, c3 -> labels 0, 1
+    assert len(val) == 4 and not {d.impath for d in val} & {d.impath for c in data.train + data.test for d in c}
+    data.train[0] = data.train[0] + val[:2]
+    data.test[1] = val[2:]
+    write_split_file(str(tmp_path / "split.json"), data, cfg)
+    again = build_federated_data(make_cfg(tmp_path, "Caltech101", NUM_SHOTS=0, SUBSAMPLE_CLASSES="new",
+                                          SPLIT_FILE=str(tmp_path / "split.json")))
+    for a, b in zip(again.train + again.test, data.train + data.test, strict=True):
+        assert [(d.impath, d.label) for d in a] == [(d.impath, d.label) for d in b]
