@@ -58,6 +58,28 @@ def test_deep_prompt_enters_exactly_at_block_k_plus_1(batch_first):
     assert _no_hooks(tr)
 
 
+def test_deep_prompts_from_block_0_replace_before_the_first_block():
+    """``first_block`` 0 (FedTPG's published placement): ``deep[k]`` enters block ``k``, the input's prompt
+    positions are overwritten before block 0; as many deep prompts as blocks fit, one more does not."""
+    torch.manual_seed(0)
+    tr = Transformer(width=8, layers=3, heads=2).eval()
+    x = torch.randn(2, 6, 8)
+    deep = [torch.randn(2, 8), torch.randn(2, 8)]
+    h = x
+    for k, block in enumerate(tr.resblocks):
+        if k < len(deep):
+            h = splice(h, deep[k], start=1)
+        h = block(h)
+    with torch.no_grad(), text_prompts(tr, deep, first_block=0):
+        got = tr(x)
+    torch.testing.assert_close(got, h, rtol=0, atol=1e-6)
+    with torch.no_grad(), text_prompts(tr, [*deep, deep[0]], first_block=0):
+        tr(x)  # 3 deep prompts at blocks 0, 1, 2
+    with pytest.raises(ValueError, match="3 blocks"), text_prompts(tr, deep * 2, first_block=0):
+        pass
+    assert _no_hooks(tr)
+
+
 def test_text_prompts_identity_and_effect(clip):
     """Deep prompts equal to the hidden states already there reproduce the frozen output exactly;
     other values change it; without the context the tower is the frozen CLIP's."""

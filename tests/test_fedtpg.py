@@ -166,6 +166,132 @@ def test_depth_is_shared_and_trains_in_a_federated_run(tmp_path):
     assert results["execution"]["batched_clients"]  # clients still trained together
 
 
+# ------------------------------------------------------------------ the deep context (D_CTX)
+def test_generator_of_one_layer_is_the_generator_of_before_bit_for_bit():
+    """``layers`` 1 (D_CTX 1, the default): the queries, parameters and random draws of before."""
+    torch.manual_seed(0)
+    before = _GeneratorBeforeDepth(4, 16, 12, 4)
+    after_before = torch.rand(3)
+    torch.manual_seed(0)
+    gen = PromptGenerator(4, 16, 12, heads=4, layers=1)
+    assert torch.equal(torch.rand(3), after_before)
+    assert all(torch.equal(v, before.state_dict()[k]) for k, v in gen.state_dict().items())
+    assert list(gen.state_dict()) == list(before.state_dict())
+    # D_CTX queries per context token, one output row per query, block-major (layer l: rows l*M .. l*M+M-1)
+    deep = PromptGenerator(4, 16, 12, heads=4, layers=3)
+    names = torch.randn(7, 12)
+    assert deep.queries.shape == (12, 16) and deep(names).shape == (12, 16)
+    a = deep.attn(deep.norm_q(deep.queries), deep.norm_kv(names))
+    torch.testing.assert_close(deep(names), deep.ffn(a) + a)
+
+
+def test_d_ctx_one_gives_the_shallow_text_features_bit_for_bit(tmp_path):
+    """The default computes exactly what the shallow-only trainer computed (``PromptCLIP.text_features`` on
+    the generator's context), with no hook left on the frozen text tower."""
+    from trainers.prompt_learner import PromptCLIP
+
+    trainer = _trainer(tmp_path)
+    model, learner = trainer.model, trainer.model.prompt_learner
+    assert trainer.cfg.TRAINER.FEDTPG.D_CTX == 1 and learner.generator.queries.shape == (4, learner.ctx_dim)
+    with torch.no_grad():
+        assert torch.equal(learner.context(), learner.generator(learner.names()))
+        assert torch.equal(model.text_features(), PromptCLIP.text_features(model))
+    blocks = model.text_encoder.transformer.resblocks
+    assert all(not b._forward_pre_hooks for b in blocks)
+
+
+def _manual_text_features(model, ctx: torch.Tensor, deep_at: dict[int, torch.Tensor]) -> torch.Tensor:
+    """The text tower run block by block: prompts ``[SOS] ctx [CLASS] . [EOS]`` + positions, and before block
+    ``k`` the hidden states at positions ``1 .. M`` replaced by ``deep_at[k]``; LN, EOS pooling, projection."""
+    learner, enc = model.prompt_learner, model.text_encoder
+    m, tokens = learner.n_ctx, learner.tokenized_prompts
+    n_cls, length = tokens.shape
+    x = torch.cat([learner.token_prefix, ctx.unsqueeze(0).expand(n_cls, -1, -1), learner.token_suffix], dim=1)
+    x = x + enc.positional_embedding[:length]
+    mask = enc.attn_mask[:length, :length]
+    for k, block in enumerate(enc.transformer.resblocks):
+        if k in deep_at:
+            x = torch.cat([x[:, :1], deep_at[k].unsqueeze(0).expand(n_cls, -1, -1), x[:, 1 + m:]], dim=1)
+        x = block(x, attn_mask=mask)
+    x = enc.ln_final(x)[torch.arange(n_cls), tokens.argmax(dim=-1)] @ enc.text_projection
+    return F.normalize(x, dim=-1)
+
+
+def test_deep_context_enters_text_block_1_by_hand(tmp_path):
+    """D_CTX 2 (the tiny text tower has 2 blocks): the generator's second block of M rows is the context at
+    block 1's input, hand-checked against a block-by-block forward; both blocks of queries get gradient."""
+    trainer = _trainer(tmp_path, "TRAINER.FEDTPG.D_CTX", "2")
+    model, learner = trainer.model, trainer.model.prompt_learner
+    m = learner.n_ctx
+    rows = learner.generator(learner.names())
+    ctx = learner.contexts()
+    assert rows.shape == (2 * m, learner.ctx_dim) and ctx.shape == (2, m, learner.ctx_dim)
+    assert torch.equal(ctx[0], rows[:m]) and torch.equal(ctx[1], rows[m:])
+    seen = []  # block 1's hidden states as its attention reads them (after the deep context's hook)
+    handle = model.text_encoder.transformer.resblocks[1].ln_1.register_forward_pre_hook(
+        lambda _mod, args: seen.append(args[0].detach().clone()))
+    feats = model.text_features()
+    handle.remove()
+    assert torch.equal(seen[0][:, 1:1 + m], ctx[1].detach().unsqueeze(0).expand(learner.n_cls, -1, -1))
+    with torch.no_grad():
+        expected = _manual_text_features(model, ctx[0], {1: ctx[1]})
+        shallow = _manual_text_features(model, ctx[0], {})
+    torch.testing.assert_close(feats, expected, rtol=1e-5, atol=1e-6)
+    assert (feats - shallow).abs().max() > 1e-3  # the deep context changes the features
+    feats.sum().backward()
+    grad = learner.generator.queries.grad
+    assert grad[:m].abs().sum() > 0 and grad[m:].abs().sum() > 0
+    assert all(not b._forward_pre_hooks for b in model.text_encoder.transformer.resblocks)
+
+
+def test_published_deep_placement_overwrites_the_input_context(tmp_path):
+    """``DEEP_PLACEMENT published``: ``ctx[1]`` replaces the context positions before block 0 (the published
+    text transformer starts its deep prompts at block 0), so the input context ``ctx[0]`` has no effect and
+    its queries no gradient (``DEPTH`` 0: each output row depends on its own query only)."""
+    trainer = _trainer(tmp_path, "TRAINER.FEDTPG.D_CTX", "2", "TRAINER.FEDTPG.DEEP_PLACEMENT", "published")
+    model, learner = trainer.model, trainer.model.prompt_learner
+    m = learner.n_ctx
+    ctx = learner.contexts()
+    feats = model.text_features()
+    with torch.no_grad():
+        expected = _manual_text_features(model, ctx[0], {0: ctx[1]})
+        torch.testing.assert_close(feats, expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(feats, _manual_text_features(model, torch.randn_like(ctx[0]), {0: ctx[1]}),
+                                   rtol=0, atol=0)
+    feats.sum().backward()
+    grad = learner.generator.queries.grad
+    assert torch.equal(grad[:m], torch.zeros_like(grad[:m])) and grad[m:].abs().sum() > 0
+
+
+def test_deep_context_config_errors_are_one_line(tmp_path):
+    from federated.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^TRAINER.FEDTPG.D_CTX must be >= 1, got 0$"):
+        _trainer(tmp_path / "a", "TRAINER.FEDTPG.D_CTX", "0")
+    with pytest.raises(ConfigError, match=r"^TRAINER.FEDTPG: D_CTX must be in 1..2 for tiny \(text blocks\), got 3$"):
+        _trainer(tmp_path / "b", "TRAINER.FEDTPG.D_CTX", "3")
+    with pytest.raises(ConfigError, match=r"DEEP_PLACEMENT must be one of \('per_layer', 'published'\)"):
+        _trainer(tmp_path / "c", "TRAINER.FEDTPG.D_CTX", "2", "TRAINER.FEDTPG.DEEP_PLACEMENT", "first")
+
+
+def test_deep_context_is_shared_and_trains_in_a_federated_run(tmp_path):
+    """The whole generator (now 2M queries) is shared, nothing personal; a short run trains every query."""
+    trainer = _trainer(tmp_path / "t", "TRAINER.FEDTPG.D_CTX", "2")
+    shared = trainer.shared_keys()
+    assert trainer.personal_keys() == [] and len(shared) == len(trainer.trainable_parameters())
+    assert all(k.startswith("prompt_learner.generator.") for k in shared)
+    assert trainer.get_state(["prompt_learner.generator.queries"])["prompt_learner.generator.queries"].shape[0] == 8
+    from federated.run import main
+
+    results = main(fast_args(tmp_path / "run", ["--trainer", "FedTPG", "--rounds", "1"],
+                             ["TRAINER.FEDTPG.D_CTX", "2", "FED.EVAL_BASE_NOVEL", "False"]))
+    assert results["execution"]["batched_clients"]
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    start = trainer.initial_shared_state()["prompt_learner.generator.queries"]
+    moved = (ckpt["global"]["prompt_learner.generator.queries"] - start).abs().sum(dim=1)
+    assert bool((moved > 0).all())  # every query row (both context blocks) trained
+
+
 # ------------------------------------------------------------------ the trainer
 def test_prompt_is_conditioned_on_the_class_names(tmp_path):
     trainer = _trainer(tmp_path)

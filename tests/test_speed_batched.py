@@ -71,9 +71,10 @@ def test_uneven_setting_has_clients_with_different_numbers_of_batches(tmp_path):
     assert len(batches) > 1
 
 
-def _final_states(tmp_path, trainer: str, batch: bool) -> tuple[dict, dict]:
+def _final_states(tmp_path, trainer: str, batch: bool, opts: tuple[str, ...] = ()) -> tuple[dict, dict]:
     out = tmp_path / f"{trainer}-{batch}"
-    results = main(fast_args(out, ["--trainer", trainer, *UNEVEN[0]], [*UNEVEN[1], "FED.BATCH_CLIENTS", str(batch)]))
+    results = main(fast_args(out, ["--trainer", trainer, *UNEVEN[0]],
+                             [*UNEVEN[1], *opts, "FED.BATCH_CLIENTS", str(batch)]))
     return torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True), results
 
 
@@ -81,12 +82,17 @@ BATCHABLE = ["PromptFL", "CoOp", "PromptProx", "KgCoOp", "FedCoCoOp", "FedOTP", 
              "PromptFolio", "FedPHA"]
 
 
-@pytest.mark.parametrize("trainer", BATCHABLE)
-def test_batched_clients_equal_sequential(tmp_path, trainer):
+#: Variants with their own code path in the mapped step: FedTPG's deep context (hooks on the text blocks).
+BATCHABLE_VARIANTS = [("FedTPG", ("TRAINER.FEDTPG.D_CTX", "2"))]
+
+
+@pytest.mark.parametrize("trainer,opts", [(t, ()) for t in BATCHABLE] + BATCHABLE_VARIANTS,
+                         ids=[*BATCHABLE, *("-".join((t, *o)) for t, o in BATCHABLE_VARIANTS)])
+def test_batched_clients_equal_sequential(tmp_path, trainer, opts):
     """Clients with different numbers of batches, 2 rounds x 2 epochs, momentum SGD: the same tensors and
     the same logged losses (fp32 on CPU: only the summation order differs)."""
-    seq, r_seq = _final_states(tmp_path, trainer, False)
-    bat, r_bat = _final_states(tmp_path, trainer, True)
+    seq, r_seq = _final_states(tmp_path, trainer, False, opts)
+    bat, r_bat = _final_states(tmp_path, trainer, True, opts)
     assert r_bat["execution"]["batched_clients"] and not r_seq["execution"]["batched_clients"]
     for key in seq["global"]:
         torch.testing.assert_close(bat["global"][key], seq["global"][key], rtol=1e-4, atol=2e-5)

@@ -69,28 +69,31 @@ def _replace_hook(prompt: torch.Tensor, start: int, batch_first: bool):
     return hook
 
 
-def _check_depth(transformer: nn.Module, deep: Sequence[torch.Tensor], tower: str) -> None:
+def _check_depth(transformer: nn.Module, deep: Sequence[torch.Tensor], tower: str, first_block: int = 1) -> None:
     layers = len(transformer.resblocks)
-    if len(deep) >= layers:
+    if first_block + len(deep) > layers:
         raise ValueError(f"{len(deep)} deep prompts (PROMPT_DEPTH {len(deep) + 1}) need more than the "
                          f"{layers} blocks of the {tower} tower: set PROMPT_DEPTH <= {layers}")
 
 
-def deep_prompt_hooks(transformer: nn.Module, deep: Sequence[torch.Tensor], start: int):
-    """``(block, hook)`` pairs that put ``deep[k]`` ``(n, d)`` at positions ``start..`` of block ``k+1``'s input."""
+def deep_prompt_hooks(transformer: nn.Module, deep: Sequence[torch.Tensor], start: int, first_block: int = 1):
+    """``(block, hook)`` pairs that put ``deep[k]`` ``(n, d)`` at positions ``start..`` of block
+    ``first_block + k``'s input (MaPLe: ``first_block`` 1, block 0 sees the input prompt)."""
     batch_first = bool(getattr(transformer, "batch_first", True))
-    return [(transformer.resblocks[k + 1], _replace_hook(p, start, batch_first)) for k, p in enumerate(deep)]
+    return [(transformer.resblocks[first_block + k], _replace_hook(p, start, batch_first)) for k, p in enumerate(deep)]
 
 
 @contextlib.contextmanager
-def text_prompts(transformer: nn.Module, deep: Sequence[torch.Tensor]) -> Iterator[None]:
-    """Within the block, text block ``k+1`` sees ``deep[k]`` ``(n, d_text)`` at positions ``1..n``.
+def text_prompts(transformer: nn.Module, deep: Sequence[torch.Tensor], first_block: int = 1) -> Iterator[None]:
+    """Within the block, text block ``first_block + k`` sees ``deep[k]`` ``(n, d_text)`` at positions ``1..n``.
 
     ``transformer`` is the CLIP's text ``Transformer``; the layer-0 prompt lives in the input embeddings
-    (the prompt learner's context).
+    (the prompt learner's context). ``first_block`` 1 (MaPLe, default): the deep prompts enter blocks
+    ``1 .. len(deep)``; 0: from block 0 on, overwriting the input prompt before the first block
+    (FedTPG's published deep context, ``trainers/fedtpg.py``).
     """
-    _check_depth(transformer, deep, "text")
-    with _hooks(deep_prompt_hooks(transformer, deep, start=1)):
+    _check_depth(transformer, deep, "text", first_block)
+    with _hooks(deep_prompt_hooks(transformer, deep, start=1, first_block=first_block)):
         yield
 
 
