@@ -101,16 +101,22 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert "results.json is missing" in one_line_error(capsys)
     for name in mia.RUN_FILES:
         (tmp_path / name).write_text("{}")
-    (tmp_path / "results.json").write_text(json.dumps({"config": {"DATASET": {"NAME": "Caltech101"}}}))
+    # (a real dataset is carved now, tests/test_mia_shadow_carve.py; a mixture's split cannot be a file)
+    (tmp_path / "results.json").write_text(json.dumps({"config": {"DATASET": {"NAME": "Caltech101",
+                                                                              "PARTITION": "class-chunks"}}}))
     assert mia_shadow.main([str(tmp_path)]) == 2
-    assert "only the toy world has one" in one_line_error(capsys)
+    assert "class-chunks partition (a dataset mixture) cannot read" in one_line_error(capsys)
     assert mia_shadow.main([str(tmp_path), "--client", "0", "--all-clients"]) == 2
     assert "exclude each other" in one_line_error(capsys)
+    (tmp_path / "results.json").write_text(json.dumps({"config": {"DATASET": {"NAME": "ToyWorld"}}}))
+    assert mia_shadow.main([str(tmp_path), "--shadow-fraction", "0.5"]) == 2
+    assert "a toy-world target's shadows are new worlds" in one_line_error(capsys)
     # a target made by an older version of the code: its config cannot be trained again
     (tmp_path / "results.json").write_text(json.dumps({"config": {"DATASET": {"NAME": "ToyWorld", "GONE": 1}}}))
     assert mia_shadow.main([str(tmp_path), "--shadow-dir", str(tmp_path / "s")]) == 2
     assert "(e.g. DATASET.GONE)" in one_line_error(capsys) and not (tmp_path / "s").exists()
-    for bad in (["--shadows", "0"], ["--epochs", "x"], ["--lr", "nan"], ["--select", "last"]):
+    for bad in (["--shadows", "0"], ["--epochs", "x"], ["--lr", "nan"], ["--select", "last"], ["--carve", "dev"],
+                ["--carve", ""], ["--shadow-fraction", "0"]):
         with pytest.raises(SystemExit) as exit_:
             mia_shadow.main([str(tmp_path), *bad])
         assert exit_.value.code == 2
