@@ -10,7 +10,9 @@ epsilon is an accounted (epsilon, 1e-5) budget of each mechanism (opacus RDP acc
 runs used the number as a noise divisor (``published_eps*`` variants: ``NOISE_AS_EPSILON True`` and the
 published batch-mean clipping and gradient scale, no guarantee). Reported: Local accuracy (each client
 on its own classes). Every run's ``results.json`` holds the epsilon it spent (``privacy``); attack it
-with ``python -m tools.mia RUN_DIR --all-clients``.
+with ``python -m tools.mia RUN_DIR --all-clients`` or with DP-FPL's shadow-model attack,
+``python -m tools.mia_shadow RUN_DIR --all-clients --shadow-fraction F`` (every training and test image is
+a client's here, so the shadow data comes from the val split: its error names the largest F that fits).
 
     python scripts/table_dpfpl_privacy.py --root DATA/ --output-root output/table_dpfpl --report
     python scripts/table_dpfpl_privacy.py --toy --report         # the miniature on the toy world

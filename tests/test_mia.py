@@ -64,3 +64,7 @@ def test_not_a_run_folder_is_one_line(tmp_path, capsys):
     assert mia.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "results.json is missing" in err and "\n" not in err
+    with pytest.raises(SystemExit) as exit_:  # a negative seed (numpy refuses it) is one line too
+        mia.main([str(tmp_path), "--seed", "-1"])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err == "error: argument --seed: -1 must be a non-negative number"

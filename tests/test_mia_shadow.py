@@ -116,7 +116,7 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert mia_shadow.main([str(tmp_path), "--shadow-dir", str(tmp_path / "s")]) == 2
     assert "(e.g. DATASET.GONE)" in one_line_error(capsys) and not (tmp_path / "s").exists()
     for bad in (["--shadows", "0"], ["--epochs", "x"], ["--lr", "nan"], ["--select", "last"], ["--carve", "dev"],
-                ["--carve", ""], ["--shadow-fraction", "0"]):
+                ["--carve", ""], ["--shadow-fraction", "0"], ["--seed", "-1"], ["--carve-seed", "-2"]):
         with pytest.raises(SystemExit) as exit_:
             mia_shadow.main([str(tmp_path), *bad])
         assert exit_.value.code == 2

@@ -199,3 +199,17 @@ def test_too_few_images_fails_before_any_shadow_trains(attacked, tmp_path, capsy
                           "(train 3, val 2, test 0) but the shadow data needs 8") and "\n" not in err
     assert err.endswith("pass --shadow-fraction 0.74 or --shadows 1 or no --disjoint-shadows")
     assert not (tmp_path / "s").exists()
+
+
+def test_domains_are_strata_of_their_own():
+    """A client's items of one class in two domains (e.g. PACS) get shadow items of the same domains."""
+    def dom(split, domain, n):
+        return [Datum(f"/{split}/d{domain}/{k}.jpg", 0, domain, "c0") for k in range(n)]
+
+    target = [dom("train", 0, 2) + dom("train", 1, 1)]
+    pool = {"train": dom("train", 0, 8)[2:] + dom("train", 1, 6)[1:]}
+    (plan,) = plan_shadows(target, pool, 1, CarveSettings(), NAMES, "Fake")
+    for group in (plan.train[0], plan.test[0]):
+        assert Counter(d.domain for d in group) == {0: 2, 1: 1}
+    with pytest.raises(DataError, match=r"class 'c0' \(domain 0\) has 6 images .* needs 12 "):  # 3 x 2 x 2
+        plan_shadows(target, pool, 3, CarveSettings(disjoint=True), NAMES, "Fake")

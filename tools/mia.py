@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -191,12 +192,33 @@ def evaluate(run_dir: str, client: int | None = None, seed: int = 0, all_clients
     return report
 
 
+def number_arg(kind, zero: bool = False):
+    """An argparse type: a finite number of ``kind`` above 0 (at least 0 with ``zero``: seeds)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not ((value >= 0 if zero else value > 0) and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"{text} must be a {'non-negative' if zero else 'positive'} number")
+        return value
+    return parse
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors as one line on stderr (exit status 2)."""
+
+    def error(self, message: str):  # one line, exit status 2
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="output folder of a finished run")
     p.add_argument("--client", type=int, default=None, help="target client (default: the most training items)")
     p.add_argument("--out", default=None, help="report path (default RUN_DIR/mia.json)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the balancing subsample")
+    p.add_argument("--seed", type=number_arg(int, zero=True), default=0, help="seed of the balancing subsample")
     p.add_argument("--all-clients", action="store_true", help="attack every client; pooled AUC as well")
     p.add_argument("--untrained", action="store_true", help="score with the run's initial (untrained) model")
     args = p.parse_args(argv)

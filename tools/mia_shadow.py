@@ -37,14 +37,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 
 import numpy as np
 
 from federated.errors import CheckpointError, ConfigError, DataError, OutputError, TrainingDiverged
-from tools.mia import read_finished_run
+from tools.mia import OneLineParser, number_arg, read_finished_run
 from tools.mia_attack import PUBLISHED, SELECT, AttackSettings, evaluate_class_attacks, train_class_attacks
 from tools.shadow_split import SPLITS, CarveSettings, ShadowSplit, carve_pool, plan_shadows, split_of
 
@@ -269,18 +268,6 @@ def read_client_sizes(run_dir: str) -> list[int]:
         return [len(c["train"]) for c in json.load(f)["clients"]]
 
 
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not (value > 0 and math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"{text} must be a positive number")
-        return value
-    return parse
-
-
 def _splits(text: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
     if not names or any(n not in SPLITS for n in names):
@@ -288,34 +275,30 @@ def _splits(text: str) -> tuple[str, ...]:
     return names
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit status 2
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="output folder of a finished run (the target)")
-    p.add_argument("--shadows", type=_positive(int), default=4, help="number of shadow runs (default 4)")
+    p.add_argument("--shadows", type=number_arg(int), default=4, help="number of shadow runs (default 4)")
     p.add_argument("--shadow-dir", default=None, help="where the shadow runs go (default RUN_DIR/shadows)")
     p.add_argument("--client", type=int, default=None, help="target client (default: the most training items)")
     p.add_argument("--all-clients", action="store_true", help="attack every client of the run, each with its model")
-    p.add_argument("--epochs", type=_positive(int), default=200, help="attack classifier epochs (published 200)")
-    p.add_argument("--lr", type=_positive(float), default=0.01, help="attack classifier Adam LR (published 0.01)")
-    p.add_argument("--batch-size", type=_positive(int), default=1, help="attack classifier batch (published 1)")
+    p.add_argument("--epochs", type=number_arg(int), default=200, help="attack classifier epochs (published 200)")
+    p.add_argument("--lr", type=number_arg(float), default=0.01, help="attack classifier Adam LR (published 0.01)")
+    p.add_argument("--batch-size", type=number_arg(int), default=1, help="attack classifier batch (published 1)")
     p.add_argument("--select", choices=SELECT, default="best",
                    help="keep the lowest-training-loss epoch (best) or the last (final: the published effect)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the attack classifiers and the balancing")
+    p.add_argument("--seed", type=number_arg(int, zero=True), default=0,
+                   help="seed of the attack classifiers and the balancing")
     p.add_argument("--out", default=None, help="report path (default RUN_DIR/mia_shadow.json)")
     carved = p.add_argument_group("shadow data of a real dataset (tools/shadow_split.py)")
     carved.add_argument("--carve", type=_splits, default=None,
                         help=f"dataset splits to carve it from (default {','.join(SPLITS)}; never an image the "
                              f"target trained on or tests)")
-    carved.add_argument("--shadow-fraction", type=_positive(float), default=None,
+    carved.add_argument("--shadow-fraction", type=number_arg(float), default=None,
                         help="members per shadow client and class, as a fraction of the target client's (default 1)")
     carved.add_argument("--disjoint-shadows", action="store_true", help="no image serves two shadows")
-    carved.add_argument("--carve-seed", type=int, default=None, help="seed of the carving (default 0)")
+    carved.add_argument("--carve-seed", type=number_arg(int, zero=True), default=None,
+                        help="seed of the carving (default 0)")
     args = p.parse_args(argv)
     out = args.out or os.path.join(args.run_dir, "mia_shadow.json")
     settings = AttackSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, select=args.select,
