@@ -213,3 +213,38 @@ def test_domains_are_strata_of_their_own():
         assert Counter(d.domain for d in group) == {0: 2, 1: 1}
     with pytest.raises(DataError, match=r"class 'c0' \(domain 0\) has 6 images .* needs 12 "):  # 3 x 2 x 2
         plan_shadows(target, pool, 3, CarveSettings(disjoint=True), NAMES, "Fake")
+
+
+def test_oxford_pets_layout_carves_train_and_val_and_the_shadow_split_reads_back(tmp_path):
+    """OxfordPets in its published layout (images/, annotations/, CoOp's split file: 2 train, 1 val, 1 test
+    image per breed), every breed on one of 3 clients with 1 shot: every test image is a client's, so the
+    shadow data is the other train image and the val image of each breed; the written shadow split is read
+    back by a run's data loading (val items included) exactly."""
+    from fake_datasets import oxford_pets
+
+    from federated.config import get_cfg
+    from federated.data import build_federated_data
+
+    oxford_pets(str(tmp_path), per_class=4)
+    cfg = get_cfg()
+    cfg.DATASET.NAME, cfg.DATASET.ROOT, cfg.DATASET.USERS = "OxfordPets", str(tmp_path), 3
+    cfg.DATASET.SUBSAMPLE_CLASSES, cfg.DATASET.PARTITION, cfg.DATASET.NUM_SHOTS = "all", "pathological", 1
+    data = build_federated_data(cfg)
+    target = {"cfg": cfg, "data": data, "trained": {d.impath for c in data.train for d in c}}
+    # 2 disjoint shadows of 1 member + 1 non-member per breed need 4 images of it: no fraction helps
+    with pytest.raises(DataError, match=r"class 'abyssinian' has 2 images the target neither trained on nor tests "
+                                        r"\(train 1, val 1, test 0\) but the shadow data needs 4 .*: pass --shadows 1 "
+                                        r"or no --disjoint-shadows$"):
+        mia_shadow.carve(target, 2, CarveSettings(disjoint=True))
+    plans, split, info = mia_shadow.carve(target, 2, CarveSettings())
+    assert info["pool"] == {"train": 37, "val": 37, "test": 0} and info["excluded"] == {"trained": 37, "tested": 37}
+    for plan in plans:
+        members, non_members = paths(sum(plan.train, [])), paths(sum(plan.test, []))
+        assert sorted(members + non_members) == sorted(split)  # each breed's 2 pool images: 1 member, 1 non-member
+        assert [sorted(d.label for d in c) for c in plan.train] == [sorted(d.label for d in c) for c in data.train]
+    path = tmp_path / "shadow_split.json"
+    mia_shadow.write_shadow_split(str(path), plans[1], target)
+    cfg.DATASET.SPLIT_FILE = str(path)
+    again = build_federated_data(cfg)
+    for a, b in zip(again.train + again.test, plans[1].train + plans[1].test, strict=True):
+        assert [(d.impath, d.label) for d in a] == [(d.impath, d.label) for d in b]
