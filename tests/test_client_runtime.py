@@ -3,12 +3,14 @@ trains them exactly as the in-process run does (their cached views are seeded by
 in the run's item list, not in the node's)."""
 from __future__ import annotations
 
+import pytest
 import torch
 from fedtv_testing import fast_args
 
 from dassl.engine import build_trainer
 from federated.cli import build_cfg, parse_args
 from federated.data import build_federated_data
+from federated.errors import ConfigError
 from federated.run_state import Download
 from federated.runtime import ClientRuntime
 
@@ -55,3 +57,18 @@ def test_a_process_that_keeps_its_trainer_starts_every_run_afresh(tmp_path):
     assert any(not torch.equal(trainer.get_state([k])[k], v) for k, v in initial_shared.items())  # it trained
     for key, value in trainer.initial_shared_state().items():
         assert torch.equal(value, initial_shared[key]), key
+
+
+def test_a_node_refuses_training_state_kept_in_its_process(tmp_path):
+    """State that lives in the process's trainer and passes between trainings (the published single optimiser,
+    each client's kept optimiser state) would pass between other clients on a Flower simulation actor, which
+    serves any client, and be lost in a deployment's per-message process: a Flower node refuses it in one line;
+    the in-process engine runs it."""
+    for i, key in enumerate(("FED.SHARED_OPTIMIZER", "FED.CLIENT_OPTIMIZER_STATE")):
+        cfg = build_cfg(parse_args(fast_args(tmp_path / str(i), ["--trainer", "PromptFL"], [key, "True"])))
+        data = build_federated_data(cfg)
+        trainer = build_trainer(cfg, classnames=data.classnames)
+        ClientRuntime(cfg, trainer, data)  # in process: accepted
+        refusal = rf"^PromptFL: {key} True \(.*; set it False on Flower\) runs in process only: use --engine inprocess$"
+        with pytest.raises(ConfigError, match=refusal):
+            ClientRuntime(cfg, trainer, data, clients=[])

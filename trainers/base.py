@@ -21,6 +21,8 @@ a small set of trainable tensors. A method is a subclass that declares (``traine
   ``client_gradients`` and ``apply_gradients``, DP-FPL). The loop and the optimiser (``local_train``,
   ``forward_backward``, ``build_optimizers``, ``run_epoch``) belong to the engines: methods do not override them
   (``optim_overrides()`` gives a registered model its own ``OPTIM`` keys);
+* ``in_process_only()``: why the configuration runs in the in-process engine only (training state kept in the
+  process's trainer; a Flower node refuses it);
 * ``NEEDS_ROUND_START_STATE``: ``compute_loss`` reads the round's downloaded shared tensors from
   ``self.round_context.round_start`` (FedProx); both engines provide them (``trainers.method.RoundContext``).
 
@@ -178,6 +180,20 @@ class FederatedTrainer(TrainerX):
     def client_optimizer_state(self) -> bool:
         """``FED.CLIENT_OPTIMIZER_STATE``: each client keeps its optimiser state (momentum) between rounds."""
         return bool(self.cfg.get("FED", {}).get("CLIENT_OPTIMIZER_STATE", False))
+
+    def in_process_only(self) -> str:
+        """Why this configuration runs in the in-process engine only ("": on every engine): training state that
+        lives in the process's trainer, outside the run state, and passes from one client's training to another's
+        (the published codes' single optimiser) or to the client's next round (its kept optimiser state). A Flower
+        process serves any of the clients (a simulation actor) or one message (a deployment), so such state
+        would pass between other clients or be lost there. A method adds its own (pFedMoAP's published gating)."""
+        if self.shared_optimizer:
+            return ("FED.SHARED_OPTIMIZER True (the published codes' one optimiser carried from client to client in "
+                    "one process; set it False on Flower)")
+        if self.client_optimizer_state:
+            return ("FED.CLIENT_OPTIMIZER_STATE True (each client's optimiser state kept in the process's trainer, "
+                    "not on a Flower node; set it False on Flower)")
+        return ""
 
     @property
     def precision(self) -> str:

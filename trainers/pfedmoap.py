@@ -52,11 +52,16 @@ Differences from the official code (``docs/REPRODUCING.md``):
   with. ``GATING "published"`` restores that leak (:meth:`pFedMoAP.start_local_training`): with every
   client in every round (``FED.FRAC`` 1, required) the second selection is round 2, where the clients, in
   their training order, pass the gating along a chain that starts from the initial one (no client trains
-  its gating in round 1: no experts yet); from round 3 each client trains on from its own. Like
-  ``FED.SHARED_OPTIMIZER``, the passed-on gating lives in the process's trainer (in a Flower run each
-  node passes its own along); a resumed run is exact, since the chain starts from the initial gating and
-  no checkpoint falls inside round 2. With ``FED.FRAC`` < 1 the published code crashes (a never-trained
-  client's evaluation calls ``load_ctx([])``), so that combination is refused.
+  its gating in round 1: no experts yet); from round 3 each client trains on from its own. The passed-on
+  gating lives in the process's trainer; a resumed run is exact, since the chain starts from the initial
+  gating and no checkpoint falls inside round 2. With ``FED.FRAC`` < 1 the published code crashes (a
+  never-trained client's evaluation calls ``load_ctx([])``), so that combination is refused. It runs in
+  process only (:meth:`pFedMoAP.in_process_only`; a Flower run refuses it in one line): the leak exists
+  because the published code simulates every client in one process with one gating module; its clients
+  send nothing but the prompt. Reproducing the chain on Flower would need the server to relay each
+  client's personal gating to the next and to train the round's clients strictly one after another,
+  neither of which the published client does; a published client in a process of its own (a Flower node)
+  would find its own untrained gating at its second selection, which is ``GATING "personal"``.
 * Evaluation (``EVAL_PROMPT``): as the official code, a client is evaluated with its own latest trained
   prompt as the local expert (the server's memory serves it back as ``own``; the official client keeps
   it), its gating and its experts; a client not trained yet with the downloaded prompt. The official code
@@ -239,6 +244,15 @@ class pFedMoAP(PromptTrainer):  # noqa: N801 - the method's published name
         self.register_model("gating", gating)
         #: GATING "published": the gating the previously trained client ended with (the published single module)
         self._passed_gating: dict[str, torch.Tensor] | None = None
+
+    def in_process_only(self) -> str:
+        """``GATING "published"`` runs in process only: the leak passes one client's personal gating to the next
+        client trained by the same process; on Flower the gating stays on its node (module docstring)."""
+        if str(self.tcfg.GATING) == "published":
+            return ("TRAINER.PFEDMOAP.GATING 'published' (the published leak: one client's personal gating passed to "
+                    "the next client trained in the same process; on Flower the gating never leaves its node, so "
+                    "use GATING 'personal' there)")
+        return super().in_process_only()
 
     def optim_overrides(self) -> dict[str, dict]:
         """The gating's optimiser: ``GATING_LR``, constant (published: single_step with gamma 1)."""
