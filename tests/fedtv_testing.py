@@ -65,32 +65,32 @@ def in_process_and_flower(base, flags: list[str], opts: list[str] = ()) -> tuple
     return inproc, sim
 
 
-def tap_the_wire(monkeypatch) -> list[tuple[str, str, str, dict]]:
+def tap_the_wire(monkeypatch) -> list[tuple[str, str, int, str, dict]]:
     """Record every tensor record that crosses the wire of a Flower simulation (its ServerApp runs in this
-    process): ``(direction, message type, record name, tensors by name)``, direction ``"down"`` (a train or
-    evaluate message the server sends) or ``"up"`` (a node's train or evaluate reply), message type
+    process): ``(direction, message type, client id, record name, tensors by name)``, direction ``"down"`` (a
+    train or evaluate message the server sends) or ``"up"`` (a node's train or evaluate reply), message type
     ``"train"`` or ``"evaluate"``; filled while the run goes on."""
     from flwr.app import ArrayRecord
 
     from federated.flower.strategy import FedTVStrategy
 
-    seen: list[tuple[str, str, str, dict]] = []
+    seen: list[tuple[str, str, int, str, dict]] = []
 
-    def record(direction: str, messages) -> None:
-        for m in messages:
+    def record(direction: str, messages, clients) -> None:
+        for m, cid in zip(messages, clients, strict=True):
             if not m.has_error():
-                seen.extend((direction, m.metadata.message_type, name, dict(rec.to_torch_state_dict()))
+                seen.extend((direction, m.metadata.message_type, cid, name, dict(rec.to_torch_state_dict()))
                             for name, rec in m.content.items() if isinstance(rec, ArrayRecord))
 
     def sending(self, clients, message_type, config, _original=FedTVStrategy._messages):
         out = _original(self, clients, message_type, config)
-        record("down", out)
+        record("down", out, clients)
         return out
 
     def receiving(original):
         def step(self, server_round, replies):
             replies = list(replies)
-            record("up", replies)
+            record("up", replies, [None if m.has_error() else int(m.content["metrics"]["client-id"]) for m in replies])
             return original(self, server_round, replies)
         return step
 

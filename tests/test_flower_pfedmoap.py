@@ -33,10 +33,10 @@ def test_experts_reach_the_nodes_and_every_round_is_the_same(tmp_path, monkeypat
     # only the prompt goes up; the gating (personal) never crosses the wire, the experts come down as "server"
     personal = set(ref["personal"][0])
     assert personal and all(k.startswith("gating.") for k in personal)
-    up = [(kind, name, set(t)) for direction, kind, name, t in wire if direction == "up"]
+    up = [(kind, name, set(t)) for direction, kind, _, name, t in wire if direction == "up"]
     assert up == [("train", "arrays", {"prompt_learner.ctx"})] * 6
     assert not any(personal & set(t) for *_, t in wire)
-    served = [set(t) for direction, _, name, t in wire if (direction, name) == ("down", "server")]
+    served = [set(t) for direction, _, _, name, t in wire if (direction, name) == ("down", "server")]
     assert served and all(keys <= {"experts", "own"} for keys in served)
 
 
