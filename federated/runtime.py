@@ -73,9 +73,9 @@ class ClientRuntime:
         if self.protocol is not None and clients is not None:
             raise ConfigError(f"{type(trainer).__name__} trains by synchronous FedSGD (ROUND_PROTOCOL "
                               f"'{type(trainer).ROUND_PROTOCOL}'), which runs in process only: use --engine inprocess")
-        if clients is not None and trainer.in_process_only():
-            raise ConfigError(f"{type(trainer).__name__}: {trainer.in_process_only()} runs in process only: use "
-                              f"--engine inprocess")
+        why = trainer.in_process_only() if clients is not None else ""
+        if why:
+            raise ConfigError(f"{type(trainer).__name__}: {why} runs in process only: use --engine inprocess")
 
     def execution_text(self) -> str:
         """How the clients of a round train, in words."""
