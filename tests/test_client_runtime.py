@@ -59,16 +59,19 @@ def test_a_process_that_keeps_its_trainer_starts_every_run_afresh(tmp_path):
         assert torch.equal(value, initial_shared[key]), key
 
 
-def test_a_node_refuses_training_state_kept_in_its_process(tmp_path):
-    """State that lives in the process's trainer and passes between trainings (the published single optimiser,
-    each client's kept optimiser state) would pass between other clients on a Flower simulation actor, which
-    serves any client, and be lost in a deployment's per-message process: a Flower node refuses it in one line;
-    the in-process engine runs it."""
-    for i, key in enumerate(("FED.SHARED_OPTIMIZER", "FED.CLIENT_OPTIMIZER_STATE")):
-        cfg = build_cfg(parse_args(fast_args(tmp_path / str(i), ["--trainer", "PromptFL"], [key, "True"])))
-        data = build_federated_data(cfg)
-        trainer = build_trainer(cfg, classnames=data.classnames)
-        ClientRuntime(cfg, trainer, data)  # in process: accepted
-        refusal = rf"^PromptFL: {key} True \(.*; set it False on Flower\) runs in process only: use --engine inprocess$"
-        with pytest.raises(ConfigError, match=refusal):
-            ClientRuntime(cfg, trainer, data, clients=[])
+def test_a_node_refuses_the_published_shared_optimizer(tmp_path):
+    """``FED.SHARED_OPTIMIZER`` (the published codes' one optimiser carried from client to client in one process)
+    would pass between other clients on a Flower simulation actor, which serves any client, and be lost in a
+    deployment's per-message process: a Flower node refuses it in one line; the in-process engine runs it. A
+    client's own kept optimiser state (``FED.CLIENT_OPTIMIZER_STATE``) travels with the client: accepted."""
+    cfg = build_cfg(parse_args(fast_args(tmp_path, ["--trainer", "PromptFL"], ["FED.SHARED_OPTIMIZER", "True"])))
+    data = build_federated_data(cfg)
+    trainer = build_trainer(cfg, classnames=data.classnames)
+    ClientRuntime(cfg, trainer, data)  # in process: accepted
+    refusal = (r"^PromptFL: FED.SHARED_OPTIMIZER True \(.*; set it False on Flower\) runs in process only: "
+               r"use --engine inprocess$")
+    with pytest.raises(ConfigError, match=refusal):
+        ClientRuntime(cfg, trainer, data, clients=[])
+    cfg = build_cfg(parse_args(fast_args(tmp_path / "kept", ["--trainer", "PromptFL"],
+                                         ["FED.CLIENT_OPTIMIZER_STATE", "True"])))
+    ClientRuntime(cfg, build_trainer(cfg, classnames=data.classnames), data, clients=[])

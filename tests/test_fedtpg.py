@@ -445,3 +445,29 @@ def test_client_optimizer_state_carries_each_clients_momentum_to_its_next_round(
     from federated.batched import batching_support
 
     assert "CLIENT_OPTIMIZER_STATE" in batching_support(trainer)
+
+
+def test_client_optimizer_state_as_named_tensors_round_trips(tmp_path):
+    """What a Flower node stores between a client's trainings (its process's trainer is not the client's own):
+    the kept state as ``<model>/<index>/<key>`` CPU tensors; setting it back gives the same next optimiser, and
+    ``{}`` forgets it. Adam's state (a step counter besides the moments) goes through the same way."""
+    for name, opts in (("sgd", ["OPTIM.MOMENTUM", "0.9"]), ("adam", ["OPTIM.NAME", "adam"])):
+        trainer = _trainer(tmp_path / name, "FED.CLIENT_OPTIMIZER_STATE", "True", *opts)
+        dim = trainer.model.prompt_learner.names().shape[1]
+        gen = torch.Generator().manual_seed(0)
+        loader = [{"feat": torch.randn(4, dim, generator=gen), "label": torch.arange(4) % trainer.num_classes}]
+        trainer.local_train(loader, 1, RoundContext(client=0, round=1))
+        tensors = trainer.client_optimizer_tensors(0)
+        kept = trainer._client_optim_states[0]["model"]
+        assert set(tensors) == {f"model/{i}/{k}" for i, v in kept.items() for k in v}, name
+        assert trainer.client_optimizer_tensors(1) == {}  # never trained
+        trainer.set_client_optimizer_tensors(0, {})
+        assert 0 not in trainer._client_optim_states
+        trainer.set_client_optimizer_tensors(2, tensors)  # another process's trainer, say
+        trainer.round_context = RoundContext(client=2, round=2)
+        trainer.build_optimizers(1)
+        state = trainer._optims["model"].state_dict()["state"]
+        assert state.keys() == kept.keys()
+        for i, entries in kept.items():
+            for k, v in entries.items():
+                torch.testing.assert_close(state[i][k], v)

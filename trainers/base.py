@@ -181,18 +181,44 @@ class FederatedTrainer(TrainerX):
         """``FED.CLIENT_OPTIMIZER_STATE``: each client keeps its optimiser state (momentum) between rounds."""
         return bool(self.cfg.get("FED", {}).get("CLIENT_OPTIMIZER_STATE", False))
 
+    def client_optimizer_tensors(self, cid: int) -> dict[str, torch.Tensor]:
+        """``FED.CLIENT_OPTIMIZER_STATE``: client ``cid``'s kept optimiser state as named CPU tensors,
+        ``"<model>/<parameter index>/<key>"`` (e.g. ``model/0/momentum_buffer``); {} when it has none. What a Flower
+        node keeps in its store between the client's trainings (the trainer of a Flower process is not the
+        client's own)."""
+        out = {}
+        for name, state in self._client_optim_states.get(cid, {}).items():
+            for index, entries in state.items():
+                for key, value in entries.items():
+                    if value is None:  # e.g. SGD's momentum buffer without momentum: the same as absent
+                        continue
+                    if not isinstance(value, torch.Tensor):
+                        raise TypeError(f"{name} optimiser state {key!r} is a {type(value).__name__}, not a tensor")
+                    out[f"{name}/{index}/{key}"] = value.detach().to("cpu", copy=True)
+        return out
+
+    def set_client_optimizer_tensors(self, cid: int, tensors: dict[str, torch.Tensor]) -> None:
+        """The inverse of :meth:`client_optimizer_tensors`: client ``cid``'s kept optimiser state becomes
+        ``tensors`` (``{}``: none, its next training starts a fresh optimiser)."""
+        state: dict[str, dict] = {}
+        for path, value in tensors.items():
+            name, index, key = path.split("/", 2)
+            state.setdefault(name, {}).setdefault(int(index), {})[key] = value.clone()
+        if state:
+            self._client_optim_states[cid] = state
+        else:
+            self._client_optim_states.pop(cid, None)
+
     def in_process_only(self) -> str:
         """Why this configuration runs in the in-process engine only ("": on every engine): training state that
         lives in the process's trainer, outside the run state, and passes from one client's training to another's
-        (the published codes' single optimiser) or to the client's next round (its kept optimiser state). A Flower
-        process serves any of the clients (a simulation actor) or one message (a deployment), so such state
-        would pass between other clients or be lost there. A method adds its own (pFedMoAP's published gating)."""
+        (the published codes' single optimiser). A Flower process serves any of the clients (a simulation actor)
+        or one message (a deployment), so such state would pass between other clients or be lost there. A method
+        adds its own (pFedMoAP's published gating). (A client's own kept optimiser state,
+        ``FED.CLIENT_OPTIMIZER_STATE``, travels with the client instead: :meth:`client_optimizer_tensors`.)"""
         if self.shared_optimizer:
             return ("FED.SHARED_OPTIMIZER True (the published codes' one optimiser carried from client to client in "
                     "one process; set it False on Flower)")
-        if self.client_optimizer_state:
-            return ("FED.CLIENT_OPTIMIZER_STATE True (each client's optimiser state kept in the process's trainer, "
-                    "not on a Flower node; set it False on Flower)")
         return ""
 
     @property

@@ -12,8 +12,9 @@ Messages (``content`` keys):
   time it trains, e.g. CE-LoRA's feature statistics; replied as ``side``). The node adds
   that personal state, trains through
   ``ClientRuntime.train_client`` (seeded from ``(SEED, round, client)``, the same loader as the
-  in-process loop), keeps the new personal tensors as this round's, and replies ``arrays`` = **only the shared
-  tensors** and ``metrics`` = ``num-examples``, ``loss``, ``acc``, ``client-id``.
+  in-process loop), keeps the new personal tensors as this round's (with ``FED.CLIENT_OPTIMIZER_STATE`` also
+  the client's optimiser state, handed back to the trainer before its next training), and replies ``arrays`` =
+  **only the shared tensors** and ``metrics`` = ``num-examples``, ``loss``, ``acc``, ``client-id``.
 * ``evaluate``: ``arrays`` and ``config`` as in ``train``; replies ``metrics`` with this client's Local accuracy and
   macro-F1 on its own test split and its Base / Novel accuracy (``ClientRuntime.evaluate_client``);
   a value that is not measured is absent.
@@ -80,10 +81,14 @@ def _train(msg: Message, context: Context, cfg_text: str | None) -> Message:
         raise ValueError(f"the server trains with SEED {seed}, this node's config has SEED {exp.runtime.seed}")
     t, cid = exp.trainer, ident.client_id
     store = _store(context, exp, ident, config)
-    personal = store.load(t.initial_personal_state(cid), int(_setting(config, "personal-round")))
+    initial, personal_round = t.initial_personal_state(cid), int(_setting(config, "personal-round"))
+    personal = store.load(initial, personal_round)
+    if t.client_optimizer_state:  # the client's momentum of its last training, not this process's trainer's
+        t.set_client_optimizer_tensors(cid, store.load_optimizer(initial, personal_round))
     update = exp.runtime.train_client(_download(msg, cid), personal, round_idx,
                                       bool(_setting(config, "side-information")))
-    store.save(update.personal, round_idx)
+    store.save(update.personal, round_idx,
+               t.client_optimizer_tensors(cid) if t.client_optimizer_state else None)
     metrics = MetricRecord({"num-examples": update.num_examples, "client-id": cid,
                             "loss": float(update.summary.get("loss", float("nan"))),
                             "acc": float(update.summary.get("acc", float("nan")))})

@@ -18,7 +18,10 @@ state a message needs (``personal-round``: the client's last aggregated training
 trainer's initial personal tensors); a node may hold a newer one (it trained a round the server died
 before checkpointing), which is ignored. A SuperNode restarted during the run reads its state back
 from disk. A state that was asked for and is gone (the node lost its ``state-dir``) is an error, not
-a silent restart from the initial tensors.
+a silent restart from the initial tensors. With ``FED.CLIENT_OPTIMIZER_STATE`` a round's record also
+holds the client's kept optimiser state (``optimizer/<model>/<index>/<key>``,
+``FederatedTrainer.client_optimizer_tensors``), which the node hands back to its trainer before the
+client's next training: a Flower process's trainer is not the client's own.
 """
 from __future__ import annotations
 
@@ -37,6 +40,8 @@ logger = logging.getLogger("fedtv.flower")
 
 _EXPERIMENTS: dict[str, Experiment] = {}
 PERSONAL_KEY = "fedtv.personal"
+#: Names of the optimiser-state tensors in a stored round (the rest are the personal tensors).
+OPTIMIZER_PREFIX = "optimizer/"
 
 
 @dataclass
@@ -110,7 +115,7 @@ class PersonalStore:
             return {}
         saved = torch.load(self.path, map_location="cpu", weights_only=True)
         if (saved.get("client") != self.client_id or saved.get("experiment") != self.token
-                or any(set(state) != set(initial) for state in saved["states"].values())):
+                or any(set(_split(state)[0]) != set(initial) for state in saved["states"].values())):
             raise ValueError(f"{self.path} does not hold client {self.client_id}'s personal state of this model")
         return {int(r): state for r, state in saved["states"].items()}
 
@@ -121,6 +126,13 @@ class PersonalStore:
             return {}
         if round_idx < 0:
             return {k: v.clone() for k, v in initial.items()}
+        return _split(self._record(initial, round_idx))[0]
+
+    def load_optimizer(self, initial: dict[str, torch.Tensor], round_idx: int) -> dict[str, torch.Tensor]:
+        """The optimiser state this client kept after its training in round ``round_idx`` ({} when -1)."""
+        return {} if round_idx < 0 else _split(self._record(initial, round_idx))[1]
+
+    def _record(self, initial: dict[str, torch.Tensor], round_idx: int) -> dict[str, torch.Tensor]:
         key = self._key(round_idx)
         if key in self.context.state.array_records:
             return dict(self.context.state.array_records[key].to_torch_state_dict())
@@ -134,12 +146,15 @@ class PersonalStore:
         self.context.state.array_records[key] = ArrayRecord(states[round_idx])
         return dict(states[round_idx])
 
-    def save(self, state: dict[str, torch.Tensor], round_idx: int) -> None:
-        """Keep ``state`` as round ``round_idx``'s in ``context.state`` and on disk (atomically), with the
-        ``KEEP_ROUNDS - 1`` states before it."""
-        if not state:
+    def save(self, personal: dict[str, torch.Tensor], round_idx: int,
+             optimizer: dict[str, torch.Tensor] | None = None) -> None:
+        """Keep ``personal`` (and ``optimizer``, given when the client keeps its optimiser state, even empty) as
+        round ``round_idx``'s in ``context.state`` and on disk (atomically), with the ``KEEP_ROUNDS - 1`` states
+        before it."""
+        if not personal and optimizer is None:
             return
-        states = {r: s for r, s in self._disk(state).items() if r < round_idx}
+        state = {**personal, **{OPTIMIZER_PREFIX + k: v for k, v in (optimizer or {}).items()}}
+        states = {r: s for r, s in self._disk(personal).items() if r < round_idx}
         states[round_idx] = state
         keep = sorted(states)[-KEEP_ROUNDS:]
         for r in self._memory_rounds():
@@ -149,3 +164,9 @@ class PersonalStore:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         atomic_torch_save({"client": self.client_id, "experiment": self.token, "round": round_idx,
                            "states": {r: states[r] for r in keep}}, self.path)
+
+
+def _split(record: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A stored round as (personal tensors, optimiser-state tensors without their prefix)."""
+    personal = {k: v for k, v in record.items() if not k.startswith(OPTIMIZER_PREFIX)}
+    return personal, {k[len(OPTIMIZER_PREFIX):]: v for k, v in record.items() if k.startswith(OPTIMIZER_PREFIX)}
