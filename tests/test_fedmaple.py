@@ -12,6 +12,7 @@ from federated.data import build_federated_data
 from federated.errors import ConfigError
 from federated.run import main
 from tests.fedtv_testing import REPO, fast_args
+from tests.toyworld_learning import STAGE1_WEIGHTS
 from trainers.prompt_learner import PromptCLIP
 
 WEIGHTS = os.path.join(REPO, "clip", "weights", "tiny_toyworld.safetensors")
@@ -161,6 +162,6 @@ def test_zero_shot_reference_is_the_frozen_clip(tmp_path):
 @pytest.mark.skipif(not os.path.isfile(WEIGHTS), reason="shipped tiny toy-world CLIP weights not built yet")
 def test_toyworld_run_learns(tmp_path):
     flags = ["--trainer", "FedMaPLe", "--rounds", "3", "--num-shots", "8"]
-    results = main(fast_args(tmp_path, flags, HARDER, weights=""))
+    results = main(fast_args(tmp_path, flags, HARDER, weights=STAGE1_WEIGHTS))
     local = [r["local"] for r in results["rounds"]]
     assert local[-1] > results["zero_shot"]["local"] + 5.0

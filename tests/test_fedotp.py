@@ -13,6 +13,7 @@ from clip import make_random_clip
 from federated.cli import build_cfg, parse_args
 from federated.run import main
 from tests.fedtv_testing import REPO, fast_args
+from tests.toyworld_learning import STAGE1_WEIGHTS
 from trainers.fedotp import MultiPromptLearner, OTPromptCLIP
 from trainers.image_tokens import image_tokens
 from trainers.optimal_transport import partial_sinkhorn, sinkhorn, uniform_plan
@@ -175,7 +176,7 @@ def test_global_local_split_shapes_and_gradients(tmp_path):
 @pytest.mark.skipif(not os.path.isfile(WEIGHTS), reason="shipped tiny toy-world CLIP weights not built yet")
 def test_toyworld_run_learns(tmp_path):
     flags = ["--trainer", "FedOTP", "--rounds", "3", "--num-shots", "8"]
-    results = main(fast_args(tmp_path, flags, HARDER, weights=""))
+    results = main(fast_args(tmp_path, flags, HARDER, weights=STAGE1_WEIGHTS))
     local = [r["local"] for r in results["rounds"]]
     assert local[-1] > results["zero_shot"]["local"] + 5.0
     # every client's local prompt is its own; the global one is the same for all

@@ -13,7 +13,7 @@ from federated.cli import build_cfg, parse_args
 from federated.config import REPO_ROOT
 from federated.errors import ConfigError
 from tests.fedtv_testing import fast_args
-from tests.toyworld_learning import HARD_WORLD
+from tests.toyworld_learning import HARD_WORLD, STAGE1_WEIGHTS
 
 CLASSES = ["red circle", "blue square", "green triangle"]
 FLORA_TINY = os.path.join(REPO_ROOT, "configs", "trainers", "FedTV", "flora_tiny.yaml")
@@ -214,7 +214,7 @@ def test_fedtv_learns_on_the_toy_world(tmp_path):
     # margin depends on the sample (the default CoOp pool gives Novel 63.3 here, zero-shot 74.2)
     opts = [*HARD_WORLD, "FED.EVAL_BASE_NOVEL", "True", "DATASET.TOYWORLD.TEST_PER_CLASS", "20",
             "DATASET.FEWSHOT_POOL", "full"]
-    res = main(fast_args(tmp_path, flags, opts, weights=""))
+    res = main(fast_args(tmp_path, flags, opts, weights=STAGE1_WEIGHTS))
     zs, last = res["zero_shot"], res["rounds"][-1]
     assert last["local"] > zs["local"] + 3.0, (zs, last)
     assert last["novel"] > zs["novel"] - 8.0, (zs, last)

@@ -13,7 +13,7 @@ from federated.data import build_federated_data
 from federated.errors import ConfigError
 from federated.run import main
 from tests.fedtv_testing import fast_args
-from tests.toyworld_learning import SHIPPED_WEIGHTS, learning_run
+from tests.toyworld_learning import SHIPPED_WEIGHTS, STAGE1_WEIGHTS, learning_run
 from trainers.handcrafted import handcrafted_text_features
 from trainers.visual_prompt import prompted_image_features
 
@@ -152,5 +152,5 @@ def test_vpt_toyworld_run_learns(tmp_path):
     """Visual tokens alone, against a fixed classifier, 8 shots, lr 0.5. Measured: zero-shot Local 26.4 ->
     30.6, 37.5, 37.5 (lr 0.05: 27.8, 30.6, 31.9)."""
     results = main(fast_args(tmp_path, ["--trainer", "VPT", "--rounds", "3", "--num-shots", "8", "--lr", "0.5"],
-                             HARDER, weights=""))
+                             HARDER, weights=STAGE1_WEIGHTS))
     assert results["rounds"][-1]["local"] > results["zero_shot"]["local"] + 7.0

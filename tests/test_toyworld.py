@@ -198,10 +198,14 @@ def test_render_sample_is_pure():
 # 300 test images per half: binomial std ~2.8 points for an accuracy, ~2.5 for the probe-minus-zero-shot
 # gap (paired images), so the bounds below sit ~2.5-3 std inside the measured values.
 ZS_RANGE = (50.0, 75.0)  # zero-shot per half
-GAP_MIN = 4.0  # linear probe minus zero-shot per half (measured +11.0 / +10.3 here)
+GAP_MIN = 4.0  # linear probe minus zero-shot per half (measured +11.0 / +15.3 here: zero-shot 58.0 / 61.7)
 PAIR_MIN = 95.0  # zero-shot predictions with the right colour-shape pair
-COOP_LOCAL_GAIN, COOP_NOVEL_LOSS = 15.0, 4.0  # CoOp in the demo setting against zero-shot (points)
+# The demo-setting relations below (seed 1, 10 test images per class) were measured on the shipped weights: zero-shot
+# 56.0 / 56.0 / 56.5 / HM 56.2; CoOp 91.5 / 50.0 / 51.9 / 50.9; PromptFL 63.5 / 63.5 / 62.5 / 63.0; FedPGP 96.0 / 54.9 /
+# 52.6 / 53.7 (Local / Base / Novel / HM). The margins sit below what both seeds of docs/TOYWORLD.md's table show.
+COOP_LOCAL_GAIN, COOP_NOVEL_LOSS = 15.0, 3.0  # CoOp in the demo setting against zero-shot (points)
 FEDPGP_LOCAL_GAIN = 10.0  # FedPGP's Local above PromptFL's in the demo setting (points)
+PROMPTFL_GAIN = 3.0  # PromptFL's Base and HM above zero-shot's in the demo setting (points)
 
 
 @pytest.mark.skipif(not WEIGHTS.exists(), reason="shipped weights missing")
@@ -247,10 +251,21 @@ def test_local_prompt_learning_personalises_and_loses_novel(demo_runs):
 @pytest.mark.skipif(not WEIGHTS.exists(), reason="shipped weights missing")
 def test_fedpgp_personalises_beyond_promptfl_and_generalises_beyond_coop(demo_runs):
     """FedPGP Table 1's relations that hold on both measured seeds (docs/TOYWORLD.md): FedPGP's Local is far
-    above PromptFL's (80.0 vs 55.2, mean of seeds 1-2) and its HM above local-only CoOp's (51.5 vs 46.2)."""
+    above PromptFL's (90.4 vs 66.1, mean of seeds 1-2) and its HM above local-only CoOp's (55.6 vs 51.2)."""
     fedpgp, promptfl, coop = (demo_runs[m]["final"] for m in ("FedPGP", "PromptFL", "CoOp"))
     assert fedpgp["local"] > promptfl["local"] + FEDPGP_LOCAL_GAIN, (fedpgp, promptfl)
     assert fedpgp["hm"] > coop["hm"], (fedpgp, coop)
+
+
+@pytest.mark.skipif(not WEIGHTS.exists(), reason="shipped weights missing")
+def test_federated_prompt_raises_base_and_hm_above_zero_shot(demo_runs):
+    """FedPGP Table 1's PromptFL row (docs/TOYWORLD.md): one federated prompt, trained on the clients' base classes,
+    raises Base above zero-shot CLIP and keeps Novel close enough that its HM is above zero-shot's too (mean of
+    seeds 1-2: Base 66.1 vs 57.0, HM 64.7 vs 57.1)."""
+    res = demo_runs["PromptFL"]
+    zs, final = res["zero_shot"], res["final"]
+    assert final["base"] > zs["base"] + PROMPTFL_GAIN, (zs, final)
+    assert final["hm"] > zs["hm"] + PROMPTFL_GAIN, (zs, final)
 
 
 def test_pretraining_caption_variants():
@@ -329,3 +344,35 @@ def test_prompt_diagnosis_context_from_words_is_the_zero_shot_text():
     random_start = Context(model, tok, seed=1)
     assert random_start.ctx.shape == (16, model.token_embedding.weight.shape[1])
     assert float(random_start.ctx.detach().std()) < 0.03
+
+
+def test_pretraining_caption_variant_alt_text_prefix():
+    """``prefix_rate`` (docs/TOYWORLD.md, candidates): that share of the captions gets 1-16 words of alt-text
+    clutter in front, so the object's words also stand where they stand behind a 16-vector learned context; the
+    rest of the caption is drawn as without the prefix, the defaults leave the random stream unchanged, and the
+    training vocabulary covers the clutter words."""
+    from tools.pretrain_toy_clip import ALT_TEXT_WORDS, caption, caption_token_ids, get_tokenizer
+
+    meta = {"colour": "red", "shape": "circle", "style": "photo", "size": "", "pattern": "striped", "noise": 0.0,
+            "distractors": []}
+    a, b = np.random.default_rng(0), np.random.default_rng(0)
+    assert [caption(meta, a, 0.03) for _ in range(200)] == [caption(meta, b, 0.03, 0.0, 1.0, 0.0, 0.0)
+                                                          for _ in range(200)]
+    assert a.random() == b.random()
+    vocab = set(ALT_TEXT_WORDS)
+    assert not vocab & {*tw.COLOURS, *tw.SHAPES, *tw.PATTERNS, "photo", "picture", "sketch", "a", "of"}
+    rng = np.random.default_rng(5)
+    caps = [caption(meta, rng, 0.03, prefix_rate=1.0) for _ in range(3000)]
+    lengths = []
+    for c in caps:
+        words = c.split()
+        k = next(i for i, w in enumerate(words) if w not in vocab)
+        lengths.append(k)
+        assert words[k] in {"a", "there", "red", "circle", *tw.PATTERNS} and "circle" in " ".join(words[k:]), c
+    assert min(lengths) == 1 and max(lengths) == 16 and 7.5 < np.mean(lengths) < 9.5
+    rng = np.random.default_rng(6)
+    some = [caption(meta, rng, 0.03, prefix_rate=0.5) for _ in range(2000)]
+    assert 0.45 < sum(c.split()[0] in vocab for c in some) / 2000 < 0.55
+    tok = get_tokenizer()
+    ids = set(caption_token_ids(tok, [meta] * 4000, 0, ALT_TEXT_WORDS).tolist())
+    assert set(tok(caps).unique().tolist()) <= ids

@@ -3,6 +3,11 @@
     python tools/pretrain_toy_clip.py                      # pretrain (defaults below), save, evaluate
     python tools/pretrain_toy_clip.py --eval-only          # re-measure the shipped weights
 
+The shipped weights are two runs (docs/TOYWORLD.md): stage 1 is the defaults, ``--output
+clip/weights/tiny_toyworld_stage1.safetensors``; stage 2 fine-tunes it into the shipped file with ``--init
+clip/weights/tiny_toyworld_stage1.safetensors --lr 3e-4 --steps 200 --pool 8000 --adjective-rate 0
+--adjective-after 0.5 --sibling-batches --prefix-rate 0.3``.
+
 Pretraining: CLIP's symmetric InfoNCE with a learnable logit scale, AdamW, warmup + cosine decay,
 from scratch, on a fixed pool of generated ToyWorld v2 images (``--pool`` of them, re-used with
 random flips and small shifts) of the 320 classes "<pattern> <colour> <shape>" of colour-shape pairs
@@ -68,6 +73,11 @@ STYLE_WORDS = {
     "cartoon": ["cartoon", "clipart", "cartoon drawing"],
 }
 STYLE_PROBS = (0.3, 0.175, 0.175, 0.175, 0.175)
+#: Web alt-text clutter that ``--prefix-rate`` puts in front of captions (no colour, shape, pattern or style word).
+ALT_TEXT_WORDS = ("image", "stock", "free", "download", "hd", "wallpaper", "new", "best", "cute", "simple", "vector",
+                  "icon", "design", "view", "my", "our", "the", "for", "from", "collection", "gallery", "item",
+                  "number", "page", "online", "shop", "sale", "high", "quality", "file", "original", "top")
+
 # how pretraining captions describe a surface pattern when they do not use the class-name adjective
 PATTERN_PHRASES = {
     "plain": ["in one solid colour", "in a single flat colour"],
@@ -154,7 +164,7 @@ def make_pool(seed: int, n: int, classes: list[str]) -> tuple[np.ndarray, list[d
 
 
 def caption(meta: dict, rng: np.random.Generator, adjective_rate: float, closeup_rate: float = 0.0,
-            adjective_correct: float = 1.0, adjective_after: float = 0.0) -> str:
+            adjective_correct: float = 1.0, adjective_after: float = 0.0, prefix_rate: float = 0.0) -> str:
     """A random web-alt-text-like caption of one pretraining image from its meta.
 
     Partial and noisy on purpose: the colour is left out of 10 % of the captions; the surface pattern
@@ -170,7 +180,9 @@ def caption(meta: dict, rng: np.random.Generator, adjective_rate: float, closeup
     a class-name adjective in the other captions a random pattern with probability 1 - ``adjective_correct``;
     ``adjective_after`` > 0 replaces that share of the phrases by the class-name adjective *after* the noun
     ("a red circle, striped", "a red circle that is striped"): the adjective is common, but never where the
-    class names put it.
+    class names put it; ``prefix_rate`` > 0 puts 1-16 words of alt-text clutter (:data:`ALT_TEXT_WORDS`) in
+    front of that share of the captions, so the object's words also occur late in the text, as behind a
+    learned context of 16 vectors.
     """
     c, s = meta["colour"], meta["shape"]
     if closeup_rate > 0 and rng.random() < closeup_rate:
@@ -214,6 +226,9 @@ def caption(meta: dict, rng: np.random.Generator, adjective_rate: float, closeup
     if meta["distractors"] and rng.random() < 0.5:
         others = " and a small ".join(meta["distractors"])
         text = text.rstrip(".") + f" next to a small {others}."
+    if prefix_rate > 0 and rng.random() < prefix_rate:
+        words = rng.choice(len(ALT_TEXT_WORDS), int(rng.integers(1, 17)))
+        text = " ".join(ALT_TEXT_WORDS[int(w)] for w in words) + " " + text
     return text
 
 
@@ -252,8 +267,9 @@ def caption_token_ids(tokenizer, metas: list[dict], seed: int, extra_words: tupl
     ``extra_words``, the words of caption variants).
 
     The words go in as one text, which the tokenizer truncates to 32 tokens; the words it cuts off come from the
-    4,000 sampled default captions, and ``extra_words`` from their own text too (a variant's words never occur in
-    the sampled captions; keeping them in the first text as well leaves the close-up variant's ids as before)."""
+    4,000 sampled default captions, and ``extra_words`` from their own text and one text per word too (a variant's
+    words never occur in the sampled captions; keeping them in the first text as well leaves the close-up variant's
+    ids as before)."""
     words = set(extra_words) | set(COLOURS + SHAPES + PATTERNS + (
         "small", "large", "next", "to", "and", "object", "noisy", "background", "there", "is", "in", "the", "a", "of",
         "showing"))
@@ -262,7 +278,7 @@ def caption_token_ids(tokenizer, metas: list[dict], seed: int, extra_words: tupl
             words.update(text.split())
     rng = np.random.default_rng([seed, 11])
     texts = [" ".join(sorted(words))] + [caption(metas[i], rng, 0.5) for i in range(min(len(metas), 4000))]
-    texts += [" ".join(extra_words)] if extra_words else []
+    texts += [" ".join(extra_words), *extra_words] if extra_words else []
     toks = tokenizer(texts)
     return torch.unique(toks)
 
@@ -281,7 +297,7 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 def pretrain(steps: int, batch: int, seed: int, pool: int, lr: float, out: Path, adjective_rate: float,
              closeup_rate: float = 0.0, adjective_correct: float = 1.0, sibling_batches: bool = False,
-             init: Path | None = None, adjective_after: float = 0.0) -> None:
+             init: Path | None = None, adjective_after: float = 0.0, prefix_rate: float = 0.0) -> None:
     """Train from scratch (or from the weights ``init``), save fp16 safetensors (keys = ``model.state_dict()`` keys)
     at ``out``. ``closeup_rate``, ``adjective_correct``, ``adjective_after``: :func:`caption`'s variants;
     ``sibling_batches``: each batch is ``batch // 4`` colour-shape pairs with all four patterns (pattern siblings
@@ -297,7 +313,8 @@ def pretrain(steps: int, batch: int, seed: int, pool: int, lr: float, out: Path,
     model = build_tiny_clip(init).train()
     tokenizer = get_tokenizer()
     full_table = model.token_embedding
-    extra = (("close-up",) if closeup_rate > 0 else ()) + ((",", "that") if adjective_after > 0 else ())
+    extra = (("close-up",) if closeup_rate > 0 else ()) + ((",", "that") if adjective_after > 0 else ()) + (
+        ALT_TEXT_WORDS if prefix_rate > 0 else ())
     model.token_embedding = CompactTokenEmbedding(full_table, caption_token_ids(tokenizer, metas, seed, extra))
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -330,8 +347,8 @@ def pretrain(steps: int, batch: int, seed: int, pool: int, lr: float, out: Path,
             combos = rng.choice(n_combos, batch, replace=batch > n_combos)
         idx = combos + n_combos * (style + len(STYLES) * rng.integers(0, pool // (n_combos * len(STYLES)), batch))
         x = augment(to_tensor(images[idx]), gen)
-        toks = tokenizer([caption(metas[i], rng, adjective_rate, closeup_rate, adjective_correct, adjective_after)
-                          for i in idx])
+        toks = tokenizer([caption(metas[i], rng, adjective_rate, closeup_rate, adjective_correct, adjective_after,
+                                  prefix_rate) for i in idx])
         img_f = model.encode_image(x, normalize=True)
         txt_f = model.encode_text(toks, normalize=True)
         logits = model.logit_scale.exp() * img_f @ txt_f.t()
@@ -353,7 +370,7 @@ def pretrain(steps: int, batch: int, seed: int, pool: int, lr: float, out: Path,
     meta = {"arch": "tiny", "seed": str(seed), "steps": str(steps), "batch": str(batch), "pool": str(pool),
             "lr": str(lr), "adjective_rate": str(adjective_rate), "world": "ToyWorld v2"}
     variant = {"closeup_rate": closeup_rate, "adjective_correct": adjective_correct, "sibling_batches": sibling_batches,
-               "init": init, "adjective_after": adjective_after}
+               "init": init, "adjective_after": adjective_after, "prefix_rate": prefix_rate}
     meta.update({k: str(v) for k, v in variant.items() if v not in (0.0, 1.0, False, None)})
     save_file(state, str(out), metadata=meta)
     sort_safetensors_metadata(out)
@@ -552,6 +569,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="variant: how often a class-name adjective outside the close-up captions is the right one")
     ap.add_argument("--adjective-after", type=float, default=0.0,
                     help="variant: share of pattern phrases replaced by the class-name adjective after the noun")
+    ap.add_argument("--prefix-rate", type=float, default=0.0,
+                    help="variant: share of captions with 1-16 words of alt-text clutter in front (docs/TOYWORLD.md)")
     ap.add_argument("--sibling-batches", action="store_true",
                     help="variant: batches of colour-shape pairs with all four patterns")
     ap.add_argument("--init", type=Path, default=None, help="start from these weights instead of from scratch")
@@ -561,7 +580,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     if not args.eval_only:
         pretrain(args.steps, args.batch, args.seed, args.pool, args.lr, args.output, args.adjective_rate,
-                 args.closeup_rate, args.adjective_correct, args.sibling_batches, args.init, args.adjective_after)
+                 args.closeup_rate, args.adjective_correct, args.sibling_batches, args.init, args.adjective_after,
+                 args.prefix_rate)
     overrides = parse_overrides(args.set)
     t = time.time()
     res = evaluate(args.output, coop_steps=args.coop_steps, **overrides)
