@@ -70,6 +70,7 @@ def save_checkpoint(path: str, *, state, trainer, num_users: int, extra: dict | 
         "client_global": {str(k): v for k, v in state.client_global.items()},
         "side_information": {str(k): v for k, v in state.side_information.items()},
         "memory": state.memory,
+        "optimizer": {str(k): v for k, v in state.optimizer.items()},
         "rng": rng_state(),
         "results": state.results,
         **(extra or {}),

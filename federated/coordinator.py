@@ -70,7 +70,8 @@ class Coordinator:
         state = RunState(rounds_done=int(ckpt["round"]), global_state=ckpt["global"], personal=ckpt["personal"],
                          client_global={int(k): v for k, v in ckpt.get("client_global", {}).items()},
                          side_information={int(k): v for k, v in ckpt.get("side_information", {}).items()},
-                         memory=dict(ckpt.get("memory", {})), results=ckpt["results"])
+                         memory=dict(ckpt.get("memory", {})), results=ckpt["results"],
+                         optimizer={int(k): v for k, v in ckpt.get("optimizer", {}).items()})
         for record in state.results["rounds"][:state.rounds_done]:
             for cid in record["clients"]:
                 state.last_trained[int(cid)] = int(record["round"]) - 1
@@ -164,6 +165,8 @@ class Coordinator:
                 state.personal[u.client] = u.personal
             if u.side_information is not None:
                 state.side_information[u.client] = u.side_information
+            if u.optimizer is not None:
+                state.optimizer[u.client] = u.optimizer
         uploads = [u.shared for u in updates]
         ids = [u.client for u in updates]
         agg_info: dict = {}

@@ -53,6 +53,8 @@ class RunState:
         memory: the method's server-step memory (tensors by name, e.g. pFedMoAP's latest prompt of every
             client); ``{}`` for methods without a server step.
         last_trained: client id -> the last 0-based round whose training of it was aggregated.
+        optimizer: client id -> its kept optimiser state (``FED.CLIENT_OPTIMIZER_STATE``, named tensors; in
+            process; a Flower node keeps its client's).
         results: the results so far (``results.json``'s dict); None before the run writes any.
     """
 
@@ -63,6 +65,7 @@ class RunState:
     side_information: dict[int, State] = field(default_factory=dict)
     memory: State = field(default_factory=dict)
     last_trained: dict[int, int] = field(default_factory=dict)
+    optimizer: dict[int, State] = field(default_factory=dict)
     results: dict | None = None
 
 
@@ -86,3 +89,6 @@ class ClientUpdate:
     num_examples: int
     side_information: State | None = None
     personal: State | None = None
+    #: with ``FED.CLIENT_OPTIMIZER_STATE``: the client's kept optimiser state as named tensors
+    #: (``FederatedTrainer.client_optimizer_tensors``); kept by the coordinator in process, by the node on Flower
+    optimizer: State | None = None

@@ -189,7 +189,8 @@ class ClientRuntime:
         t = self.trainer
         return ClientUpdate(client=cid, shared={k: state[k] for k in t.shared_keys()}, summary=summary,
                             num_examples=len(self.data.train[cid]), side_information=side,
-                            personal={k: state[k] for k in t.personal_keys()})
+                            personal={k: state[k] for k in t.personal_keys()},
+                            optimizer=t.client_optimizer_tensors(cid) if t.client_optimizer_state else None)
 
     # ------------------------------------------------------------------ evaluation
     def accuracy_on(self, key: str, items, classnames) -> float | None:

@@ -41,6 +41,8 @@ class FederatedServer:
         """Run (or resume) the experiment; returns the results dict also written to ``results.json``."""
         c, rt = self.coordinator, self.runtime
         state, ckpt = c.start(resume)
+        for cid, tensors in state.optimizer.items():  # a resumed run: the clients' kept optimiser states
+            self.trainer.set_client_optimizer_tensors(cid, tensors)
         c.open_results(state, ckpt, execution=rt.execution_record())
         if state.rounds_done == 0 and self.cfg.FED.ZS_REFERENCE:
             c.set_zero_shot(rt.evaluate_zero_shot(c.excluded_clients))

@@ -471,3 +471,23 @@ def test_client_optimizer_state_as_named_tensors_round_trips(tmp_path):
         for i, entries in kept.items():
             for k, v in entries.items():
                 torch.testing.assert_close(state[i][k], v)
+
+
+def test_client_optimizer_state_survives_an_in_process_resume(tmp_path):
+    """The kept momentum is in the checkpoint (``optimizer``: client id -> its state as named tensors): a run cut
+    after round 1 and resumed ends as the uninterrupted one (round 2's step adds 0.9 x round 1's momentum)."""
+    from federated.run import main
+
+    opts = ["FED.CLIENT_OPTIMIZER_STATE", "True"]
+    full = main(fast_args(tmp_path / "full", ["--trainer", "FedTPG"], opts))
+    main(fast_args(tmp_path / "cut", ["--trainer", "FedTPG", "--rounds", "1"], opts))
+    resumed = main(fast_args(tmp_path / "cut", ["--trainer", "FedTPG", "--resume"], opts))
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in full["rounds"]]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed["rounds"]] == strip
+    want = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    got = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(got["global"][k], v) for k, v in want["global"].items())
+    assert sorted(want["optimizer"]) == ["0", "1", "2"]
+    for cid, state in want["optimizer"].items():
+        assert state and all(k.endswith("/momentum_buffer") for k in state)
+        assert all(torch.equal(got["optimizer"][cid][k], v) for k, v in state.items())

@@ -87,8 +87,7 @@ def _train(msg: Message, context: Context, cfg_text: str | None) -> Message:
         t.set_client_optimizer_tensors(cid, store.load_optimizer(initial, personal_round))
     update = exp.runtime.train_client(_download(msg, cid), personal, round_idx,
                                       bool(_setting(config, "side-information")))
-    store.save(update.personal, round_idx,
-               t.client_optimizer_tensors(cid) if t.client_optimizer_state else None)
+    store.save(update.personal, round_idx, update.optimizer)
     metrics = MetricRecord({"num-examples": update.num_examples, "client-id": cid,
                             "loss": float(update.summary.get("loss", float("nan"))),
                             "acc": float(update.summary.get("acc", float("nan")))})
