@@ -376,3 +376,26 @@ def test_pretraining_caption_variant_alt_text_prefix():
     tok = get_tokenizer()
     ids = set(caption_token_ids(tok, [meta] * 4000, 0, ALT_TEXT_WORDS).tolist())
     assert set(tok(caps).unique().tolist()) <= ids
+
+
+def test_weights_metadata_records_every_variant_that_differs_from_its_default():
+    """A default run adds no variant entry (its file stays byte-identical); a boolean or a value equal to another
+    variant's default (``True``, ``1.0``) is still recorded when it differs from its own default."""
+    from tools.pretrain_toy_clip import VARIANT_DEFAULTS, variant_metadata
+
+    assert variant_metadata(**VARIANT_DEFAULTS) == {}
+    got = variant_metadata(**dict(VARIANT_DEFAULTS, sibling_batches=True, adjective_after=1.0, adjective_correct=0.4))
+    assert got == {"sibling_batches": "True", "adjective_after": "1.0", "adjective_correct": "0.4"}
+
+
+@pytest.mark.skipif(not WEIGHTS.exists(), reason="shipped weights missing")
+def test_shipped_weights_record_the_documented_stage2_recipe():
+    """The shipped file's metadata is docs/TOYWORLD.md's stage-2 command: 200 steps from the kept stage-1 file."""
+    from safetensors import safe_open
+
+    with safe_open(str(WEIGHTS), "pt") as f:
+        meta = f.metadata()
+    assert meta == {"arch": "tiny", "world": "ToyWorld v2", "seed": "0", "batch": "128", "steps": "200", "pool": "8000",
+                    "lr": "0.0003", "adjective_rate": "0.0", "adjective_after": "0.5", "sibling_batches": "True",
+                    "prefix_rate": "0.3", "init": "clip/weights/tiny_toyworld_stage1.safetensors"}
+    assert (WEIGHTS.parent / "tiny_toyworld_stage1.safetensors").is_file()

@@ -369,12 +369,26 @@ def pretrain(steps: int, batch: int, seed: int, pool: int, lr: float, out: Path,
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     meta = {"arch": "tiny", "seed": str(seed), "steps": str(steps), "batch": str(batch), "pool": str(pool),
             "lr": str(lr), "adjective_rate": str(adjective_rate), "world": "ToyWorld v2"}
-    variant = {"closeup_rate": closeup_rate, "adjective_correct": adjective_correct, "sibling_batches": sibling_batches,
-               "init": init, "adjective_after": adjective_after, "prefix_rate": prefix_rate}
-    meta.update({k: str(v) for k, v in variant.items() if v not in (0.0, 1.0, False, None)})
+    meta.update(variant_metadata(closeup_rate=closeup_rate, adjective_correct=adjective_correct,
+                                 sibling_batches=sibling_batches, init=init, adjective_after=adjective_after,
+                                 prefix_rate=prefix_rate))
     save_file(state, str(out), metadata=meta)
     sort_safetensors_metadata(out)
     print(f"saved {out} ({out.stat().st_size / 1e6:.2f} MB)")
+
+
+#: the caption and batch variants of :func:`pretrain` and their defaults
+VARIANT_DEFAULTS = {"closeup_rate": 0.0, "adjective_correct": 1.0, "sibling_batches": False, "init": None,
+                    "adjective_after": 0.0, "prefix_rate": 0.0}
+
+
+def variant_metadata(**settings) -> dict[str, str]:
+    """The weights file's metadata entries of the variant ``settings`` (names of :data:`VARIANT_DEFAULTS`) that
+    differ from their defaults, as strings; the defaults add none, so a default run's file is unchanged.
+
+    Each setting is compared with its own default (``True == 1.0`` in Python: a shared list of default values
+    once dropped ``sibling_batches`` from the metadata)."""
+    return {k: str(v) for k, v in settings.items() if v != VARIANT_DEFAULTS[k]}
 
 
 def sort_safetensors_metadata(path: Path) -> None:
