@@ -98,3 +98,29 @@ def tap_the_wire(monkeypatch) -> list[tuple[str, str, int, str, dict]]:
     monkeypatch.setattr(FedTVStrategy, "aggregate_train", receiving(FedTVStrategy.aggregate_train))
     monkeypatch.setattr(FedTVStrategy, "aggregate_evaluate", receiving(FedTVStrategy.aggregate_evaluate))
     return seen
+
+
+class ServerDied(RuntimeError):
+    """What :func:`server_dies_in_round` raises in place of the ServerApp's aggregation."""
+
+
+@contextlib.contextmanager
+def server_dies_in_round(dying_round: int):
+    """Within the block a Flower run's ServerApp dies after the nodes trained round ``dying_round`` (1-based,
+    counted across resumes) and before it checkpointed that round: the nodes are a round ahead of the
+    checkpoint. The run raises :class:`ServerDied` (Flower's simulation re-raises the ServerApp's exception)."""
+    from federated.flower.strategy import FedTVStrategy
+
+    original = FedTVStrategy.aggregate_train
+
+    def dies(self, server_round, replies):
+        replies = list(replies)  # the nodes have trained this round and saved their state
+        if self.offset + server_round == dying_round:
+            raise ServerDied(f"killed before round {dying_round} was checkpointed")
+        return original(self, server_round, replies)
+
+    FedTVStrategy.aggregate_train = dies
+    try:
+        yield
+    finally:
+        FedTVStrategy.aggregate_train = original

@@ -9,17 +9,18 @@ import torch
 
 pytest.importorskip("flwr", reason="Flower is optional: pip install -r requirements-flower.txt")
 
-from federated.flower import strategy as flower_strategy  # noqa: E402
 from federated.flower.node import OPTIMIZER_PREFIX  # noqa: E402
 from federated.run import main  # noqa: E402
-from tests.fedtv_testing import fast_args, in_process_and_flower, tap_the_wire  # noqa: E402
+from tests.fedtv_testing import (  # noqa: E402
+    ServerDied,
+    fast_args,
+    in_process_and_flower,
+    server_dies_in_round,
+    tap_the_wire,
+)
 
 ARGS = ["--trainer", "FedTPG"]  # tiny.yaml: SGD with momentum 0.9
 OPTS = ["FED.CLIENT_OPTIMIZER_STATE", "True"]
-
-
-class ServerDied(RuntimeError):
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -59,26 +60,16 @@ def test_each_node_keeps_its_clients_momentum_and_the_rounds_are_the_same(runs):
     assert not any(k.startswith(OPTIMIZER_PREFIX) or "momentum" in k for *_, t in wire for k in t)
 
 
-def test_a_resumed_run_keeps_the_momentum_from_the_nodes_disks(runs, tmp_path, monkeypatch):
+def test_a_resumed_run_keeps_the_momentum_from_the_nodes_disks(runs, tmp_path):
     """The ServerApp dies after the nodes trained round 2, before its checkpoint; the resumed run trains round 2
     again from each node's round-1 record on disk, momentum included, and ends as the uninterrupted run."""
     base, _, sim, _ = runs
-    original = flower_strategy.FedTVStrategy.aggregate_train
-
-    def dies_in_round_2(self, server_round, replies):
-        replies = list(replies)
-        if self.offset + server_round == 2:
-            raise ServerDied("killed before round 2 was checkpointed")
-        return original(self, server_round, replies)
-
     flags = [*ARGS, "--engine", "flower-sim"]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as Ray's actors and the uninterrupted run
     try:
-        monkeypatch.setattr(flower_strategy.FedTVStrategy, "aggregate_train", dies_in_round_2)
-        with pytest.raises(ServerDied):
+        with server_dies_in_round(2), pytest.raises(ServerDied):
             main(fast_args(tmp_path, flags, OPTS))
-        monkeypatch.setattr(flower_strategy.FedTVStrategy, "aggregate_train", original)
         resumed = main(fast_args(tmp_path, [*flags, "--resume"], OPTS))
     finally:
         torch.set_num_threads(threads)

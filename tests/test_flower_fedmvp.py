@@ -10,17 +10,18 @@ import torch
 
 pytest.importorskip("flwr", reason="Flower is optional: pip install -r requirements-flower.txt")
 
-from federated.flower import strategy as flower_strategy  # noqa: E402
 from federated.run import main  # noqa: E402
-from tests.fedtv_testing import fast_args, in_process_and_flower, tap_the_wire  # noqa: E402
+from tests.fedtv_testing import (  # noqa: E402
+    ServerDied,
+    fast_args,
+    in_process_and_flower,
+    server_dies_in_round,
+    tap_the_wire,
+)
 
 ARGS = ["--trainer", "FedMVP"]
 OPTS = ["TRAINER.FEDMVP.LORA", "True", "TRAINER.FEDMVP.LORA_THRESHOLD", "2"]
 SWITCH = "prompt_learner.lora_switch"
-
-
-class ServerDied(RuntimeError):
-    pass
 
 
 def _node_files(out) -> dict[int, dict]:
@@ -108,26 +109,16 @@ def test_each_node_trains_round_two_as_its_own_switch_says(runs):
                     assert not kept, (rnd, cid, k)
 
 
-def test_a_run_killed_before_its_checkpoint_resumes_with_the_switches(runs, tmp_path, monkeypatch):
+def test_a_run_killed_before_its_checkpoint_resumes_with_the_switches(runs, tmp_path):
     """The ServerApp dies after the nodes trained round 2 and before it checkpointed it; the resumed run starts
     round 2 again from each node's round-1 state on disk (its own switch): it ends as the uninterrupted run."""
     base, _, sim, _ = runs
-    original = flower_strategy.FedTVStrategy.aggregate_train
-
-    def dies_in_round_2(self, server_round, replies):
-        replies = list(replies)  # the nodes have trained round 2 and saved their state
-        if self.offset + server_round == 2:
-            raise ServerDied("killed before round 2 was checkpointed")
-        return original(self, server_round, replies)
-
     flags = [*ARGS, "--engine", "flower-sim"]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as Ray's actors and the uninterrupted run
     try:
-        monkeypatch.setattr(flower_strategy.FedTVStrategy, "aggregate_train", dies_in_round_2)
-        with pytest.raises(ServerDied):
+        with server_dies_in_round(2), pytest.raises(ServerDied):
             main(fast_args(tmp_path, flags, OPTS))
-        monkeypatch.setattr(flower_strategy.FedTVStrategy, "aggregate_train", original)
         assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["round"] == 1
         assert all(saved["round"] == 1 for saved in _node_files(tmp_path).values())  # a round ahead
         resumed = main(fast_args(tmp_path, [*flags, "--resume"], OPTS))

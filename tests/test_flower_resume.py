@@ -18,16 +18,15 @@ pytest.importorskip("flwr", reason="Flower is optional: pip install -r requireme
 from flwr.app import Context, RecordDict  # noqa: E402
 
 from federated.errors import CheckpointError  # noqa: E402
-from federated.flower import strategy as flower_strategy  # noqa: E402
 from federated.flower.node import KEEP_ROUNDS, PersonalStateMissing, PersonalStore  # noqa: E402
 from federated.run import main  # noqa: E402
-from tests.fedtv_testing import fast_args  # noqa: E402
+from tests.fedtv_testing import (  # noqa: E402
+    ServerDied,
+    fast_args,
+    server_dies_in_round,
+)
 
 ARGS = ["--trainer", "FedPGP", "--lr", "0.05", "--frac", "0.67", "--engine", "flower-sim"]
-
-
-class ServerDied(RuntimeError):
-    pass
 
 
 def _comparable(results: dict) -> list[dict]:
@@ -51,20 +50,8 @@ def runs(tmp_path_factory):
     try:
         full = main(fast_args(out, [*ARGS, "--rounds", "3"]))
         full_ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
-        original = flower_strategy.FedTVStrategy.aggregate_train
-
-        def dies_in_round_3(self, server_round, replies):
-            replies = list(replies)  # the nodes have trained round 3 and saved their personal state
-            if self.offset + server_round == 3:
-                raise ServerDied("killed before round 3 was checkpointed")
-            return original(self, server_round, replies)
-
-        flower_strategy.FedTVStrategy.aggregate_train = dies_in_round_3
-        try:
-            with pytest.raises(ServerDied):  # Flower's simulation re-raises the ServerApp's exception
-                main(fast_args(out, [*ARGS, "--rounds", "3"]))  # a fresh run in the same directory
-        finally:
-            flower_strategy.FedTVStrategy.aggregate_train = original
+        with server_dies_in_round(3), pytest.raises(ServerDied):
+            main(fast_args(out, [*ARGS, "--rounds", "3"]))  # a fresh run in the same directory
         died_ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
         nodes_after_death = _node_states(out)
         resumed = main(fast_args(out, [*ARGS, "--rounds", "3", "--resume"]))
