@@ -60,8 +60,9 @@ def peak_memory_mb(device: str) -> float:
 
 
 def experiment_argv(spec: dict, trainer: str, reference: bool, out_dir: str, device: str,
-                    fast_prec: str = "bf16") -> list[str]:
-    """The federated_main arguments of one measured run (``fast_prec``: the fast path's precision on a GPU)."""
+                    fast_prec: str = "bf16", opts: list[str] = ()) -> list[str]:
+    """The federated_main arguments of one measured run (``fast_prec``: the fast path's precision on a GPU;
+    ``opts``: config overrides ``KEY VALUE ...`` after the trainer's own, e.g. a variant of a method)."""
     import trainers  # noqa: F401  (registers the trainers)
     from dassl.engine import TRAINER_REGISTRY
 
@@ -78,7 +79,7 @@ def experiment_argv(spec: dict, trainer: str, reference: bool, out_dir: str, dev
         argv += ["INPUT.SIZE", f"({spec['input']}, {spec['input']})"]
     if device == "cuda" and not reference:
         argv += [f"TRAINER.{node}.PREC", fast_prec]
-    return argv + TRAINER_OPTS.get(trainer, [])
+    return argv + TRAINER_OPTS.get(trainer, []) + list(opts)
 
 
 def measure_experiment(job: dict) -> dict:
@@ -159,8 +160,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scaling-trainer", default="FedTV")
     p.add_argument("--scaling-clients", type=int, nargs="*", default=None)
     p.add_argument("--scaling-classes", type=int, nargs="*", default=None)
+    p.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
+                   help="config overrides for every measured run of the speed table, e.g. TRAINER.FEDTPG.D_CTX 2")
     p.add_argument("--job", nargs=2, metavar=("KIND", "JSON"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if len(args.opts) % 2:
+        p.error(f"--opts takes KEY VALUE pairs, got {len(args.opts)} words: {' '.join(args.opts)}")
     if args.job:
         kind, job = args.job[0], json.loads(args.job[1])
         import torch
@@ -194,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.trainers:
             show(f"\n{args.size} size on {name}: {spec['backbone']}, {spec['clients']} clients, "
                  f"{spec['classes'] // 2} base classes, {spec['shots']} shots, {spec['epochs']} local epochs, "
-                 f"batch {spec['batch']}; seconds per training round (rounds 2-{spec['rounds'] - 1})")
+                 f"batch {spec['batch']}; seconds per training round (rounds 2-{spec['rounds'] - 1})"
+                 + (f"; overrides: {' '.join(args.opts)}" if args.opts else ""))
             header = (f"| {'trainer':<9} | {'ref s/round':>11} | {'FedTV s/round':>13} | {'speedup':>7} | "
                       f"{'cache+setup s':>13} | {'ref MB':>8} | {'FedTV MB':>8} | {'Local ref':>9} | "
                       f"{'Local FedTV':>11} |")
@@ -206,7 +212,8 @@ def main(argv: list[str] | None = None) -> None:
                 bar.set_postfix_str(f"{trainer} {'reference' if reference else 'fast path'}")
                 out = os.path.join(tmp, f"{trainer}-{reference}")
                 res[reference] = in_subprocess("experiment", {
-                    "argv": experiment_argv(spec, trainer, reference, out, device, args.fast_prec), "device": device})
+                    "argv": experiment_argv(spec, trainer, reference, out, device, args.fast_prec, args.opts),
+                    "device": device})
                 bar.update()
             ref, fast = res[True], res[False]
             rows.append((trainer, ref, fast))

@@ -43,3 +43,22 @@ def test_bench_prints_the_table_and_the_min_speedup(tmp_path):
     last = out.strip().splitlines()[-1]
     assert re.fullmatch(r"min speedup vs reference: [\d.]+x", last)
     assert float(last.split(": ")[1][:-1]) == ratio
+
+
+def test_overrides_follow_the_trainers_own_in_every_measured_run(tmp_path):
+    from bench.run import SIZES, experiment_argv
+
+    for reference in (True, False):
+        argv = experiment_argv(SIZES["cpu"], "DPFPL", reference, str(tmp_path), "cpu",
+                               opts=["TRAINER.DPFPL.EPSILON", "1"])
+        assert argv[-4:] == ["TRAINER.DPFPL.EPSILON", "8", "TRAINER.DPFPL.EPSILON", "1"]  # the later one wins
+        plain = experiment_argv(SIZES["cpu"], "DPFPL", reference, str(tmp_path), "cpu")
+        assert plain == argv[:-2]  # no overrides: nothing after the trainer's own
+
+
+def test_overrides_need_key_value_pairs():
+    proc = subprocess.run([sys.executable, "bench/run.py", "--trainers", "FedTPG", "--opts", "TRAINER.FEDTPG.D_CTX"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "--opts takes KEY VALUE pairs, got 1 words: TRAINER.FEDTPG.D_CTX" in proc.stderr.splitlines()[-1]
+    assert "Traceback" not in proc.stderr
