@@ -15,7 +15,8 @@ import os
 from federated.names import canonical_partition
 
 #: (key in a round / zero-shot record, column title), in display order.
-METRICS: tuple[tuple[str, str], ...] = (("local", "Local"), ("base", "Base"), ("novel", "Novel"), ("hm", "HM"))
+METRICS: tuple[tuple[str, str], ...] = (("local", "Local"), ("base", "Base"), ("novel", "Novel"), ("hm", "HM(B,N)"),
+                                        ("hm_local_base_novel", "HM(L,B,N)"))
 
 
 def _num(x) -> bool:
@@ -84,7 +85,7 @@ def ready_line(data, device: str, precision: str, execution: str | None, seconds
 
 
 def metrics_text(record: dict) -> str:
-    """``Local 83.50  Base 79.20  Novel 77.03  HM 78.10`` for the metrics ``record`` holds."""
+    """``Local 83.50  Base 79.20  Novel 77.03  HM(B,N) 78.10  HM(L,B,N) 79.80`` for the metrics ``record`` holds."""
     return "  ".join(f"{title} {record[key]:6.2f}" for key, title in METRICS if _num(record.get(key)))
 
 

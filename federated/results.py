@@ -21,8 +21,9 @@ from federated.run_dir import write_text, writing
 
 #: The base-to-novel summaries the field reports: key -> (short name, definition and who reports it).
 SUMMARIES: dict[str, tuple[str, str]] = {
-    "hm": ("HM", "HM(Base, Novel) = 2BN / (B + N): CoOp, FedPGP, FedTV"),
-    "hm_local_base_novel": ("HM(L,B,N)", "HM(Local, Base, Novel) = 3 / (1/L + 1/B + 1/N): FedTPG, FedMVP, pFedMMA"),
+    "hm": ("HM(B,N)", "HM(Base, Novel) = 2BN / (B + N): CoOp, CoCoOp, MaPLe, KgCoOp (centralised base-to-novel)"),
+    "hm_local_base_novel": ("HM(L,B,N)", "HM(Local, Base, Novel) = 3 / (1/L + 1/B + 1/N): FedPGP (its HM column), "
+                            "FedTPG, FedMVP, pFedMMA"),
     "mean_local_hm": ("(L+HM)/2", "(Local + HM(Base, Novel)) / 2: FedMGP"),
 }
 #: The global model's accuracies (methods with global and personalised models).
@@ -189,7 +190,7 @@ def format_table(results: dict) -> str:
     last = evaluated[-1] if evaluated else {}
     if any(last.get(k) is not None for k in GLOBAL_METRICS):
         lines.append(f"global model (shared tensors alone), round {last['round']}: Base {_fmt(last.get('global_base'))}"
-                     f"  Novel {_fmt(last.get('global_novel'))}  HM {_fmt(last.get('global_hm'))}")
+                     f"  Novel {_fmt(last.get('global_novel'))}  HM(B,N) {_fmt(last.get('global_hm'))}")
     if results.get("privacy"):
         lines.append(privacy_line(results["privacy"]))
     return "\n".join(lines)

@@ -2,7 +2,8 @@
 """FedPGP Table 1: base-to-novel generalisation on five datasets, every method, 3 seeds.
 
 Train on the base classes (10 clients, pathological split, 16 shots, 25 rounds of 2 local epochs);
-report Local (each client's own classes), Base, Novel and HM = 2BN/(B+N). The CLIP row is
+report Local (each client's own classes), Base, Novel and HM = HM(Local, Base, Novel) = 3/(1/L+1/B+1/N), as
+the paper's HM column (HM(Base, Novel) and the other summaries: the report's "Every summary"). The CLIP row is
 ZeroshotCLIP (hand-crafted prompt, nothing trained). FedTV is added as a row of its own.
 
     python scripts/table1_base2novel.py --root DATA/ --output-root output/table1 --report

@@ -9,7 +9,8 @@ lengths, theta, adapter sizes ...) come from ``configs/trainers/<METHOD>/<backbo
 methods' papers used other schedules (PromptFolio and pFedMoAP 10 rounds x 5 epochs, FedPHA 50 x 1, pFedMMA
 100 x 1, FedMGP and its code base's IVLP, VPT 10 x 2 with batch 8):
 pass ``--rounds`` / ``--local-epochs`` overrides for a method's own schedule. Reported: Local (each
-client's own classes), Base, Novel and HM = 2BN/(B+N). Datasets: FedPGP Table 1's five plus UCF101 and
+client's own classes), Base, Novel and HM = HM(Local, Base, Novel) (the report's "Every summary" adds
+HM(Base, Novel) and (Local + HM(Base, Novel)) / 2, FedMGP's summary). Datasets: FedPGP Table 1's five plus UCF101 and
 SUN397 (pFedMMA's base-to-new set). IVLP and VPT are the prompted-image-tower baselines of FedMGP's tables.
 
     python scripts/table_2026_base2novel.py --root DATA/ --output-root output/table_2026 --report

@@ -6,10 +6,12 @@ import re
 
 from dassl.utils import reset_logger
 from federated import console
+from federated.results import summaries
 from federated.run import main
 from tests.fedtv_testing import fast_args
 
-ROUND = re.compile(r"^round (\d)/2:  Local +[\d.]+  Base +[\d.]+  Novel +[\d.]+  HM +[\d.]+  loss [\d.]+  [\d.]+ s$")
+ROUND = re.compile(r"^round (\d)/2:  Local +[\d.]+  Base +[\d.]+  Novel +[\d.]+  HM\(B,N\) +[\d.]+  "
+                   r"HM\(L,B,N\) +[\d.]+  loss [\d.]+  [\d.]+ s$")
 
 
 def _run(tmp_path, capsys, *flags):
@@ -40,7 +42,7 @@ def test_console_of_a_run(tmp_path, capsys):
     assert sum(ln.startswith("zero-shot CLIP (hand-crafted prompts): Local") for ln in lines) == 1
     rounds = [ln for ln in lines if ln.startswith("round ")]
     assert [ROUND.match(ln).group(1) for ln in rounds] == ["1", "2"], rounds
-    assert any(ln.split() == ["round", "|", "Local", "|", "Base", "|", "Novel", "|", "HM", "|", "HM(L,B,N)", "|",
+    assert any(ln.split() == ["round", "|", "Local", "|", "Base", "|", "Novel", "|", "HM(B,N)", "|", "HM(L,B,N)", "|",
                               "(L+HM)/2"] for ln in lines)  # the final table names all three summaries (issue 15)
     assert lines[-1].startswith("results: ") and lines[-1].split(", ")[0].endswith("results.json")
     assert os.path.join(str(tmp_path), "accuracy.png").endswith(lines[-1].split("plot: ")[1].split(",")[0])
@@ -84,5 +86,9 @@ def test_round_line_shows_the_metrics_a_record_holds():
     assert console.round_line(record, 10) == "round  3/10:  Local  81.23  loss 0.500  2.0 s"
     assert console.round_line({"round": 1, "train_loss": None}, 2) == "round 1/2:  (not evaluated)"
     assert console.metrics_text({"local": 1.0, "base": 2.0, "novel": 3.0, "hm": 2.4}) == (
-        "Local   1.00  Base   2.00  Novel   3.00  HM   2.40")
+        "Local   1.00  Base   2.00  Novel   3.00  HM(B,N)   2.40")
+    # both harmonic means, labelled: HM(B,N) = 2BN/(B+N), HM(L,B,N) = 3/(1/L+1/B+1/N) (FedPGP's Table 1 HM)
+    record = {"local": 90.0, "base": 60.0, "novel": 45.0}
+    record.update(summaries(record["local"], record["base"], record["novel"]))
+    assert console.metrics_text(record) == "Local  90.00  Base  60.00  Novel  45.00  HM(B,N)  51.43  HM(L,B,N)  60.00"
 

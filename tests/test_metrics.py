@@ -45,7 +45,7 @@ def test_results_json_csv_and_table_hold_every_summary(fedpgp_run):
     for key in ("hm", "hm_local_base_novel", "mean_local_hm", "global_base", "global_novel", "global_hm"):
         assert float(row[key]) == pytest.approx(res["rounds"][-1][key]), key
     table = format_table(res)
-    assert "HM(L,B,N)" in table and "(L+HM)/2" in table and "HM = HM(Base, Novel)" in table
+    assert "HM(L,B,N)" in table and "(L+HM)/2" in table and "HM(B,N) = HM(Base, Novel)" in table
     assert f"{final['hm_local_base_novel']:6.2f}" in table
     assert "global model (shared tensors alone)" in table
 

@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from federated.results import SUMMARIES  # noqa: E402
 from tools.report_data import RunRecord, ordered, select  # noqa: E402
 
 HIDDEN = ("dataset", "seed", "backbone")
@@ -80,7 +81,7 @@ def plot_dataset(runs: list[RunRecord], dataset: str, metric: str, out_dir: str)
     if not groups:
         return []
     metric = metric if any(r.final(metric) is not None for g in groups.values() for r in g) else "local"
-    name = metric.upper() if metric == "hm" else metric.capitalize()
+    name = SUMMARIES[metric][0] if metric in SUMMARIES else metric.capitalize()
     paths = []
     references = zero_shot_lines(groups, metric)
     for kind in ("rounds", "bytes"):

@@ -5,12 +5,15 @@ each a grid of :class:`Cell` s with row and column labels in the paper's layout.
 names where the published value of the same number lies (``ref``: a path into
 ``tools/published/*.json``) so that the report can put ours and the paper's side by side.
 
-Conventions (as the papers): HM = 2BN/(B+N) from the seed-averaged Base and Novel (the per-seed HM
-averaged over seeds is the column ``HM/seed``); an average over datasets averages the per-dataset
-seed means; leave-one-domain-out detail (Table 4): mean +- std over the clients (source domains).
-The base-to-novel tables show FedPGP's summary, HM(Base, Novel); their last block, "Every summary",
-gives the three summaries the field reports (``federated.results.SUMMARIES``) from the same
-seed-averaged Local / Base / Novel, and the global model's Base / Novel / HM where a method has one.
+Conventions (as the papers): the base-to-novel tables' HM is FedPGP's, HM(Local, Base, Novel) =
+3 / (1/L + 1/B + 1/N) (it reproduces 51 of the 52 HM cells of FedPGP's Tables 1 and 6 to 0.01, the
+"Average over 5 datasets" rows included, from the printed Local / Base / Novel; HM(Base, Novel) matches
+none), from the seed-averaged Local / Base / Novel (the per-seed HM averaged over seeds is the column
+``HM/seed``); an average over datasets averages the per-dataset seed means and takes the HM of those
+averages; leave-one-domain-out detail (Table 4): mean +- std over the clients (source domains). The
+base-to-novel tables' last block, "Every summary", gives the three summaries the field reports
+(``federated.results.SUMMARIES``) from the same seed-averaged Local / Base / Novel, and the global
+model's Base / Novel / HM(Base, Novel) where a method has one.
 """
 from __future__ import annotations
 
@@ -42,19 +45,24 @@ def _final(metric: str) -> Callable[[RunRecord], float | None]:
     return lambda r: r.final(metric)
 
 
+def _table_hm(local: float | None, base: float | None, novel: float | None) -> float | None:
+    """The base-to-novel tables' HM: HM(Local, Base, Novel), FedPGP's."""
+    return summaries(local, base, novel)["hm_local_base_novel"]
+
+
 def _per_seed_hm(r: RunRecord) -> float | None:
-    return harmonic_mean(r.final("base"), r.final("novel"))
+    return _table_hm(r.final("local"), r.final("base"), r.final("novel"))
 
 
 def _b2n_cells(runs: list[RunRecord]) -> list[Cell]:
     local, base, novel = (cell_of(runs, _final(m)) for m in ("local", "base", "novel"))
-    return [local, base, novel, derived(harmonic_mean(base.mean, novel.mean), [base, novel]),
+    return [local, base, novel, derived(_table_hm(local.mean, base.mean, novel.mean), [local, base, novel]),
             cell_of(runs, _per_seed_hm)]
 
 
 def base_to_novel(runs: list[RunRecord], row: str = "method", table: str = "base2novel") -> list[Block]:
-    """Table 1 layout: per dataset, rows = methods (or variants), Local / Base / Novel / HM; then the
-    average over datasets (each row's per-dataset means averaged; HM from the averaged Base and Novel)."""
+    """Table 1 layout: per dataset, rows = methods (or variants), Local / Base / Novel / HM(L,B,N); then the
+    average over datasets (each row's per-dataset means averaged; HM from the averaged Local, Base, Novel)."""
     datasets, labels = ordered(runs, "dataset"), ordered(runs, row)
     blocks = []
     per: dict[tuple[str, str], list[Cell]] = {}
@@ -73,16 +81,18 @@ def base_to_novel(runs: list[RunRecord], row: str = "method", table: str = "base
             for j in range(3):
                 vals = [p[j].mean for p in parts]
                 means.append(derived(None if None in vals else statistics.fmean(vals), [p[j] for p in parts]))
-            hm = derived(harmonic_mean(means[1].mean, means[2].mean), [p[j] for p in parts for j in (1, 2)])
+            hm = derived(_table_hm(*(m.mean for m in means)), [p[j] for p in parts for j in range(3)])
             hms = [p[4].mean for p in parts]
             mean_hm = derived(None if None in hms else statistics.fmean(hms), [p[4] for p in parts])
             cells.append([*means, hm, mean_hm])
             refs.append([(table, "average", label, m) for m in ("local", "base", "novel", "hm")] + [None])
         blocks.append(Block(f"Average over {len(datasets)} datasets", row, labels, B2N_COLUMNS, cells, refs,
-                            ["HM: from the averaged Base and Novel; HM/seed: the mean of the datasets' per-seed HM"]))
+                            ["HM: from the averaged Local, Base and Novel; "
+                             "HM/seed: the mean of the datasets' per-seed HM"]))
     for b in blocks:
         b.notes.append("mean ± sample std over seeds; (k/n): only k of n runs finished; HM/seed: per-seed HM averaged")
-        b.notes.append("HM = HM(Base, Novel), the summary of CoOp / FedPGP / FedTV; all three: 'Every summary'")
+        b.notes.append("HM = HM(Local, Base, Novel) = 3 / (1/L + 1/B + 1/N), FedPGP's HM column; "
+                       "HM(Base, Novel) and the others: 'Every summary'")
     blocks.append(_summaries_block(runs, datasets, labels, row, per))
     return blocks
 
@@ -290,14 +300,14 @@ def communication(runs: list[RunRecord], reference: str = "FLoRA") -> list[Block
     return blocks
 
 
-#: table kind -> (builder, the per-round metric of its accuracy curves: HM when Base / Novel exist)
+#: table kind -> (builder, the per-round metric of its accuracy curves: HM(L,B,N) when Base / Novel exist)
 TABLES: dict[str, tuple[Callable[[list[RunRecord]], list[Block]], str]] = {
-    "base2novel": (base_to_novel, "hm"),
+    "base2novel": (base_to_novel, "hm_local_base_novel"),
     "lodo": (leave_one_domain_out, "local"),
     "dirichlet": (lambda runs: per_dataset(runs, "method", "dirichlet", "Table 5: Local accuracy"), "local"),
-    "fedpgp_ablation": (fedpgp_ablation, "hm"),
+    "fedpgp_ablation": (fedpgp_ablation, "hm_local_base_novel"),
     "rank_shots": (rank_shots, "local"),
-    "fedtv_ablation": (lambda runs: base_to_novel(runs, row="variant", table="fedtv_ablation"), "hm"),
+    "fedtv_ablation": (lambda runs: base_to_novel(runs, row="variant", table="fedtv_ablation"), "hm_local_base_novel"),
     "flora": (flora, "local"),
     "cost": (cost, "local"),
     "communication": (communication, "local"),

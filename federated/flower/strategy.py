@@ -44,6 +44,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from federated.coordinator import Coordinator
+from federated.results import SUMMARIES
 from federated.run_state import ClientUpdate, RunState
 from federated.runtime import ClientRuntime
 
@@ -224,5 +225,6 @@ class FedTVStrategy(Strategy):
         record["seconds"] = time.time() - self._started
         c.end_round(state, record, extra={"engine": "flower", "experiment": self.token})
         if record.get("local") is not None:
-            return MetricRecord({k: record[k] for k in ("local", "base", "novel", "hm") if record.get(k) is not None})
+            shown = ("local", "base", "novel", *SUMMARIES)
+            return MetricRecord({k: record[k] for k in shown if record.get(k) is not None})
         return None
