@@ -132,3 +132,25 @@ def test_final_block_names_the_round_the_published_checkpoint_holds(tmp_path):
     best = final["at_best_local"]
     assert (best["round"], best["base"], best["novel"]) == (4, 62.0, 52.0)
     assert best["hm"] == pytest.approx(2 * 62 * 52 / 114)
+
+
+def test_accuracy_plot_draws_every_curve_and_the_zero_shot_lines(fedpgp_run, monkeypatch):
+    """accuracy.png: Local, Base, Novel and both harmonic means per round, each with its zero-shot line."""
+    import matplotlib.pyplot as plt
+
+    from utils import plots
+
+    out, res = fedpgp_run
+    drawn = {}
+    close = plt.close
+
+    def capture(fig):
+        drawn.update({ln.get_label(): list(ln.get_ydata()) for ln in fig.axes[0].get_lines()})
+        close(fig)
+
+    monkeypatch.setattr(plots.plt, "close", capture)
+    assert plots.plot_accuracy(res, str(out / "again.png")) == str(out / "again.png")
+    last, zs = res["rounds"][-1], res["zero_shot"]
+    for key, label in (("local", "Local"), ("hm", "HM(B,N)"), ("hm_local_base_novel", "HM(L,B,N)")):
+        assert drawn[label] == [pytest.approx(last[key])], label  # one round
+        assert drawn[f"{label} (zero-shot)"] == [pytest.approx(zs[key])] * 2, label

@@ -1,4 +1,4 @@
-"""Plots of a run's ``results.json``: Local / Base / Novel / HM accuracy per round."""
+"""Plots of a run's ``results.json``: Local / Base / Novel / HM(B,N) / HM(L,B,N) accuracy per round."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-CURVES = (("local", "Local"), ("base", "Base"), ("novel", "Novel"), ("hm", "HM"))
+CURVES = (("local", "Local"), ("base", "Base"), ("novel", "Novel"), ("hm", "HM(B,N)"),
+          ("hm_local_base_novel", "HM(L,B,N)"))
 
 
 def plot_accuracy(results: dict, path: str) -> str | None:
@@ -22,7 +23,7 @@ def plot_accuracy(results: dict, path: str) -> str | None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     zero_shot = results.get("zero_shot") or {}
-    for (key, label), colour in zip(CURVES, ("C0", "C1", "C2", "C3"), strict=True):
+    for (key, label), colour in zip(CURVES, ("C0", "C1", "C2", "C3", "C4"), strict=True):
         xs = [r["round"] for r in rounds if r.get(key) is not None]
         ys = [r[key] for r in rounds if r.get(key) is not None]
         if xs:
