@@ -6,7 +6,7 @@ names where the published value of the same number lies (``ref``: a path into
 ``tools/published/*.json``) so that the report can put ours and the paper's side by side.
 
 Conventions (as the papers): the base-to-novel tables' HM is FedPGP's, HM(Local, Base, Novel) =
-3 / (1/L + 1/B + 1/N) (it reproduces 51 of the 52 HM cells of FedPGP's Tables 1 and 6 to 0.01, the
+3 / (1/L + 1/B + 1/N) (it reproduces 50 of the 51 HM cells of FedPGP's Tables 1 and 6 to 0.01, the
 "Average over 5 datasets" rows included, from the printed Local / Base / Novel; HM(Base, Novel) matches
 none), from the seed-averaged Local / Base / Novel (the per-seed HM averaged over seeds is the column
 ``HM/seed``); an average over datasets averages the per-dataset seed means and takes the HM of those
